@@ -1,0 +1,98 @@
+"""Loading a hall config: TOML file → :class:`~controller.model.HallConfig`, or a ConfigError.
+
+Every way a file can be wrong ends in :class:`~controller.errors.ConfigError` with one issue per
+problem, each naming the field path (``racks[3].zone``) and what was expected. Nothing else
+escapes: a missing file, a directory, binary data, invalid UTF-8, broken TOML, an empty file and a
+structurally valid file with bad values all take this one road.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from controller.errors import ConfigError, ConfigIssue
+from controller.model import HallConfig, format_loc
+
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+
+
+def load_hall_config(path: str | Path) -> HallConfig:
+    """Read and validate the hall config at ``path``."""
+    source = str(path)
+    p = Path(path)
+    try:
+        with p.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        problem = "file not found"
+    except IsADirectoryError:
+        problem = "is a directory, expected a TOML file"
+    except OSError as exc:
+        problem = f"cannot read: {exc.strerror or exc}"
+    else:
+        problem = ""
+    if problem:
+        raise ConfigError(source, [ConfigIssue("", problem)])
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(source, [ConfigIssue("", f"larger than {MAX_CONFIG_BYTES} bytes")])
+    return loads_hall_config(data, source=source)
+
+
+def loads_hall_config(data: bytes | str, source: str = "<config>") -> HallConfig:
+    """Validate a hall config given as TOML text (``bytes`` must be UTF-8)."""
+    if isinstance(data, bytes):
+        if b"\x00" in data:
+            raise ConfigError(source, [ConfigIssue("", "binary data (NUL bytes), expected TOML")])
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                source, [ConfigIssue("", f"not UTF-8 text (byte {exc.start}), expected TOML")]
+            ) from None
+    else:
+        text = data
+    if not text.strip():
+        raise ConfigError(source, [ConfigIssue("", "empty file, expected a TOML hall config")])
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [ConfigIssue("", f"not valid TOML: {exc}")]) from None
+    return validate_hall_dict(raw, source=source)
+
+
+def validate_hall_dict(raw: dict[str, Any], source: str = "<config>") -> HallConfig:
+    """Validate an already parsed config mapping."""
+    try:
+        return HallConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(source, issues_from_validation(exc)) from None
+    except RecursionError:
+        raise ConfigError(source, [ConfigIssue("", "nested too deeply")]) from None
+
+
+def issues_from_validation(exc: ValidationError) -> list[ConfigIssue]:
+    """Turn pydantic's errors into issues with dotted paths and plain messages."""
+    issues: list[ConfigIssue] = []
+    for err in exc.errors(include_url=False):
+        loc = [part for part in err["loc"] if not _is_union_tag(part)]
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (not part of the hall config schema)"
+        elif err["type"] == "missing":
+            message = "required field is missing"
+        elif "input" in err and err["type"] not in ("missing",):
+            shown = repr(err["input"])
+            if len(shown) <= 60 and not isinstance(err["input"], dict):
+                message = f"{message} (got {shown})"
+        issues.append(ConfigIssue(format_loc(loc), message))
+    return issues
+
+
+def _is_union_tag(part: str | int) -> bool:
+    # pydantic inserts the discriminator tag ("curve", "electronic") into error locations and the
+    # function name of a validator ("function-after[...]"): neither is a field the user wrote.
+    return isinstance(part, str) and (part in ("curve", "electronic") or "[" in part)

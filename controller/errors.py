@@ -1,0 +1,46 @@
+"""The errors rampguard raises, all rooted at :class:`RampguardError`.
+
+::
+
+    RampguardError
+    ├── ConfigError             a hall config that cannot be used (exit code 2)
+    │     .issues: tuple[ConfigIssue, ...]   each with a field path and what was expected
+    └── TopologyError           a compiled hall whose arrays break an invariant (our bug: exit 1)
+
+Later layers (drivers, telemetry, service) add their own branches under the same root. A user's
+mistake is a :class:`ConfigError` and is reported without a traceback; anything else escaping the
+CLI is an internal error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class RampguardError(Exception):
+    """Root of every error rampguard raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One thing wrong with a config: where (a dotted field path) and what was expected."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(RampguardError):
+    """A config file that is missing, unreadable, not TOML, or not a valid hall description."""
+
+    def __init__(self, source: str, issues: list[ConfigIssue] | tuple[ConfigIssue, ...]) -> None:
+        self.source = source
+        self.issues = tuple(issues)
+        lines = "\n".join(f"  - {issue}" for issue in self.issues)
+        super().__init__(f"{source}: invalid hall config ({len(self.issues)} problem(s)):\n{lines}")
+
+
+class TopologyError(RampguardError):
+    """The compiled arrays break an invariant that the compiler promised (a bug, not bad input)."""
