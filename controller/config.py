@@ -75,24 +75,50 @@ def validate_hall_dict(raw: dict[str, Any], source: str = "<config>") -> HallCon
 
 
 def issues_from_validation(exc: ValidationError) -> list[ConfigIssue]:
-    """Turn pydantic's errors into issues with dotted paths and plain messages."""
-    issues: list[ConfigIssue] = []
+    """Turn pydantic's errors into issues with dotted paths and plain messages.
+
+    A value that fits no member of a union (``parent`` may be an id, a list of ids or a range)
+    makes pydantic report one error per member at the same place: those become one issue. When
+    one member got further (an error deeper inside a table), the shallower ones are dropped.
+    """
+    raw: list[tuple[str, str]] = []
     for err in exc.errors(include_url=False):
-        loc = [part for part in err["loc"] if not _is_union_tag(part)]
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown key (not part of the hall config schema)"
         elif err["type"] == "missing":
             message = "required field is missing"
-        elif "input" in err and err["type"] not in ("missing",):
+        elif "input" in err:
             shown = repr(err["input"])
             if len(shown) <= 60 and not isinstance(err["input"], dict):
                 message = f"{message} (got {shown})"
-        issues.append(ConfigIssue(format_loc(loc), message))
-    return issues
+        raw.append((format_loc(_user_loc(err["loc"])), message))
+    paths = [path for path, _ in raw]
+    merged: dict[str, list[str]] = {}
+    for path, message in raw:
+        deeper = any(other != path and other.startswith(path) and other[len(path)] in ".["
+                     for other in paths)
+        if deeper:
+            continue
+        messages = merged.setdefault(path, [])
+        if message not in messages:
+            messages.append(message)
+    return [ConfigIssue(path, "; or ".join(messages)) for path, messages in merged.items()]
 
 
-def _is_union_tag(part: str | int) -> bool:
-    # pydantic inserts the discriminator tag ("curve", "electronic") into error locations and the
-    # function name of a validator ("function-after[...]"): neither is a field the user wrote.
-    return isinstance(part, str) and (part in ("curve", "electronic") or "[" in part)
+_UNION_TAGS = frozenset({"curve", "electronic"})
+_UNION_MEMBERS = frozenset({"str", "constrained-str", "int", "float", "IdRange"})
+
+
+def _user_loc(loc: tuple[str | int, ...]) -> list[str | int]:
+    """The location as the user wrote it.
+
+    pydantic inserts the discriminator tag of a tagged union right after the union's field
+    (``breaker.curve.curve_x`` for ``breaker.curve_x``) and a validator's function name
+    (``function-after[...]``) into error locations: neither is a field of the file.
+    """
+    return [
+        part for i, part in enumerate(loc)
+        if not (isinstance(part, str) and ("[" in part or part in _UNION_MEMBERS))
+        and not (part in _UNION_TAGS and i > 0 and loc[i - 1] == "breaker")
+    ]

@@ -349,7 +349,31 @@ def _build_proto(
                 p.psu_node.append(o)
                 p.psu_phase.append(outlet_conn[o])
                 p.psu_slot.append(s_slot)
-    return p
+    return _prune_empty_outlets(p, set(used))
+
+
+def _prune_empty_outlets(p: _Proto, used: set[int]) -> _Proto:
+    """Drop outlets that no PSU plugs into: they carry no load and would be most of the nodes.
+
+    Outlet ids keep their number on the PDU (``RACK-A1-3-2``), so an id still names the socket.
+    """
+    keep = [j for j in range(len(p.kind)) if p.kind[j] != KIND_CODE["outlet"] or j in used]
+    new_index = {old: new for new, old in enumerate(keep)}
+
+    def pick(values: list[Any]) -> list[Any]:
+        return [values[j] for j in keep]
+
+    return _Proto(
+        kind=pick(p.kind),
+        parent=[-1 if p.parent[j] < 0 else new_index[p.parent[j]] for j in keep],
+        slot=pick(p.slot), suffix=pick(p.suffix), v_ll_v=pick(p.v_ll_v), rating=pick(p.rating),
+        cont_frac=pick(p.cont_frac), breaker=pick(p.breaker), guard_s=pick(p.guard_s),
+        exceeds_ok=pick(p.exceeds_ok), origin=pick(p.origin),
+        server_model=p.server_model, server_priority=p.server_priority,
+        server_suffix=p.server_suffix, psu_server=p.psu_server,
+        psu_node=[new_index[o] for o in p.psu_node], psu_phase=p.psu_phase,
+        psu_slot=p.psu_slot,
+    )
 
 
 def _model_pos(models: dict[str, RackPduModel], model_id: str) -> int:
