@@ -13,7 +13,8 @@ import logging
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from controller.errors import ConfigError
 
@@ -49,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
+    for add_command in _command_adders():
+        add_command(sub)
+    return parser
+
+
+def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     validate = sub.add_parser(
         "validate",
         help="check a hall config and summarize its capacity",
@@ -65,7 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("config", metavar="CONFIG", help="path to the hall config (TOML)")
     validate.add_argument("--json", action="store_true", help="print the summary as JSON")
     validate.set_defaults(handler=_cmd_validate)
-    return parser
+
+
+def _command_adders() -> tuple[Callable[[Any], None], ...]:
+    """Every command of the CLI: each adds its own sub-parser with ``handler`` set.
+
+    A command living in another module exposes ``add_command(sub)`` and is listed here.
+    """
+    return (_add_validate,)
 
 
 def _version() -> str:

@@ -118,6 +118,8 @@ class Topology:
     server_gpu_max_w: F64
     server_other_max_w: F64
     server_psus: I32
+    server_psus_to_boot: I32
+    server_psus_to_carry: I32
     server_inrush_peak_a: F64      # per PSU
     server_inrush_duration_s: F64
     server_model_id: tuple[str, ...]
@@ -780,6 +782,8 @@ def compile_hall(config: HallConfig, source: str = "<config>") -> Topology:
         server_gpu_max_w=per_model(lambda m: m.gpu_max_w),
         server_other_max_w=per_model(lambda m: m.other_max_w),
         server_psus=per_model(lambda m: m.psus).astype(np.int32),
+        server_psus_to_boot=per_model(lambda m: m.psus_to_boot).astype(np.int32),
+        server_psus_to_carry=per_model(lambda m: m.psus_to_carry or m.psus).astype(np.int32),
         server_inrush_peak_a=per_model(lambda m: m.inrush_peak_a),
         server_inrush_duration_s=per_model(lambda m: m.inrush_duration_s),
         server_model_id=tuple(m.id for m in models),
