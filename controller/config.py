@@ -33,6 +33,8 @@ def load_hall_config(path: str | Path) -> HallConfig:
         problem = "is a directory, expected a TOML file"
     except OSError as exc:
         problem = f"cannot read: {exc.strerror or exc}"
+    except ValueError as exc:  # e.g. an embedded NUL byte in the path
+        problem = f"not a usable file path: {exc}"
     else:
         problem = ""
     if problem:
@@ -61,6 +63,8 @@ def loads_hall_config(data: bytes | str, source: str = "<config>") -> HallConfig
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [ConfigIssue("", f"not valid TOML: {exc}")]) from None
+    except RecursionError:
+        raise ConfigError(source, [ConfigIssue("", "not usable TOML: nested too deeply")]) from None
     return validate_hall_dict(raw, source=source)
 
 
@@ -81,7 +85,7 @@ def issues_from_validation(exc: ValidationError) -> list[ConfigIssue]:
     makes pydantic report one error per member at the same place: those become one issue. When
     one member got further (an error deeper inside a table), the shallower ones are dropped.
     """
-    raw: list[tuple[str, str]] = []
+    raw: list[tuple[str, str, bool]] = []
     for err in exc.errors(include_url=False):
         message = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -92,18 +96,26 @@ def issues_from_validation(exc: ValidationError) -> list[ConfigIssue]:
             shown = repr(err["input"])
             if len(shown) <= 60 and not isinstance(err["input"], dict):
                 message = f"{message} (got {shown})"
-        raw.append((format_loc(_user_loc(err["loc"])), message))
-    paths = [path for path, _ in raw]
+        loc = _user_loc(err["loc"])
+        union_branch = len(loc) < len(err["loc"]) and not _only_tags_dropped(err["loc"])
+        raw.append((format_loc(loc), message, union_branch))
+    paths = [path for path, _, _ in raw]
     merged: dict[str, list[str]] = {}
-    for path, message in raw:
+    for path, message, union_branch in raw:
         deeper = any(other != path and other.startswith(path) and other[len(path)] in ".["
                      for other in paths)
-        if deeper:
+        if deeper and union_branch:
             continue
         messages = merged.setdefault(path, [])
         if message not in messages:
             messages.append(message)
     return [ConfigIssue(path, "; or ".join(messages)) for path, messages in merged.items()]
+
+
+def _only_tags_dropped(loc: tuple[str | int, ...]) -> bool:
+    """True when the parts dropped from ``loc`` were validator names or breaker tags only."""
+    return not any(isinstance(part, str) and (part in _UNION_MEMBERS or part.startswith("list["))
+                   for part in loc)
 
 
 _UNION_TAGS = frozenset({"curve", "electronic"})

@@ -19,12 +19,14 @@ This module checks what one model can check about itself (ranges, exactly-one-of
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -38,8 +40,11 @@ Connection = Literal["L1", "L2", "L3", "L1-L2", "L2-L3", "L3-L1"]
 Feed = Literal["A", "B"]
 UpstreamKind = Literal["source", "ups", "switchboard", "panel", "branch"]
 
-PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# Physical quantities are bounded far above any real hall (1e9 A, W, s, ...) so that arithmetic on
+# them can never overflow to infinity.
+MAX_QUANTITY = 1e9
+PositiveFloat = Annotated[float, Field(gt=0, le=MAX_QUANTITY, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(ge=0, le=MAX_QUANTITY, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
 Identifier = Annotated[str, Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9_.:{}\-]+$")]
 
@@ -47,13 +52,15 @@ _SQRT3 = math.sqrt(3.0)
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+    # strict: TOML has real types, so `rating_a = true` or `rating_a = "63"` is a mistake to
+    # report, not a value to coerce (integers are still accepted where a float is expected).
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True, strict=True)
 
 
 class IdRange(_Frozen):
     """A run of ids written as a pattern: ``{pattern = "UPS-A{i:02d}", start = 1, count = 16}``."""
 
-    pattern: Identifier
+    pattern: PatternId
     start: Annotated[int, Field(ge=0, le=1_000_000)] = 1
     count: Annotated[int, Field(ge=1, le=100_000)]
 
@@ -61,12 +68,7 @@ class IdRange(_Frozen):
     def _formats(self) -> IdRange:
         if "{" not in self.pattern:
             raise PydanticCustomError("pattern", "pattern needs an {i} field, e.g. 'P{i:02d}'")
-        try:
-            self.pattern.format(i=self.start)
-        except (KeyError, IndexError, ValueError, AttributeError) as exc:
-            raise PydanticCustomError(
-                "pattern", "pattern cannot be formatted with i: {err}", {"err": str(exc)}
-            ) from None
+        _check_pattern(self.pattern, self.start, self.count)
         return self
 
     def ids(self) -> list[str]:
@@ -99,8 +101,15 @@ def _range_s(value: tuple[float, float]) -> tuple[float, float]:
     return value
 
 
+def _list_to_tuple(value: object) -> object:
+    return tuple(value) if isinstance(value, list) else value
+
+
 DurationRange = Annotated[
-    tuple[NonNegFloat, NonNegFloat], AfterValidator(_range_s), Field(description="[min, max] in s")
+    tuple[NonNegFloat, NonNegFloat],
+    BeforeValidator(_list_to_tuple),
+    AfterValidator(_range_s),
+    Field(description="[min, max] in s"),
 ]
 
 
@@ -193,7 +202,7 @@ class NodeGroup(_Rated):
     parents in equal consecutive blocks.
     """
 
-    id: Identifier
+    id: PatternId
     kind: UpstreamKind
     count: Annotated[int, Field(ge=1, le=100_000)] = 1
     parent: ParentRef | None = None
@@ -225,7 +234,7 @@ class NodeGroup(_Rated):
             raise PydanticCustomError(
                 "pattern", "with count > 1 the id must be a pattern such as 'PDU-{i:02d}'"
             )
-        _check_pattern(self.id)
+        _check_pattern(self.id, 1, self.count)
         if len(parent_list(self.parent)) > self.count:
             raise PydanticCustomError(
                 "parents", "more parents than nodes: each parent needs at least one child"
@@ -237,16 +246,36 @@ class NodeGroup(_Rated):
         return expand_pattern(self.id, self.count)
 
 
-def _check_pattern(pattern: str) -> None:
-    if "{" not in pattern:
-        return
-    try:
-        pattern.format(i=1)
-    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+_PATTERN_FIELD = re.compile(r"\{i(?::0?[1-9]?d)?\}")
+
+
+def _check_pattern(pattern: str, first: int = 1, count: int = 1) -> None:
+    """An id pattern may hold only ``{i}`` fields, optionally ``{i:Nd}``/``{i:0Nd}`` with N <= 9,
+    and must give ids that are valid identifiers."""
+    _check_pattern_syntax(pattern)
+    for i in (first, first + count - 1):
+        formatted = pattern.format(i=i)
+        if len(formatted) > 120 or not _ID.fullmatch(formatted):
+            raise PydanticCustomError(
+                "pattern", "id pattern gives {id!r}, not an id of up to 120 letters, digits, "
+                "'_', '.', ':' or '-'", {"id": formatted[:130]},
+            )
+
+
+_ID = re.compile(r"[A-Za-z0-9_.:\-]+")
+
+
+def _check_pattern_syntax(pattern: str) -> str:
+    rest = _PATTERN_FIELD.sub("", pattern)
+    if "{" in rest or "}" in rest:
         raise PydanticCustomError(
-            "pattern", "id pattern cannot be formatted with i (use e.g. 'R{{i:03d}}'): {err}",
-            {"err": str(exc)},
-        ) from None
+            "pattern", "id pattern may only contain fields like {example}",
+            {"example": "{i} or {i:03d} (the index i, width up to 9)"},
+        )
+    return pattern
+
+
+PatternId = Annotated[Identifier, AfterValidator(_check_pattern_syntax)]
 
 
 def expand_pattern(pattern: str, count: int) -> list[str]:
@@ -413,7 +442,7 @@ class RackGroup(_Frozen):
     in equal consecutive blocks) its branch circuit hangs from.
     """
 
-    id: Identifier
+    id: PatternId
     template: Identifier
     count: Annotated[int, Field(ge=1, le=100_000)] = 1
     zone: Identifier
@@ -426,7 +455,7 @@ class RackGroup(_Frozen):
             raise PydanticCustomError(
                 "pattern", "with count > 1 the id must be a pattern such as 'R{i:03d}'"
             )
-        _check_pattern(self.id)
+        _check_pattern(self.id, 1, self.count)
         for slot, parent in self.parents.items():
             if not 1 <= len(parent_list(parent)) <= self.count:
                 raise PydanticCustomError(
@@ -743,7 +772,7 @@ class HallConfig(_Frozen):
             if template is not None:
                 slots = {s.slot for s in template.pdus}
                 for slot in sorted(slots - set(rack.parents)):
-                    bad(("racks", r, "parents"), "missing",
+                    bad(("racks", r, "parents"), "missing_parent",
                         f"no parent given for PDU slot {slot!r}", slot)
                 for slot in sorted(set(rack.parents) - slots):
                     bad(("racks", r, "parents", slot), "reference",
@@ -760,7 +789,7 @@ class HallConfig(_Frozen):
                             f"parent {pid!r} is a source: a rack PDU needs a panel, "
                             "switchboard, UPS or branch between", pid)
         if not any(group.kind == "source" for group in self.nodes):
-            bad(("nodes",), "missing", "the tree needs at least one source", None)
+            bad(("nodes",), "missing_source", "the tree needs at least one source", None)
 
         profiles = {p.id for p in self.register_profiles} | BUILTIN_REGISTER_PROFILES
         for kind, bindings in (("meters", self.bindings.meters),

@@ -315,7 +315,7 @@ def _build_proto(
                     ref = refs[j]
                     parts = ref.split("/")
                     key = None
-                    if len(parts) == 3 and parts[2].isdigit():
+                    if len(parts) == 3 and parts[2].isascii() and parts[2].isdigit():
                         key = (parts[0], parts[1], int(parts[2]))
                     if key is None or key not in outlet_at:
                         issues.add((*s_loc, "psu_outlets", c, j),
