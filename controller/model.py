@@ -762,25 +762,25 @@ class HallConfig(_Frozen):
                         bank.connection)
 
         for r, rack in enumerate(self.racks):
-            template = templates.get(rack.template)
-            if template is None:
+            rack_template = templates.get(rack.template)
+            if rack_template is None:
                 bad(("racks", r, "template"), "reference",
                     f"rack template {rack.template!r} is not defined", rack.template)
             if rack.zone not in zones:
                 bad(("racks", r, "zone"), "reference",
                     f"cooling zone {rack.zone!r} is not defined in zones", rack.zone)
-            if template is not None:
-                slots = {s.slot for s in template.pdus}
-                for slot in sorted(slots - set(rack.parents)):
+            if rack_template is not None:
+                slots = {s.slot for s in rack_template.pdus}
+                for slot_id in sorted(slots - set(rack.parents)):
                     bad(("racks", r, "parents"), "missing_parent",
-                        f"no parent given for PDU slot {slot!r}", slot)
-                for slot in sorted(set(rack.parents) - slots):
-                    bad(("racks", r, "parents", slot), "reference",
-                        f"template {template.id!r} has no PDU slot {slot!r}", slot)
-            for slot, parent in rack.parents.items():
-                for p, pid in enumerate(parent_list(parent)):
-                    ploc: tuple[str | int, ...] = ("racks", r, "parents", slot)
-                    if not isinstance(parent, str):
+                        f"no parent given for PDU slot {slot_id!r}", slot_id)
+                for slot_id in sorted(set(rack.parents) - slots):
+                    bad(("racks", r, "parents", slot_id), "reference",
+                        f"template {rack_template.id!r} has no PDU slot {slot_id!r}", slot_id)
+            for slot_id, rack_parent in rack.parents.items():
+                for p, pid in enumerate(parent_list(rack_parent)):
+                    ploc: tuple[str | int, ...] = ("racks", r, "parents", slot_id)
+                    if not isinstance(rack_parent, str):
                         ploc = (*ploc, p)
                     if pid not in node_kind:
                         bad(ploc, "reference", f"parent {pid!r} is not a node id", pid)
@@ -792,14 +792,15 @@ class HallConfig(_Frozen):
             bad(("nodes",), "missing_source", "the tree needs at least one source", None)
 
         profiles = {p.id for p in self.register_profiles} | BUILTIN_REGISTER_PROFILES
-        for kind, bindings in (("meters", self.bindings.meters),
-                               ("actuators", self.bindings.actuators)):
-            for b, binding in enumerate(bindings):
-                if binding.modbus is not None and binding.modbus.profile not in profiles:
-                    bad(("bindings", kind, b, "modbus", "profile"), "reference",
-                        f"register profile {binding.modbus.profile!r} is neither built in "
-                        f"({', '.join(sorted(BUILTIN_REGISTER_PROFILES))}) nor defined in "
-                        "register_profiles", binding.modbus.profile)
+        modbus_uses: list[tuple[str, int, ModbusAddressing | None]] = [
+            ("meters", b, m.modbus) for b, m in enumerate(self.bindings.meters)
+        ] + [("actuators", b, a.modbus) for b, a in enumerate(self.bindings.actuators)]
+        for kind, b, modbus in modbus_uses:
+            if modbus is not None and modbus.profile not in profiles:
+                bad(("bindings", kind, b, "modbus", "profile"), "reference",
+                    f"register profile {modbus.profile!r} is neither built in "
+                    f"({', '.join(sorted(BUILTIN_REGISTER_PROFILES))}) nor defined in "
+                    "register_profiles", modbus.profile)
         if errors:
             raise ValidationError.from_exception_data("HallConfig", errors)
         return self

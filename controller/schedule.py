@@ -24,7 +24,7 @@ None of them caps GPUs: servers work at their maximum.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -37,8 +37,12 @@ BASELINES = ("all-at-once", "fixed-delay", "fixed-rate")
 SLURM_PASS_S = 10.0
 
 
-_NO_EVENTS_F = np.zeros(0, dtype=np.float64)
-_NO_EVENTS_I = np.zeros(0, dtype=np.int32)
+def _no_events_f() -> F64:
+    return np.zeros(0, dtype=np.float64)
+
+
+def _no_events_i() -> npt.NDArray[np.int32]:
+    return np.zeros(0, dtype=np.int32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +54,9 @@ class Schedule:
     strategy: str
     psu_on_s: F64
     gpu_cap_w: F64
-    cap_t_s: F64 = _NO_EVENTS_F
-    cap_server: npt.NDArray[np.int32] = _NO_EVENTS_I
-    cap_w: F64 = _NO_EVENTS_F
+    cap_t_s: F64 = field(default_factory=_no_events_f)
+    cap_server: npt.NDArray[np.int32] = field(default_factory=_no_events_i)
+    cap_w: F64 = field(default_factory=_no_events_f)
 
     def __post_init__(self) -> None:
         if self.psu_on_s.ndim != 1 or self.gpu_cap_w.ndim != 1:
@@ -122,7 +126,8 @@ def fixed_delay(topo: Topology, delay_s: float) -> Schedule:
     sorted_pdu = pdu[order]
     starts = np.searchsorted(sorted_pdu, sorted_pdu, side="left")
     rank[order] = np.arange(topo.n_psus) - starts
-    return Schedule("fixed-delay", rank * float(delay_s), full_power_caps(topo))
+    return Schedule("fixed-delay", rank.astype(np.float64) * float(delay_s),
+                    full_power_caps(topo))
 
 
 def fixed_rate(topo: Topology, per_min: float, pass_s: float = SLURM_PASS_S) -> Schedule:

@@ -84,7 +84,9 @@ class HallSummary:
     verdict: str
 
     def to_dict(self) -> dict[str, object]:
-        return _finite(asdict(self))
+        out = _finite(asdict(self))
+        assert isinstance(out, dict)
+        return out
 
 
 def summarize(topo: Topology, worst_per_level: int = 3) -> HallSummary:

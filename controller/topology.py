@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -218,7 +219,7 @@ class _Proto:
     psu_slot: list[int]
 
 
-def _line_rating(lines: list[str], rating_a: float) -> tuple[float, float, float]:
+def _line_rating(lines: Sequence[str], rating_a: float) -> tuple[float, float, float]:
     r = [0.0, 0.0, 0.0]
     for line in lines:
         r[LINE_CODE[line]] = rating_a
@@ -511,7 +512,7 @@ def compile_hall(config: HallConfig, source: str = "<config>") -> Topology:
     up_depth = np.full(n_up, -1, np.int64)
     up_root = np.full(n_up, -1, np.int64)
     for i in range(n_up):
-        chain = []
+        chain: list[int] = []
         j = i
         while j >= 0 and up_depth[j] < 0 and len(chain) <= n_up:
             chain.append(j)
@@ -526,7 +527,7 @@ def compile_hall(config: HallConfig, source: str = "<config>") -> Topology:
             up_root[c_i] = rt
 
     # --- racks: each template laid out once, then tiled -----------------------------------
-    protos: dict[str, tuple[_Proto, dict[str, np.ndarray]]] = {}
+    protos: dict[str, tuple[_Proto, dict[str, Any]]] = {}
     parents_chunks: list[np.ndarray] = [up_parent]
     depth_chunks: list[np.ndarray] = [up_depth]
     root_chunks: list[np.ndarray] = [up_root]
@@ -535,15 +536,15 @@ def compile_hall(config: HallConfig, source: str = "<config>") -> Topology:
     s_ids: list[str] = []
     s_chunks: dict[str, list[np.ndarray]] = {"model": [], "rack": [], "prio": []}
     p_chunks: dict[str, list[np.ndarray]] = {"server": [], "node": [], "phase": [], "feed": []}
-    for r, group in enumerate(config.racks):
-        t, template = templates[group.template]
+    for r, rack_group in enumerate(config.racks):
+        t, template = templates[rack_group.template]
         if template.id not in protos:
             proto = _build_proto(t, template, pdu_models, server_index, config.server_models,
                                  issues)
             local_parent = np.asarray(proto.parent, np.int64)
             local_depth = np.zeros(len(proto.kind), np.int64)
-            for j, par in enumerate(proto.parent):  # parents precede children in a proto
-                local_depth[j] = 0 if par < 0 else local_depth[par] + 1
+            for j, local_par in enumerate(proto.parent):  # parents precede children in a proto
+                local_depth[j] = 0 if local_par < 0 else local_depth[local_par] + 1
             arrays = {
                 "kind": np.asarray(proto.kind, np.int8),
                 "parent": local_parent,
@@ -566,19 +567,19 @@ def compile_hall(config: HallConfig, source: str = "<config>") -> Topology:
         proto, a = protos[template.id]
         if issues.items:
             continue
-        racks_here = group.expanded_ids()
+        racks_here = rack_group.expanded_ids()
         count = len(racks_here)
         m = a["kind"].shape[0]
         base = len(cols.ids)
         rack0 = len(rack_ids)
         rack_ids.extend(racks_here)
-        rack_zone.extend([zone_index[group.zone]] * count)
+        rack_zone.extend([zone_index[rack_group.zone]] * count)
         slot_names = [s.slot for s in template.pdus]
         slot_feed = np.asarray([FEED_NAMES.index(s.feed) for s in template.pdus], np.int8)
         # attach[k, slot]: the upstream node that rack k's PDU slot hangs from
         attach = np.empty((count, len(slot_names)), np.int64)
         for s, slot in enumerate(slot_names):
-            parents = parent_list(group.parents[slot])
+            parents = parent_list(rack_group.parents[slot])
             attach[:, s] = [up_index[block_parent(parents, k, count)] for k in range(count)]
         offsets = base + np.arange(count, dtype=np.int64)[:, None] * m
         node_attach = attach[:, a["slot"]]                      # (count, m)
@@ -588,8 +589,8 @@ def compile_hall(config: HallConfig, source: str = "<config>") -> Topology:
         root_chunks.append(up_root[node_attach].reshape(-1))
         origin = np.tile(a["origin"], count)
         pdu_local = np.flatnonzero(a["kind"] == KIND_CODE["rack_pdu"])
-        for j in pdu_local:  # point a PDU's feed problems at the rack group's parents
-            origin[j::m] = origin_ref(("racks", r, "parents", slot_names[a["slot"][j]]))
+        for jp in pdu_local:  # point a PDU's feed problems at the rack group's parents
+            origin[jp::m] = origin_ref(("racks", r, "parents", slot_names[a["slot"][jp]]))
         cols.add(
             [rack + suffix for rack in racks_here for suffix in proto.suffix],
             kind=np.tile(a["kind"], count),
@@ -612,7 +613,7 @@ def compile_hall(config: HallConfig, source: str = "<config>") -> Topology:
         s_chunks["rack"].append(np.repeat(np.arange(rack0, rack0 + count, dtype=np.int32),
                                           n_srv))
         s_chunks["prio"].append(np.tile(np.asarray(
-            [group.priority if p is None else p for p in proto.server_priority], np.int32),
+            [rack_group.priority if p is None else p for p in proto.server_priority], np.int32),
             count))
         k_psu = a["psu_server"].shape[0]
         p_chunks["server"].append(
@@ -705,10 +706,10 @@ def compile_hall(config: HallConfig, source: str = "<config>") -> Topology:
     ok = cols.column("ok")[perm][child]
     # Outlets are receptacles, not protective devices: their bank breaker protects them.
     flag = above & ~ok & (kind_a[child] != KIND_CODE["outlet"])
-    for c_i, p_i in zip(child[flag][:50], par[flag][:50], strict=True):
-        issues.add(where(c_i),
-                   f"{KIND_NAMES[kind_a[c_i]]} {ids_sorted[c_i]!r} ({rating_a[c_i].max():g} A at "
-                   f"{v_ll_v[c_i]:g} V) is rated above its parent {ids_sorted[p_i]!r} "
+    for c_n, p_i in zip(child[flag][:50], par[flag][:50], strict=True):
+        issues.add(where(c_n),
+                   f"{KIND_NAMES[kind_a[c_n]]} {ids_sorted[c_n]!r} ({rating_a[c_n].max():g} A at "
+                   f"{v_ll_v[c_n]:g} V) is rated above its parent {ids_sorted[p_i]!r} "
                    f"({rating_a[p_i].max():g} A at {v_ll_v[p_i]:g} V); set "
                    "exceeds_parent_ok = true if that is deliberate")
     if issues.items:

@@ -88,7 +88,7 @@ def kernel(*arg_types: types.Type) -> Callable[[F], F]:
     signature = types.void(*arg_types)
 
     def decorate(func: F) -> F:
-        if numba.config.DISABLE_JIT:
+        if getattr(numba.config, "DISABLE_JIT", False):
             # NUMBA_DISABLE_JIT=1 (coverage runs): plain Python with numba's error_model="numpy"
             # semantics, where overflow and 0/0 give inf/NaN silently instead of warnings.
             @functools.wraps(func)
@@ -97,6 +97,6 @@ def kernel(*arg_types: types.Type) -> Callable[[F], F]:
                     return func(*args)
 
             return plain  # type: ignore[return-value]
-        return numba.njit(signature, **JIT_OPTIONS)(func)  # type: ignore[no-any-return]
+        return numba.njit(signature, **JIT_OPTIONS)(func)  # type: ignore[return-value]
 
     return decorate

@@ -1,0 +1,30 @@
+"""rampguard's controller package: the hall model, its loading and compilation, and the CLI.
+
+Public API:
+
+* :func:`load_hall_config`, :func:`loads_hall_config` — a TOML hall config → :class:`HallConfig`
+* :func:`compile_hall` — a :class:`HallConfig` → :class:`Topology` (flat numpy arrays)
+* :func:`summarize` — the capacity summary that ``rampguard validate`` prints
+* :class:`Schedule` and the baselines in :mod:`controller.schedule`
+* the errors: :class:`RampguardError`, :class:`ConfigError`, :class:`ConfigIssue`
+"""
+
+from controller.config import load_hall_config, loads_hall_config, validate_hall_dict
+from controller.errors import ConfigError, ConfigIssue, RampguardError, TopologyError
+from controller.model import HallConfig
+from controller.schedule import Schedule
+from controller.topology import Topology, compile_hall
+
+__all__ = [
+    "ConfigError",
+    "ConfigIssue",
+    "HallConfig",
+    "RampguardError",
+    "Schedule",
+    "Topology",
+    "TopologyError",
+    "compile_hall",
+    "load_hall_config",
+    "loads_hall_config",
+    "validate_hall_dict",
+]
