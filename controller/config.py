@@ -94,7 +94,7 @@ def issues_from_validation(exc: ValidationError) -> list[ConfigIssue]:
             message = "required field is missing"
         elif "input" in err:
             shown = repr(err["input"])
-            if len(shown) <= 60 and not isinstance(err["input"], dict):
+            if len(shown) <= 60 and not isinstance(err["input"], dict) and shown not in message:
                 message = f"{message} (got {shown})"
         loc = _user_loc(err["loc"])
         union_branch = len(loc) < len(err["loc"]) and not _only_tags_dropped(err["loc"])
