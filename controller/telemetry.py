@@ -1,0 +1,269 @@
+"""The telemetry store: the latest trusted reading of every bound quantity.
+
+The controller sees the hall through this store only. Drivers hand it plain numbers with a
+timestamp (the adapters in the service turn driver snapshots into calls of :meth:`ingest_node`
+and :meth:`ingest_server`); the store decides whether to trust them:
+
+* **missing**: a metered node that never reported;
+* **stale**: the last accepted reading is older than ``meter_stale_s`` (``agent_stale_s`` for
+  node agents) on the injected monotonic clock;
+* **implausible**: NaN or infinite, negative current or power, beyond the physical range (more
+  than ``range_x`` × the node's rating on a pole: its breaker would have opened), a pole the node
+  does not have carrying current, a timestamp from the future, or an impossible jump (a change of
+  more than ``max_jump_fraction`` × rating in one update that the next reading does not confirm:
+  a real step persists, a glitch does not);
+* **inconsistent**: a node whose children are all metered and fresh, and whose reading disagrees
+  with their sum beyond ``sum_tolerance`` of its rating plus ``sum_tolerance_a``.
+
+A node whose reading is not good is *unknown*: the decision core admits no new load below it and
+assumes the worst case for it (DESIGN.md safety rule 5). Every rejected input is counted by
+reason; a fault is logged once at WARNING when it starts and once at INFO when it clears.
+
+Nothing here blocks: ingesting is a few array writes, :meth:`refresh` is vectorized.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+import numpy.typing as npt
+
+from controller.model import ControllerSettings
+from controller.topology import Topology
+
+log = logging.getLogger(__name__)
+
+F64 = npt.NDArray[np.float64]
+
+
+class Quality(IntEnum):
+    """Quality of a node's or server's latest reading. Only GOOD is trusted."""
+
+    GOOD = 0
+    MISSING = 1
+    STALE = 2
+    IMPLAUSIBLE = 3
+    INCONSISTENT = 4
+
+
+@dataclass(frozen=True, slots=True)
+class PlausibilityLimits:
+    """Bounds beyond which a reading cannot be true (fractions of the node's rating)."""
+
+    range_x: float = 20.0
+    max_jump_fraction: float = 0.5
+    sum_tolerance: float = 0.05
+    sum_tolerance_a: float = 1.0
+    future_tolerance_s: float = 1.0
+
+
+class TelemetryStore:
+    """Latest reading per metered node (per-pole current) and per server (GPU power)."""
+
+    def __init__(
+        self,
+        topo: Topology,
+        settings: ControllerSettings,
+        metered_nodes: Sequence[int],
+        agent_servers: Sequence[int] = (),
+        clock: Callable[[], float] | None = None,
+        limits: PlausibilityLimits | None = None,
+    ) -> None:
+        import time
+
+        self.topo = topo
+        self.clock = clock or time.monotonic
+        self.meter_stale_s = settings.meter_stale_s
+        self.agent_stale_s = settings.agent_stale_s
+        self.limits = limits or PlausibilityLimits(max_jump_fraction=settings.max_jump_fraction)
+        n = topo.n_nodes
+        self.metered = np.zeros(n, dtype=bool)
+        self.metered[np.asarray(metered_nodes, dtype=np.int64)] = True
+        self.node_i_a = np.full((n, 3), math.nan)
+        self.node_t_s = np.full(n, -math.inf)
+        self.node_quality = np.where(self.metered, Quality.MISSING, Quality.GOOD).astype(np.int8)
+        self._rejected_now = np.zeros(n, dtype=np.int8)  # quality of the last rejected input
+        self._pending_i_a = np.full((n, 3), math.nan)    # an unconfirmed jump
+        s = topo.n_servers
+        self.has_agent = np.zeros(s, dtype=bool)
+        self.has_agent[np.asarray(agent_servers, dtype=np.int64)] = True
+        self.server_power_w = np.full(s, math.nan)
+        self.server_cap_w = np.full(s, math.nan)        # enforced per-GPU cap, read back
+        self.server_t_s = np.full(s, -math.inf)
+        self.server_quality = np.where(self.has_agent, Quality.MISSING,
+                                       Quality.GOOD).astype(np.int8)
+        self.rejected: Counter[str] = Counter()
+        self.accepted = 0
+        self._faults: dict[tuple[str, int], str] = {}
+        # children of each node, for the sum check: metered nodes whose children are all metered
+        parent = topo.parent_idx
+        self._child_count = np.bincount(parent[parent >= 0], minlength=n)
+        self._metered_child_count = np.bincount(parent[(parent >= 0) & self.metered], minlength=n)
+        self._sum_check = self.metered & (self._child_count > 0) & (
+            self._metered_child_count == self._child_count)
+        depth_max = int(topo.depth.max()) if n else 0
+        self._levels = [np.flatnonzero(topo.depth == d) for d in range(1, depth_max + 1)]
+
+    # ---------------------------------------------------------------------------------------
+    def ingest_node(self, node: int, i_a: Sequence[float], t_s: float | None = None) -> bool:
+        """Offer a per-pole current reading (A) of ``node`` taken at monotonic time ``t_s``.
+
+        Returns True when it was accepted. A rejected reading leaves the previous one in place
+        (it will go stale) and is counted by reason.
+        """
+        now = self.clock()
+        t = now if t_s is None else float(t_s)
+        if not 0 <= node < self.topo.n_nodes or not self.metered[node]:
+            return self._reject("unbound_node", node, Quality.IMPLAUSIBLE)
+        values = np.asarray(i_a, dtype=np.float64)
+        rating = self.topo.rating_a[node]
+        reason = _implausible(values, rating, t, now, self.limits)
+        if reason:
+            return self._reject(reason, node, Quality.IMPLAUSIBLE)
+        if t < self.node_t_s[node]:
+            return self._reject("out_of_order", node, Quality.GOOD)
+        previous = self.node_i_a[node]
+        jump_a = self.limits.max_jump_fraction * rating.max()
+        if np.isfinite(previous).all() and np.abs(values - previous).max() > jump_a:
+            pending = self._pending_i_a[node]
+            confirmed = (np.isfinite(pending).all()
+                         and np.abs(values - pending).max() <= jump_a * 0.5)
+            if not confirmed:
+                self._pending_i_a[node] = values
+                return self._reject("impossible_jump", node, Quality.IMPLAUSIBLE)
+        self._pending_i_a[node] = math.nan
+        self.node_i_a[node] = values
+        self.node_t_s[node] = t
+        self._rejected_now[node] = Quality.GOOD
+        self.accepted += 1
+        self._clear_fault("node", node)
+        return True
+
+    def ingest_server(
+        self, server: int, gpu_power_w: Sequence[float], enforced_cap_w: Sequence[float],
+        t_s: float | None = None,
+    ) -> bool:
+        """Offer a node agent's reading: per-GPU power and the enforced per-GPU cap (W)."""
+        now = self.clock()
+        t = now if t_s is None else float(t_s)
+        if not 0 <= server < self.topo.n_servers or not self.has_agent[server]:
+            return self._reject("unbound_server", server, Quality.IMPLAUSIBLE, kind="server")
+        power = np.asarray(gpu_power_w, dtype=np.float64)
+        caps = np.asarray(enforced_cap_w, dtype=np.float64)
+        gpus = int(self.topo.server_gpus[server])
+        gmax = float(self.topo.server_gpu_max_w[server])
+        bad = (power.shape != (gpus,) or caps.shape != (gpus,)
+               or not np.isfinite(power).all() or not np.isfinite(caps).all()
+               or (power < 0).any() or (caps < 0).any()
+               or (power > self.limits.range_x * max(gmax, 1.0)).any()
+               or t > now + self.limits.future_tolerance_s)
+        if bad:
+            return self._reject("implausible_agent", server, Quality.IMPLAUSIBLE, kind="server")
+        self.server_power_w[server] = float(power.sum())
+        self.server_cap_w[server] = float(caps.max()) if gpus else 0.0
+        self.server_t_s[server] = max(self.server_t_s[server], t)
+        self.accepted += 1
+        self._clear_fault("server", server)
+        return True
+
+    # ---------------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Recompute every quality at the current time (staleness, sums). Vectorized."""
+        now = self.clock()
+        q = np.full(self.topo.n_nodes, Quality.GOOD, dtype=np.int8)
+        never = self.metered & ~np.isfinite(self.node_t_s)
+        stale = self.metered & np.isfinite(self.node_t_s) & (now - self.node_t_s
+                                                             > self.meter_stale_s)
+        q[stale] = Quality.STALE
+        q[never] = Quality.MISSING
+        # the latest input was rejected: say why, whatever the age of the last good one
+        rejected = self.metered & (self._rejected_now != Quality.GOOD)
+        q[rejected] = self._rejected_now[rejected]
+        # sum check where every child is metered and fresh
+        fresh = self.metered & (q == Quality.GOOD)
+        parent = self.topo.parent_idx
+        child_fresh = np.bincount(parent[(parent >= 0) & fresh],
+                                  minlength=self.topo.n_nodes)
+        check = self._sum_check & fresh & (child_fresh == self._child_count)
+        if check.any():
+            sums = np.zeros((self.topo.n_nodes, 3))
+            kids = np.flatnonzero((parent >= 0) & fresh)
+            np.add.at(sums, parent[kids], self.node_i_a[kids])
+            tol = (self.limits.sum_tolerance * self.topo.rating_a.max(axis=1)
+                   + self.limits.sum_tolerance_a)
+            diff = np.abs(sums - np.nan_to_num(self.node_i_a)).max(axis=1)
+            bad = check & (diff > tol)
+            for node in np.flatnonzero(bad & (self.node_quality != Quality.INCONSISTENT)):
+                self._note_fault("node", int(node), "children_sum_disagrees")
+                self.rejected["children_sum_disagrees"] += 1
+            q[bad] = Quality.INCONSISTENT
+        self.node_quality = q
+        sq = np.full(self.topo.n_servers, Quality.GOOD, dtype=np.int8)
+        s_never = self.has_agent & ~np.isfinite(self.server_t_s)
+        s_stale = self.has_agent & np.isfinite(self.server_t_s) & (
+            now - self.server_t_s > self.agent_stale_s)
+        sq[s_stale] = Quality.STALE
+        sq[s_never] = Quality.MISSING
+        self.server_quality = sq
+
+    def unknown_nodes(self) -> npt.NDArray[np.bool_]:
+        """Nodes whose own reading is not trusted, or that sit below such a node."""
+        out = self.metered & (self.node_quality != Quality.GOOD)
+        parent = self.topo.parent_idx
+        for level in self._levels:  # depth by depth: a parent is final before its children
+            out[level] |= out[parent[level]]
+        return out
+
+    def counters(self) -> dict[str, int]:
+        """Accepted and rejected inputs, by reason (for metrics and ``probe``)."""
+        return {"accepted": self.accepted, **dict(self.rejected)}
+
+    # ---------------------------------------------------------------------------------------
+    def _reject(self, reason: str, index: int, quality: Quality, kind: str = "node") -> bool:
+        self.rejected[reason] += 1
+        if kind == "node" and 0 <= index < self.topo.n_nodes and quality != Quality.GOOD:
+            self._rejected_now[index] = quality
+        self._note_fault(kind, index, reason)
+        return False
+
+    def _note_fault(self, kind: str, index: int, reason: str) -> None:
+        key = (kind, index)
+        if self._faults.get(key) != reason:
+            self._faults[key] = reason
+            log.warning("telemetry fault on %s %s: %s", kind, self._name(kind, index), reason)
+        else:
+            log.debug("telemetry fault repeats on %s %s: %s", kind, self._name(kind, index),
+                      reason)
+
+    def _clear_fault(self, kind: str, index: int) -> None:
+        reason = self._faults.pop((kind, index), None)
+        if reason is not None:
+            log.info("telemetry fault cleared on %s %s (was %s)", kind,
+                     self._name(kind, index), reason)
+
+    def _name(self, kind: str, index: int) -> str:
+        names = self.topo.node_id if kind == "node" else self.topo.server_id
+        return names[index] if 0 <= index < len(names) else f"#{index}"
+
+
+def _implausible(values: F64, rating_a: F64, t_s: float, now_s: float,
+                 limits: PlausibilityLimits) -> str:
+    if values.shape != (3,):
+        return "wrong_shape"
+    if not np.isfinite(values).all():
+        return "not_finite"
+    if (values < 0).any():
+        return "negative"
+    if ((rating_a == 0) & (values > limits.sum_tolerance_a)).any():
+        return "current_on_absent_pole"
+    if ((rating_a > 0) & (values > limits.range_x * rating_a)).any():
+        return "out_of_range"
+    if not math.isfinite(t_s) or t_s > now_s + limits.future_tolerance_s:
+        return "future_timestamp"
+    return ""
