@@ -31,18 +31,23 @@ from numba import types
 
 __all__ = [
     "F64",
+    "I64",
     "IN_BOOL_1",
     "IN_F64_1",
     "IN_F64_2",
     "IN_F64_3",
     "IN_I8_1",
     "IN_I32_1",
+    "IN_I64_1",
     "JIT_OPTIONS",
     "OUT_BOOL_1",
     "OUT_F64_1",
     "OUT_F64_2",
     "OUT_F64_3",
     "OUT_I8_1",
+    "OUT_I32_1",
+    "OUT_I64_1",
+    "OUT_U64_1",
     "kernel",
 ]
 
@@ -62,18 +67,24 @@ def _out(dtype: types.Type, ndim: int) -> types.Array:
 
 #: Scalar float64 argument.
 F64 = types.float64
+#: Scalar int64 argument.
+I64 = types.int64
 #: Read-only C-contiguous input arrays.
 IN_F64_1 = _in(types.float64, 1)
 IN_F64_2 = _in(types.float64, 2)
 IN_F64_3 = _in(types.float64, 3)
 IN_I32_1 = _in(types.int32, 1)
 IN_I8_1 = _in(types.int8, 1)
+IN_I64_1 = _in(types.int64, 1)
 IN_BOOL_1 = _in(types.boolean, 1)
 #: Writeable C-contiguous arrays a kernel fills.
 OUT_F64_1 = _out(types.float64, 1)
 OUT_F64_2 = _out(types.float64, 2)
 OUT_F64_3 = _out(types.float64, 3)
 OUT_I8_1 = _out(types.int8, 1)
+OUT_I32_1 = _out(types.int32, 1)
+OUT_I64_1 = _out(types.int64, 1)
+OUT_U64_1 = _out(types.uint64, 1)
 OUT_BOOL_1 = _out(types.boolean, 1)
 
 

@@ -17,17 +17,28 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "advance_servers",
     "aggregate_tree",
+    "alive_changed",
     "breaker_step",
+    "commit_loads",
+    "energize",
     "feed_loss_current_a",
+    "gpu_temperature_step",
     "headroom_a",
+    "inrush_x",
+    "meter_sample",
     "neutral_current_a",
     "phase_current_a",
     "psu_load_va",
+    "refresh_nodes",
+    "server_power",
     "time_to_trip_s",
     "tree_current_a",
+    "utilization_by_kind",
     "worst_case_headroom_a",
     "worst_case_utilization",
+    "zone_step",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -297,3 +308,532 @@ def worst_case_utilization(scenario_i_a: Any, node_feed: Any, limit_a: Any) -> F
                     worst = math.inf
         out.append(worst)
     return np.array(out, dtype=np.float64)
+
+
+# ============================================================================ plant kernels
+# Twins of kernels.plant and kernels.thermal. The kernels write in place; these take the
+# in/out arrays as inputs, leave them untouched and return the new values.
+
+_OFF, _BMC, _STANDBY, _POST, _BOOT, _IDLE, _LOADED, _HALTED = range(8)
+_MASK64 = (1 << 64) - 1
+
+
+def advance_servers(
+    t_end_s: float,
+    alive_count: Any,
+    psus_to_boot: Any,
+    bmc_ready_s: Any,
+    post_s: Any,
+    boot_s: Any,
+    work: Any,
+    state: Any,
+    next_s: Any,
+) -> tuple[npt.NDArray[np.int8], FloatArray, npt.NDArray[np.bool_], float]:
+    """Timed server transitions due by t_end_s; returns (state, next_s, dirty, next_min_s)."""
+    st, nxt = _lst(state), _lst(next_s)
+    alive, need, post, boot, wk = (_lst(alive_count), _lst(psus_to_boot), _lst(post_s),
+                                   _lst(boot_s), _lst(work))
+    dirty = [False] * len(st)
+    for s in range(len(st)):
+        while nxt[s] <= t_end_s:
+            dirty[s] = True
+            if st[s] == _BMC:
+                if alive[s] >= need[s]:
+                    st[s], nxt[s] = _POST, nxt[s] + post[s]
+                else:
+                    st[s], nxt[s] = _STANDBY, math.inf
+            elif st[s] == _POST:
+                st[s], nxt[s] = _BOOT, nxt[s] + boot[s]
+            elif st[s] == _BOOT:
+                st[s], nxt[s] = (_LOADED if wk[s] else _IDLE), math.inf
+            else:
+                nxt[s] = math.inf
+    return (np.array(st, dtype=np.int8), np.array(nxt, dtype=np.float64),
+            np.array(dirty, dtype=np.bool_), min(nxt, default=math.inf))
+
+
+def alive_changed(
+    t_s: float,
+    psus: Any,
+    psu_alive: Any,
+    psu_server: Any,
+    psus_to_boot: Any,
+    bmc_ready_s: Any,
+    post_s: Any,
+    alive_count: Any,
+    state: Any,
+    next_s: Any,
+    next_min_s: float = math.inf,
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int8], FloatArray, npt.NDArray[np.bool_],
+           float]:
+    """PSUs flipped at t_s; returns (alive_count, state, next_s, dirty, next_min_s)."""
+    count, st, nxt = _lst(alive_count), _lst(state), _lst(next_s)
+    alive, server = _lst(psu_alive), _lst(psu_server)
+    servers = sorted({server[k] for k in _lst(psus)})
+    for k in _lst(psus):
+        count[server[k]] += 1 if alive[k] else -1
+    dirty = [False] * len(st)
+    best = next_min_s
+    for s in servers:
+        if count[s] <= 0:
+            st[s], nxt[s] = _OFF, math.inf
+        elif st[s] == _OFF:
+            st[s], nxt[s] = _BMC, t_s + _lst(bmc_ready_s)[s]
+        elif st[s] == _STANDBY and count[s] >= _lst(psus_to_boot)[s]:
+            st[s], nxt[s] = _POST, t_s + _lst(post_s)[s]
+        dirty[s] = True
+        best = min(best, nxt[s])
+    return (np.array(count, dtype=np.int32), np.array(st, dtype=np.int8),
+            np.array(nxt, dtype=np.float64), np.array(dirty, dtype=np.bool_), best)
+
+
+def server_power(
+    servers: Any,
+    state: Any,
+    alive_count: Any,
+    cap_w: Any,
+    ignore_caps: Any,
+    slowed: Any,
+    overdraw_x: Any,
+    standby_w: Any,
+    post_w: Any,
+    boot_w: Any,
+    idle_w: Any,
+    gpus: Any,
+    gpu_idle_w: Any,
+    gpu_min_cap_w: Any,
+    gpu_max_w: Any,
+    other_max_w: Any,
+    psus_to_carry: Any,
+    psu_rating_w: Any,
+    slowdown_x: float,
+    p_w: Any,
+    gpu_w: Any,
+    braked: Any,
+) -> tuple[FloatArray, FloatArray, npt.NDArray[np.bool_]]:
+    """Power of the listed servers from their state; returns (p_w, gpu_w, braked)."""
+    out_p, out_g, out_b = _lst(p_w), _lst(gpu_w), _lst(braked)
+    for s in _lst(servers):
+        st, alive = int(_lst(state)[s]), _lst(alive_count)[s]
+        n_gpu, other = _lst(gpus)[s], _lst(other_max_w)[s]
+        g = 0.0
+        if alive <= 0 or st == _OFF:
+            p = 0.0
+        elif st in (_BMC, _STANDBY):
+            p = _lst(standby_w)[s]
+        elif st == _POST:
+            p = _lst(post_w)[s] * _lst(overdraw_x)[s]
+        elif st == _BOOT:
+            p = _lst(boot_w)[s] * _lst(overdraw_x)[s]
+        elif st == _IDLE:
+            p, g = _lst(idle_w)[s], _lst(gpu_idle_w)[s]
+        elif st == _LOADED:
+            lo, hi = _lst(gpu_min_cap_w)[s], _lst(gpu_max_w)[s]
+            g = hi if _lst(ignore_caps)[s] else min(max(_lst(cap_w)[s], lo), hi)
+            if _lst(slowed)[s]:
+                g *= slowdown_x
+            p = other + n_gpu * g
+        else:
+            p = max(_lst(idle_w)[s] - n_gpu * _lst(gpu_idle_w)[s], 0.0)
+        is_braked = False
+        if 0 < alive < _lst(psus_to_carry)[s] and p > alive * _lst(psu_rating_w)[s]:
+            limit = alive * _lst(psu_rating_w)[s]
+            is_braked = True
+            if st == _LOADED and n_gpu > 0:
+                g = max((limit - other) / n_gpu, 0.0)
+                p = other + n_gpu * g
+            p = min(p, limit)
+        out_p[s], out_g[s], out_b[s] = p, g, is_braked
+    return (np.array(out_p, dtype=np.float64), np.array(out_g, dtype=np.float64),
+            np.array(out_b, dtype=np.bool_))
+
+
+def _loads(server_p_w: list[float], server_pf: list[float], psu_server: list[int],
+           psu_node: list[int], psu_phase: list[int], alive: list[bool], parent: list[int],
+           n: int) -> tuple[list[list[float]], list[list[float]]]:
+    """Per-phase VA and W at every node, from scratch (ancestor walk per PSU)."""
+    count: dict[int, int] = {}
+    for k, s in enumerate(psu_server):
+        if alive[k]:
+            count[s] = count.get(s, 0) + 1
+    va = [[0.0, 0.0, 0.0] for _ in range(n)]
+    w = [[0.0, 0.0, 0.0] for _ in range(n)]
+    for k, s in enumerate(psu_server):
+        if not alive[k]:
+            continue
+        share_w = server_p_w[s] / count[s]
+        node = psu_node[k]
+        while node >= 0:
+            for phase, fraction in _PHASE_SPLIT[psu_phase[k]]:
+                va[node][phase] += share_w / server_pf[s] * fraction
+                w[node][phase] += share_w * fraction
+            node = parent[node]
+    return va, w
+
+
+def commit_loads(
+    t_s: float,
+    servers: Any,
+    server_p_w: Any,
+    server_pf: Any,
+    server_zone: Any,
+    psu_start: Any,
+    psu_order: Any,
+    psu_alive: Any,
+    psu_node: Any,
+    psu_phase: Any,
+    parent_idx: Any,
+    v_ln_v: Any,
+    rating_a: Any,
+    thermal_tau_s: Any,
+    short_pickup_x: Any,
+    server_p_applied_w: Any,
+    psu_alive_applied: Any,
+    node_va: Any,
+    node_pw: Any,
+    theta: Any,
+    short_timer_s: Any,
+    t_state_s: Any,
+    energy_j: Any,
+    zone_p_w: Any,
+) -> dict[str, Any]:
+    """The loads after the listed servers' change, by difference of two full computations
+    (before: applied powers and PSU flags of those servers; after: the new ones); returns the
+    new server_p_applied_w, psu_alive_applied, node_va, node_pw, theta, short_timer_s,
+    t_state_s, energy_j, zone_p_w and the set of touched nodes."""
+    listed = set(_lst(servers))
+    p_new, p_old = _lst(server_p_w), _lst(server_p_applied_w)
+    alive_new, alive_old = _lst(psu_alive), _lst(psu_alive_applied)
+    psu_server, node_of, phase = _lst(psu_order), _lst(psu_node), _lst(psu_phase)
+    start = _lst(psu_start)
+    server_of = [0] * len(alive_new)
+    for s in range(len(start) - 1):
+        for q in range(start[s], start[s + 1]):
+            server_of[psu_server[q]] = s
+    parent, n = _lst(parent_idx), len(_lst(parent_idx))
+    pf = _lst(server_pf)
+    before_p = [p_old[s] if s in listed else 0.0 for s in range(len(p_new))]
+    after_p = [p_new[s] if s in listed else 0.0 for s in range(len(p_new))]
+    before_alive = [alive_old[k] and server_of[k] in listed for k in range(len(alive_new))]
+    after_alive = [alive_new[k] and server_of[k] in listed for k in range(len(alive_new))]
+    va0, w0 = _loads(before_p, pf, server_of, node_of, phase, before_alive, parent, n)
+    va1, w1 = _loads(after_p, pf, server_of, node_of, phase, after_alive, parent, n)
+    # touched: nodes on the path of a listed server's PSU whose share changed
+    touched: set[int] = set()
+    counts_old = {s: sum(1 for k in range(len(alive_new)) if server_of[k] == s and alive_old[k])
+                  for s in listed}
+    counts_new = {s: sum(1 for k in range(len(alive_new)) if server_of[k] == s and alive_new[k])
+                  for s in listed}
+    for k in range(len(alive_new)):
+        s = server_of[k]
+        if s not in listed:
+            continue
+        old = p_old[s] / counts_old[s] if alive_old[k] and counts_old[s] else 0.0
+        new = p_new[s] / counts_new[s] if alive_new[k] and counts_new[s] else 0.0
+        if new - old != 0.0:
+            node = node_of[k]
+            while node >= 0:
+                touched.add(node)
+                node = parent[node]
+    va, pw = [list(r) for r in _lst(node_va)], [list(r) for r in _lst(node_pw)]
+    th, timer = [list(r) for r in _lst(theta)], [list(r) for r in _lst(short_timer_s)]
+    t_state, energy = _lst(t_state_s), _lst(energy_j)
+    rating, tau, pickup, v = (_lst(rating_a), _lst(thermal_tau_s), _lst(short_pickup_x),
+                              _lst(v_ln_v))
+    for i in touched:
+        dt = t_s - t_state[i]
+        if dt > 0.0:
+            for p in range(3):
+                if rating[i][p] <= 0.0:
+                    continue
+                x = va[i][p] / v[i] / rating[i][p]
+                th[i][p] = x * x + (th[i][p] - x * x) * math.exp(-dt / tau[i])
+                timer[i][p] = timer[i][p] + dt if x >= pickup[i] else 0.0
+            energy[i] += sum(pw[i]) * dt
+        t_state[i] = t_s
+    for i in range(n):
+        for p in range(3):
+            va[i][p] += va1[i][p] - va0[i][p]
+            pw[i][p] += w1[i][p] - w0[i][p]
+    zone = _lst(zone_p_w)
+    applied_p = list(p_old)
+    applied_alive = list(alive_old)
+    for s in listed:
+        drawn_new = p_new[s] if counts_new[s] else 0.0
+        drawn_old = p_old[s] if counts_old[s] else 0.0
+        zone[_lst(server_zone)[s]] += drawn_new - drawn_old
+        applied_p[s] = p_new[s]
+    for k in range(len(alive_new)):
+        if server_of[k] in listed:
+            applied_alive[k] = alive_new[k]
+    return {
+        "server_p_applied_w": np.array(applied_p, dtype=np.float64),
+        "psu_alive_applied": np.array(applied_alive, dtype=np.bool_),
+        "node_va": np.array(va, dtype=np.float64).reshape(n, 3),
+        "node_pw": np.array(pw, dtype=np.float64).reshape(n, 3),
+        "theta": np.array(th, dtype=np.float64).reshape(n, 3),
+        "short_timer_s": np.array(timer, dtype=np.float64).reshape(n, 3),
+        "t_state_s": np.array(t_state, dtype=np.float64),
+        "energy_j": np.array(energy, dtype=np.float64),
+        "zone_p_w": np.array(zone, dtype=np.float64),
+        "touched": touched,
+    }
+
+
+def refresh_nodes(
+    t_s: float,
+    nodes: Any,
+    node_va: Any,
+    v_ln_v: Any,
+    rating_a: Any,
+    limit_a: Any,
+    thermal_k: Any,
+    thermal_tau_s: Any,
+    magnetic_x: Any,
+    short_pickup_x: Any,
+    short_delay_s: Any,
+    theta: Any,
+    short_timer_s: Any,
+    breaker_live: Any,
+    t_trip_s: Any,
+    peak_utilization: Any,
+    over_since_s: Any,
+    over_peak_x: Any,
+) -> dict[str, Any]:
+    """Predicted trips, peaks and overload events of the listed nodes; returns the new
+    t_trip_s, peak_utilization, over_since_s, over_peak_x, the events as (node, kind,
+    start_s, peak_x) and the earliest trip (t, node) over all nodes."""
+    trip, peak = _lst(t_trip_s), _lst(peak_utilization)
+    since, over_x = _lst(over_since_s), _lst(over_peak_x)
+    va, v, rating, limit = _lst(node_va), _lst(v_ln_v), _lst(rating_a), _lst(limit_a)
+    events = []
+    cur = [[max(va[i][p], 0.0) / v[i] for p in range(3)] for i in range(len(v))]
+    ttt = time_to_trip_s(np.array(cur).reshape(len(v), 3), rating_a, thermal_k, thermal_tau_s,
+                         magnetic_x, short_pickup_x, short_delay_s, theta, short_timer_s)
+    live = _lst(breaker_live)
+    for i in _lst(nodes):
+        trip[i] = t_s + float(ttt[i]) if live[i] else math.inf
+        u = max([cur[i][p] / limit[i][p] for p in range(3) if limit[i][p] > 0.0
+                 and rating[i][p] > 0.0], default=0.0)
+        x = max([cur[i][p] / rating[i][p] for p in range(3) if rating[i][p] > 0.0], default=0.0)
+        peak[i] = max(peak[i], u)
+        if u > 1.0 + 1e-9:
+            if since[i] == math.inf:
+                since[i], over_x[i] = t_s, x
+                events.append((i, 1, t_s, x))
+            else:
+                over_x[i] = max(over_x[i], x)
+        elif since[i] != math.inf:
+            events.append((i, 0, since[i], over_x[i]))
+            since[i] = math.inf
+    best = min(range(len(trip)), key=lambda i: (trip[i], i), default=-1)
+    return {
+        "t_trip_s": np.array(trip, dtype=np.float64),
+        "peak_utilization": np.array(peak, dtype=np.float64),
+        "over_since_s": np.array(since, dtype=np.float64),
+        "over_peak_x": np.array(over_x, dtype=np.float64),
+        "events": events,
+        "trip_min": (trip[best] if best >= 0 else math.inf, best),
+    }
+
+
+def energize(parent_idx: Any, closed: Any) -> npt.NDArray[np.bool_]:
+    """A node is energized when it and all its ancestors are closed (ancestor walk)."""
+    parent, shut = _lst(parent_idx), _lst(closed)
+    out = []
+    for i in range(len(parent)):
+        ok, node = True, i
+        while node >= 0:
+            ok = ok and bool(shut[node])
+            node = parent[node]
+        out.append(ok)
+    return np.array(out, dtype=np.bool_)
+
+
+_INRUSH_LINES = {0: [0], 1: [1], 2: [2], 3: [0, 1], 4: [1, 2], 5: [2, 0], 6: [0, 1, 2]}
+
+
+def inrush_x(
+    psus: Any,
+    inrush_a: Any,
+    psu_node: Any,
+    psu_phase: Any,
+    parent_idx: Any,
+    v_ln_v: Any,
+    node_va: Any,
+    rating_a: Any,
+) -> tuple[npt.NDArray[np.int32], FloatArray]:
+    """Nodes above the PSUs and their largest (steady + inrush)/rating, sorted by node."""
+    parent, v, va, rating = _lst(parent_idx), _lst(v_ln_v), _lst(node_va), _lst(rating_a)
+    extra: dict[int, list[float]] = {}
+    for k in _lst(psus):
+        node = _lst(psu_node)[k]
+        vae = _lst(inrush_a)[k] * v[node]
+        while node >= 0:
+            row = extra.setdefault(node, [0.0, 0.0, 0.0])
+            for line in _INRUSH_LINES[_lst(psu_phase)[k]]:
+                row[line] += vae
+            node = parent[node]
+    nodes = sorted(extra)
+    xs = [max([(va[i][p] + extra[i][p]) / v[i] / rating[i][p] for p in range(3)
+               if rating[i][p] > 0.0], default=0.0) for i in nodes]
+    return np.array(nodes, dtype=np.int32), np.array(xs, dtype=np.float64)
+
+
+def utilization_by_kind(node_va: Any, v_ln_v: Any, limit_a: Any, node_kind: Any,
+                        n_kinds: int) -> FloatArray:
+    """max load/limit per node kind over present poles, (n_kinds,)."""
+    out = [0.0] * n_kinds
+    va, v, limit, kind = _lst(node_va), _lst(v_ln_v), _lst(limit_a), _lst(node_kind)
+    for i in range(len(v)):
+        for p in range(3):
+            if limit[i][p] > 0.0:
+                out[kind[i]] = max(out[kind[i]], va[i][p] / v[i] / limit[i][p])
+    return np.array(out, dtype=np.float64)
+
+
+def _splitmix(state: int) -> tuple[int, float]:
+    state = (state + 0x9E3779B97F4A7C15) & _MASK64
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    z = z ^ (z >> 31)
+    return state, (z >> 11) * (1.0 / 9007199254740992.0)
+
+
+def _quantum(value: float, quantum: float) -> float:
+    value = max(value, 0.0)
+    return math.floor(value / quantum + 0.5) * quantum if quantum > 0.0 else value
+
+
+def meter_sample(
+    t_s: float,
+    meters: Any,
+    meter_node: Any,
+    node_va: Any,
+    node_pw: Any,
+    v_ln_v: Any,
+    energized: Any,
+    energy_j: Any,
+    t_state_s: Any,
+    lie_x: Any,
+    noise_x: float,
+    voltage_noise_x: float,
+    current_quantum_a: float,
+    voltage_quantum_v: float,
+    power_quantum_w: float,
+    energy_quantum_wh: float,
+    rng_state: int,
+    i_a: Any,
+    v_v: Any,
+    p_w: Any,
+    e_wh: Any,
+    t_sample_s: Any,
+) -> dict[str, Any]:
+    """Meter readings with the same generator; returns new i_a, v_v, p_w, e_wh, t_sample_s
+    and rng_state."""
+    out_i, out_v, out_p = ([list(r) for r in _lst(a)] for a in (i_a, v_v, p_w))
+    out_e, out_t = _lst(e_wh), _lst(t_sample_s)
+    va, pw, v, on, lie = _lst(node_va), _lst(node_pw), _lst(v_ln_v), _lst(energized), _lst(lie_x)
+    state = int(rng_state)
+    for m in _lst(meters):
+        i = _lst(meter_node)[m]
+        for p in range(3):
+            z = []
+            for _ in range(3):
+                state, u1 = _splitmix(state)
+                state, u2 = _splitmix(state)
+                z.append((u1 + u2 - 1.0) * math.sqrt(6.0))
+            out_i[m][p] = _quantum(max(va[i][p], 0.0) / v[i] * (1.0 + noise_x * z[0]) * lie[m],
+                                   current_quantum_a)
+            out_p[m][p] = _quantum(max(pw[i][p], 0.0) * (1.0 + noise_x * z[1]) * lie[m],
+                                   power_quantum_w)
+            out_v[m][p] = _quantum(v[i] * (1.0 if on[i] else 0.0)
+                                   * (1.0 + voltage_noise_x * z[2]), voltage_quantum_v)
+        energy = (_lst(energy_j)[i] + sum(pw[i]) * (t_s - _lst(t_state_s)[i])) / 3600.0 * lie[m]
+        out_e[m] = _quantum(energy, energy_quantum_wh)
+        out_t[m] = t_s
+    m_n = len(out_e)
+    return {
+        "i_a": np.array(out_i, dtype=np.float64).reshape(m_n, 3),
+        "v_v": np.array(out_v, dtype=np.float64).reshape(m_n, 3),
+        "p_w": np.array(out_p, dtype=np.float64).reshape(m_n, 3),
+        "e_wh": np.array(out_e, dtype=np.float64),
+        "t_sample_s": np.array(out_t, dtype=np.float64),
+        "rng_state": state,
+    }
+
+
+def zone_step(
+    dt_s: float,
+    p_it_w: Any,
+    capacity_w: Any,
+    setpoint_c: Any,
+    c_air_j_per_k: Any,
+    c_mass_j_per_k: Any,
+    g_w_per_k: Any,
+    tau_cool_s: Any,
+    t_air_c: Any,
+    t_mass_c: Any,
+    q_cool_w: Any,
+    e_it_j: Any,
+    e_cool_j: Any,
+    max_substep_s: float = 1.0,
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Two-node zones advanced by dt_s; returns (t_air_c, t_mass_c, q_cool_w, e_it_j,
+    e_cool_j)."""
+    ta, tm, q = _lst(t_air_c), _lst(t_mass_c), _lst(q_cool_w)
+    e_it, e_cool = _lst(e_it_j), _lst(e_cool_j)
+    n_sub = math.ceil(dt_s / max_substep_s) if dt_s > 0.0 else 0
+    for z in range(len(ta)):
+        if n_sub < 1:
+            break
+        h = dt_s / n_sub
+        tau, c_air, c_mass = _lst(tau_cool_s)[z], _lst(c_air_j_per_k)[z], _lst(c_mass_j_per_k)[z]
+        p, g, cap, setp = (_lst(p_it_w)[z], _lst(g_w_per_k)[z], _lst(capacity_w)[z],
+                           _lst(setpoint_c)[z])
+        for _ in range(n_sub):
+            target = min(max(p + c_air / tau * (ta[z] - setp), 0.0), cap)
+            q[z] = target + (q[z] - target) * math.exp(-h / tau)
+            flow = g * (ta[z] - tm[z])
+            ta[z], tm[z] = ta[z] + h * (p - q[z] - flow) / c_air, tm[z] + h * flow / c_mass
+            e_it[z] += p * h
+            e_cool[z] += q[z] * h
+    return tuple(np.array(a, dtype=np.float64) for a in (ta, tm, q, e_it, e_cool))  # type: ignore[return-value]
+
+
+def gpu_temperature_step(
+    dt_s: float,
+    zone_t_air_c: Any,
+    server_zone: Any,
+    gpu_w: Any,
+    gpu_max_w: Any,
+    rise_k: float,
+    tau_s: float,
+    slowdown_c: float,
+    shutdown_c: float,
+    hysteresis_k: float,
+    state: Any,
+    gpu_temp_c: Any,
+    slowed: Any,
+) -> tuple[npt.NDArray[np.int8], FloatArray, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """GPU temperatures and thresholds; returns (state, gpu_temp_c, slowed, changed)."""
+    st, temp, slow = _lst(state), _lst(gpu_temp_c), _lst(slowed)
+    changed = [False] * len(st)
+    for s in range(len(st)):
+        gmax = _lst(gpu_max_w)[s]
+        target = _lst(zone_t_air_c)[_lst(server_zone)[s]]
+        if gmax > 0.0:
+            target += rise_k * _lst(gpu_w)[s] / gmax
+        temp[s] = target + (temp[s] - target) * math.exp(-dt_s / tau_s)
+        if st[s] == _LOADED and gmax > 0.0:
+            if temp[s] >= shutdown_c:
+                st[s], slow[s], changed[s] = _HALTED, False, True
+            elif not slow[s] and temp[s] >= slowdown_c:
+                slow[s], changed[s] = True, True
+            elif slow[s] and temp[s] < slowdown_c - hysteresis_k:
+                slow[s], changed[s] = False, True
+        elif slow[s]:
+            slow[s], changed[s] = False, True
+    return (np.array(st, dtype=np.int8), np.array(temp, dtype=np.float64),
+            np.array(slow, dtype=np.bool_), np.array(changed, dtype=np.bool_))
