@@ -152,10 +152,19 @@ def _baseline_factory(name: str) -> StrategyFactory:
     return make
 
 
-#: Strategies by name. The planner/controller issues add ``staged`` with
-#: :func:`register_strategy`; until then the default strategy is missing and the CLI says so.
+def _staged_factory(ctx: StrategyContext) -> Strategy:
+    """The planner's staged schedule, executed open loop (the closed-loop controller replaces
+    this with its decision core)."""
+    from controller.planner import PlannerSettings, plan
+
+    settings = PlannerSettings.from_controller(ctx.config.controller)
+    return ScheduleStrategy(plan(ctx.topo, "staged", settings=settings).schedule, ctx.topo)
+
+
+#: Strategies by name; :func:`register_strategy` adds more (the controller's closed loop).
 STRATEGIES: dict[str, StrategyFactory] = {
-    name: _baseline_factory(name) for name in ("all-at-once", "fixed-delay", "fixed-rate")
+    "staged": _staged_factory,
+    **{name: _baseline_factory(name) for name in ("all-at-once", "fixed-delay", "fixed-rate")},
 }
 
 
@@ -250,15 +259,19 @@ def default_config_path() -> Path:
     return Path(__file__).resolve().parent / "data" / "demo-hall.toml"
 
 
-def lower_bound_s(topo: Topology, planned_cap_w: F64) -> float:
-    """A simple physical lower bound on the time to full power (s).
+def lower_bound_s(topo: Topology, planned_cap_w: F64, post_s: F64 | None = None,
+                  boot_s: F64 | None = None) -> float:
+    """A physical lower bound on this run's time to full power (s).
 
-    The larger of: the fastest any server can boot (BMC ready + shortest POST + shortest OS
-    boot), and, at every node with a ramp limit, the final load at the planned caps divided by
-    the ramp limit. It ignores load steps, cooling and the feed-loss rules, so it is loose; the
-    planner computes a proper bound.
+    The larger of: the slowest server's boot (BMC ready + POST + OS boot; with ``post_s`` and
+    ``boot_s`` the durations the plant drew for this run, else the shortest of each range), and,
+    at every node with a ramp limit, the final load at the planned caps divided by the ramp
+    limit. No strategy can reach full power before either. It ignores load steps, cooling and
+    the feed-loss rules; ``rampguard plan`` reports the planner's bound at worst-case durations.
     """
-    boot = topo.server_bmc_ready_s + topo.server_post_s[:, 0] + topo.server_boot_s[:, 0]
+    post = topo.server_post_s[:, 0] if post_s is None else post_s
+    boot_d = topo.server_boot_s[:, 0] if boot_s is None else boot_s
+    boot = topo.server_bmc_ready_s + post + boot_d
     bound = float(boot.max()) if boot.size else 0.0
     cap = np.clip(planned_cap_w, topo.server_gpu_min_cap_w, topo.server_gpu_max_w)
     p_w = topo.server_other_max_w + topo.server_gpus * cap
@@ -395,9 +408,11 @@ def run_dry_run(
         "violations_total": len(violations),
         "violations_by_kind": _count(v["kind"] for v in violations),
         "time_to_full_power_s": None if full_power_s is None else round(full_power_s, 3),
-        "lower_bound_s": round(lower_bound_s(topo, planned), 3),
-        "lower_bound_kind": "simple: max(fastest server boot, final load / ramp limit at each "
-                            "ramp-limited node); the planner computes a proper bound",
+        "lower_bound_s": round(lower_bound_s(topo, planned, plant.server_post_s,
+                                             plant.server_boot_s), 3),
+        "lower_bound_kind": "physical for this run: max(slowest server's BMC + POST + boot as "
+                            "drawn for this seed, final load / ramp limit at each ramp-limited "
+                            "node)",
         "bring_up_settled_s": None if settled_s is None else round(settled_s, 3),
         "peak_utilization": peak_by_kind,
         "peak_inlet_c": round(plant.peak_inlet_c, 3),

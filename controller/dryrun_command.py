@@ -23,8 +23,9 @@ limits violated (overload past the shed deadline, source/UPS ramp and load step,
 allowable), time to full power, peak utilization per level, peak inlet temperature.
 With no CONFIG it uses configs/demo-hall.toml.
 
-strategies: all-at-once, fixed-delay, fixed-rate (the open-loop baselines), and whatever the
-controller registers (the default, staged, arrives with the planner).
+strategies: staged (the default: the planner's staged plan, executed open loop until the
+closed-loop controller lands), and the open-loop baselines operators use today: all-at-once,
+fixed-delay (PDU outlet sequencing) and fixed-rate (Slurm's ResumeRate).
 
 exit codes: 0 safe, 3 a trip or a violation, 2 bad input, 1 internal error
 """
@@ -86,9 +87,6 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.strategy not in STRATEGIES:
         known = ", ".join(sorted(STRATEGIES))
-        if args.strategy == "staged":
-            return _err("strategy 'staged' is not available yet (it arrives with the planner "
-                        f"and the controller); choose one of: {known}")
         return _err(f"unknown strategy {args.strategy!r}; choose one of: {known}")
     try:
         scenario = resolve_scenario(args.scenario)

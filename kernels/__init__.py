@@ -1,5 +1,7 @@
 """numba kernels over the flat arrays of a compiled hall: load aggregation, breaker state,
-headroom, and the simulated plant's per-step work
+headroom, the ramp planner (:mod:`kernels.caps`: GPU cap allocation; :mod:`kernels.planner`:
+staged switch-on schedule and the prediction of a plan, both with plain-Python twins in
+:mod:`kernels.reference_planner`), and the simulated plant's per-step work
 (:mod:`kernels.plant`: server states, incremental loads, breaker prediction, inrush, meters;
 :mod:`kernels.thermal`: cooling zones, GPU temperatures).
 
@@ -46,6 +48,7 @@ from kernels.breaker import (
     time_to_trip_s,
     trip_param_arrays,
 )
+from kernels.caps import allocate_caps
 from kernels.headroom import (
     FEED_A,
     FEED_B,
@@ -58,6 +61,21 @@ from kernels.headroom import (
     headroom_a,
     worst_case_headroom_a,
     worst_case_utilization,
+)
+from kernels.planner import (
+    MODE_EXCLUDED,
+    MODE_FIXED,
+    MODE_PLAN,
+    STATUS_FIXED,
+    STATUS_HELD,
+    STATUS_NAMES,
+    STATUS_OFF,
+    STATUS_OVERFLOW,
+    STATUS_PLACED,
+    STATUS_UNPLACEABLE,
+    envelope_w,
+    plan_staged,
+    predict_plan,
 )
 from kernels.plant import (
     EVENT_OVERLOAD_END,
@@ -94,6 +112,9 @@ __all__ = [
     "EVENT_OVERLOAD_START",
     "FEED_A",
     "FEED_B",
+    "MODE_EXCLUDED",
+    "MODE_FIXED",
+    "MODE_PLAN",
     "NO_TRIP",
     "N_SCENARIOS",
     "N_SERVER_STATES",
@@ -116,6 +137,13 @@ __all__ = [
     "SERVER_POST",
     "SERVER_STANDBY",
     "SERVER_STATE_NAMES",
+    "STATUS_FIXED",
+    "STATUS_HELD",
+    "STATUS_NAMES",
+    "STATUS_OFF",
+    "STATUS_OVERFLOW",
+    "STATUS_PLACED",
+    "STATUS_UNPLACEABLE",
     "KernelError",
     "KernelInputError",
     "KernelOutputError",
@@ -124,10 +152,12 @@ __all__ = [
     "aggregate_tree",
     "aggregate_tree_into",
     "alive_changed",
+    "allocate_caps",
     "breaker_step",
     "commit_loads",
     "electronic_params",
     "energize",
+    "envelope_w",
     "feed_loss_current_a",
     "feed_loss_current_a_into",
     "gpu_temperature_step",
@@ -137,6 +167,8 @@ __all__ = [
     "meter_sample",
     "neutral_current_a",
     "phase_current_a",
+    "plan_staged",
+    "predict_plan",
     "psu_load_va",
     "psu_load_va_into",
     "refresh_nodes",

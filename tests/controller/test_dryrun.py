@@ -100,10 +100,21 @@ def test_2n_cascade_through_the_harness() -> None:
     assert s["trips"][0]["t_s"] - effects[0]["t_s"] > 30  # a thermal trip, not at once
 
 
+def test_default_dry_run_is_the_staged_plan_on_the_demo_hall(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DESIGN: `rampguard dry-run` with no CONFIG runs the staged strategy on the demo hall."""
+    code, out, _ = run_cli(["dry-run", "--json"], capsys)
+    data = json.loads(out)
+    assert code == EXIT_OK, (data["trips"], data["violations"])
+    assert data["strategy"] == "staged" and data["config"].endswith("demo-hall.toml")
+    assert data["ok"] and not data["trips"] and not data["violations"]
+    assert data["energized_servers"] == data["total_servers"]
+    assert data["time_to_full_power_s"] <= 1.15 * data["lower_bound_s"]
+
+
 def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     demo = str(CONFIGS / "demo-hall.toml")
-    code, _, err = run_cli(["dry-run", demo], capsys)
-    assert code == EXIT_BAD_INPUT and "'staged' is not available yet" in err
     code, _, err = run_cli(["dry-run", demo, "--strategy", "yolo"], capsys)
     assert code == EXIT_BAD_INPUT and "unknown strategy 'yolo'" in err and "fixed-rate" in err
     code, _, err = run_cli(["dry-run", demo, "--strategy", "all-at-once", "--scenario",
