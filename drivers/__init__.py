@@ -1,0 +1,147 @@
+"""rampguard's drivers: the protocol layer between the controller (or the simulator) and the
+hall. They import nothing of ``controller`` or ``sim``: they take plain config dataclasses
+(built by :mod:`controller.bindings`) and return typed values or raise :class:`DriverError`.
+
+Public API:
+
+* errors (:mod:`drivers.errors`): :class:`DriverError` and its tree — :class:`DriverConfigError`,
+  :class:`DeviceUnreachable`, :class:`NotConnected`, :class:`DeviceTimeout`,
+  :class:`DeviceException`, :class:`DecodeError`, :class:`DeviceMismatch`,
+  :class:`WriteNotConfirmed`, :class:`PayloadError`
+* register maps (:mod:`drivers.registers`, pure): :class:`MeterSnapshot`, :class:`PduSnapshot`,
+  :class:`BankSnapshot`, :class:`OutletSnapshot`, :class:`Snapshot`, :class:`Reading`,
+  :class:`Quality`, :class:`TripCause`, :class:`GenericProfile`, :class:`GenericField`,
+  :func:`encode_pdu`, :func:`encode_meter`, :func:`decode_builtin`, :func:`decode_generic`,
+  :func:`plan_builtin`, :func:`plan_generic`, :data:`PROFILE_PDU`, :data:`PROFILE_METER`
+* Modbus TCP (:mod:`drivers.modbus`): :class:`ModbusDeviceConfig`, :class:`ModbusDevice`,
+  :class:`ModbusPoller`, :class:`DeviceCounters`, :class:`PollStats`, :class:`LinkState`
+* MQTT payloads (:mod:`drivers.payloads`): :class:`AgentTelemetry`, :class:`GpuTelemetry`,
+  :class:`CapCommand`, :class:`CapAck`, :class:`AgentStatus`, :class:`SimStatus`,
+  :class:`ZoneTelemetry`, :class:`ControllerStatus`, :class:`MeterTelemetry`,
+  :class:`AgentTopics`, :func:`parse`, :func:`dumps`
+* cap command rules (:mod:`drivers.caps`): :class:`AgentSpec`, :class:`CapGate`,
+  :class:`CapResult`, :func:`make_ack`
+* MQTT (:mod:`drivers.mqtt`): :class:`MqttConfig`, :class:`TlsConfig`, :class:`MqttLink`,
+  :class:`Subscription`, :class:`StatusSpec`, :class:`MqttCounters`
+"""
+
+from drivers._link import LinkState
+from drivers.caps import AgentSpec, CapDecision, CapGate, CapResult, make_ack
+from drivers.errors import (
+    DecodeError,
+    DeviceException,
+    DeviceMismatch,
+    DeviceTimeout,
+    DeviceUnreachable,
+    DriverConfigError,
+    DriverError,
+    NotConnected,
+    PayloadError,
+    WriteNotConfirmed,
+)
+from drivers.modbus import (
+    DeviceCounters,
+    ModbusDevice,
+    ModbusDeviceConfig,
+    ModbusPoller,
+    PollStats,
+    pymodbus_client,
+)
+from drivers.mqtt import MqttConfig, MqttCounters, MqttLink, StatusSpec, Subscription, TlsConfig
+from drivers.payloads import (
+    AgentStatus,
+    AgentTelemetry,
+    AgentTopics,
+    CapAck,
+    CapCommand,
+    ControllerStatus,
+    GpuTelemetry,
+    MeterTelemetry,
+    Payload,
+    SimStatus,
+    ZoneTelemetry,
+    dumps,
+    parse,
+)
+from drivers.registers import (
+    PROFILE_METER,
+    PROFILE_PDU,
+    BankSnapshot,
+    GenericField,
+    GenericProfile,
+    MeterSnapshot,
+    OutletSnapshot,
+    PduSnapshot,
+    Quality,
+    Reading,
+    Snapshot,
+    TripCause,
+    decode_builtin,
+    decode_generic,
+    encode_meter,
+    encode_pdu,
+    plan_builtin,
+    plan_generic,
+)
+
+__all__ = [
+    "PROFILE_METER",
+    "PROFILE_PDU",
+    "AgentSpec",
+    "AgentStatus",
+    "AgentTelemetry",
+    "AgentTopics",
+    "BankSnapshot",
+    "CapAck",
+    "CapCommand",
+    "CapDecision",
+    "CapGate",
+    "CapResult",
+    "ControllerStatus",
+    "DecodeError",
+    "DeviceCounters",
+    "DeviceException",
+    "DeviceMismatch",
+    "DeviceTimeout",
+    "DeviceUnreachable",
+    "DriverConfigError",
+    "DriverError",
+    "GenericField",
+    "GenericProfile",
+    "GpuTelemetry",
+    "LinkState",
+    "MeterSnapshot",
+    "MeterTelemetry",
+    "ModbusDevice",
+    "ModbusDeviceConfig",
+    "ModbusPoller",
+    "MqttConfig",
+    "MqttCounters",
+    "MqttLink",
+    "NotConnected",
+    "OutletSnapshot",
+    "Payload",
+    "PayloadError",
+    "PduSnapshot",
+    "PollStats",
+    "Quality",
+    "Reading",
+    "SimStatus",
+    "Snapshot",
+    "StatusSpec",
+    "Subscription",
+    "TlsConfig",
+    "TripCause",
+    "WriteNotConfirmed",
+    "ZoneTelemetry",
+    "decode_builtin",
+    "decode_generic",
+    "dumps",
+    "encode_meter",
+    "encode_pdu",
+    "make_ack",
+    "parse",
+    "plan_builtin",
+    "plan_generic",
+    "pymodbus_client",
+]

@@ -1,0 +1,106 @@
+"""What every connection shares: its state enum, capped exponential backoff with jitter, and a
+fault log that says a fault once at ERROR, its repeats at DEBUG, and its recovery at INFO."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class LinkState(Enum):
+    """A connection's state, changed in one place per connection class."""
+
+    IDLE = "idle"              # not started
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKOFF = "backoff"        # waiting before the next connect attempt
+    CLOSED = "closed"
+
+
+@dataclass
+class Backoff:
+    """Delays ``initial_s · factor**k``, capped at ``max_s``, each scaled by a random factor in
+    ``[1 − jitter, 1]`` ("equal jitter": never zero, never above the cap).
+
+    ``next_s()`` gives the delay before the next attempt and advances; ``reset()`` after a
+    success. The random source is injectable so that tests are deterministic.
+    """
+
+    initial_s: float = 0.1
+    max_s: float = 5.0
+    factor: float = 2.0
+    jitter: float = 0.5
+    rng: random.Random = field(default_factory=random.Random)
+    attempts: int = 0
+
+    def __post_init__(self) -> None:
+        if not (0 < self.initial_s <= self.max_s):
+            raise ValueError(f"need 0 < initial_s <= max_s, got {self.initial_s}, {self.max_s}")
+        if self.factor < 1 or not (0 <= self.jitter < 1):
+            raise ValueError("need factor >= 1 and 0 <= jitter < 1")
+
+    def next_s(self) -> float:
+        base = min(self.max_s, self.initial_s * self.factor ** min(self.attempts, 64))
+        self.attempts += 1
+        return base * (1.0 - self.jitter * self.rng.random())
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+class FaultLog:
+    """Log a fault once at ERROR and its repeats at DEBUG until :meth:`recovered`.
+
+    A fault is identified by a short key (``"connect"``, ``"timeout"``, ``"payload:schema"``);
+    a new key while another is active is a new fault (logged at ERROR once too).
+    """
+
+    def __init__(self, logger: logging.Logger, name: str) -> None:
+        self._logger = logger
+        self._name = name
+        self._active: dict[str, int] = {}
+
+    @property
+    def active(self) -> bool:
+        return bool(self._active)
+
+    def fault(self, key: str, message: str, *args: object) -> None:
+        count = self._active.get(key, 0)
+        self._active[key] = count + 1
+        level = logging.ERROR if count == 0 else logging.DEBUG
+        if self._logger.isEnabledFor(level):
+            self._logger.log(level, "%s: " + message + " (%s)", self._name, *args,
+                             "first occurrence" if count == 0 else f"repeat {count}")
+
+    def recovered(self, key: str | None = None) -> None:
+        """Clear one fault (or all): log the recovery at INFO if it was active."""
+        keys = list(self._active) if key is None else [key]
+        for k in keys:
+            count = self._active.pop(k, 0)
+            if count:
+                self._logger.info("%s: recovered from %s after %d occurrence(s)",
+                                  self._name, k, count)
+
+
+async def stop_task(task: asyncio.Task[Any] | None) -> BaseException | None:
+    """Cancel ``task`` and wait for it. Returns the exception it failed with before (None if it
+    ended by the cancellation or cleanly). Our own cancellation, arriving meanwhile, is never
+    swallowed: it is raised again."""
+    if task is None:
+        return None
+    if task.done():
+        return None if task.cancelled() else task.exception()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except Exception as exc:
+        return exc
+    return None

@@ -1,0 +1,317 @@
+"""Modbus TCP endpoints of the simulator: the HIL stand-ins for meters and switched PDUs.
+
+One pymodbus server per TCP port, one device per unit id as :mod:`controller.bindings` deals
+them, serving the maps of docs/registers.md through the same codec the driver decodes with
+(:mod:`drivers.registers`). Registers are refreshed from a snapshot provider; coil writes go to
+a callback. docs/simulator-endpoints.md describes the interfaces the plant is wired through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from types import TracebackType
+from typing import Self
+
+from pymodbus.server import ModbusTcpServer
+
+from drivers._link import stop_task
+from drivers.modbus import ModbusDeviceConfig
+from drivers.registers import (
+    PROFILE_PDU,
+    GenericProfile,
+    MeterSnapshot,
+    PduSnapshot,
+    encode_generic,
+    encode_meter,
+    encode_pdu,
+    meter_quantities,
+)
+from sim.endpoints._datastore import STRICT_PDUS, DeviceImage, StrictContext
+
+__all__ = [
+    "EndpointFault",
+    "EndpointStats",
+    "ModbusEndpoints",
+    "OutletWriter",
+    "SnapshotProvider",
+]
+
+_log = logging.getLogger(__name__)
+
+#: ``snapshot(node_id)`` → what the device at that node measures now; ``None`` makes the
+#: device silent (a dead meter answers nothing).
+SnapshotProvider = Callable[[str], MeterSnapshot | PduSnapshot | None]
+#: ``on_outlet_write(pdu_node_id, outlet_n, on)`` → True if the relay switched (1-based n);
+#: False refuses the write (the client gets exception 04).
+OutletWriter = Callable[[str, int, bool], bool]
+
+
+class EndpointFault(Enum):
+    """A fault a device can be set to (on top of what its snapshot says)."""
+
+    SILENT = "silent"                 # answers nothing: the client times out
+    DEVICE_FAILURE = "device-failure"  # answers every request with exception 04
+
+
+@dataclass
+class EndpointStats:
+    refreshes: int = 0
+    provider_errors: int = 0
+    writes_accepted: int = 0
+    writes_refused: int = 0
+
+
+@dataclass
+class _Device:
+    config: ModbusDeviceConfig
+    image: DeviceImage
+    sequence: int = 0
+    fault: EndpointFault | None = None
+    provider_failed: bool = False
+    shape_error: bool = False
+
+
+class ModbusEndpoints:
+    """Serve ``devices`` on ``bind`` (127.0.0.1 unless told otherwise).
+
+    ::
+
+        async with ModbusEndpoints(devices, snapshot, on_outlet_write) as ep:
+            port = ep.bound_port(15020)     # the port really bound (for a configured 0)
+
+    ``refresh_period_s``: how often a background task re-reads every snapshot (a meter's update
+    period; ``None``: only when :meth:`refresh` is called, e.g. after each plant step in virtual
+    time). Each refresh increments the device's ``sequence`` unless the snapshot gives one.
+    Configs that share a port and a unit id must name the same node (meter and actuator of one
+    PDU are one device).
+    """
+
+    def __init__(
+        self,
+        devices: Sequence[ModbusDeviceConfig],
+        snapshot: SnapshotProvider,
+        on_outlet_write: OutletWriter | None = None,
+        *,
+        bind: str = "127.0.0.1",
+        refresh_period_s: float | None = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._provider = snapshot
+        self._on_write = on_outlet_write
+        self._bind = bind
+        self._period = refresh_period_s
+        self._clock = clock
+        self._start_s = clock()
+        self.stats = EndpointStats()
+        self._ports: dict[int, dict[int, _Device]] = {}
+        self._by_node: dict[str, list[_Device]] = {}
+        for cfg in devices:
+            units = self._ports.setdefault(cfg.port, {})
+            known = units.get(cfg.unit_id)
+            if known is not None:
+                if known.config.node_id != cfg.node_id:
+                    raise ValueError(f"port {cfg.port} unit {cfg.unit_id} is dealt to both "
+                                     f"{known.config.node_id!r} and {cfg.node_id!r}")
+                continue
+            n_coils = cfg.outlets if (cfg.actuator or cfg.profile == PROFILE_PDU) else 0
+            dev = _Device(cfg, DeviceImage(n_coils))
+            units[cfg.unit_id] = dev
+            self._by_node.setdefault(cfg.node_id, []).append(dev)
+        self._contexts = {
+            port: StrictContext({u: d.image for u, d in units.items()}, self._writer(port))
+            for port, units in self._ports.items()
+        }
+        self._servers: dict[int, ModbusTcpServer] = {}
+        self._bound: dict[int, int] = {}
+        self._refresher: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        self.refresh()
+        try:
+            for port in self._ports:
+                await self.start_port(port)
+        except BaseException:
+            await self._stop_all()
+            raise
+        if self._period is not None:
+            self._refresher = asyncio.create_task(self._refresh_loop(self._period),
+                                                  name="modbus endpoints refresh")
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self._stop_all()
+
+    async def _stop_all(self) -> None:
+        task, self._refresher = self._refresher, None
+        failure = await stop_task(task)
+        for port in list(self._servers):
+            await self.stop_port(port)
+        if failure is not None:       # the refresher catches provider errors: this is a bug
+            raise failure
+
+    async def start_port(self, port: int) -> None:
+        """(Re)start the server of a configured port (on the same port number it had)."""
+        if port in self._servers:
+            return
+        if port not in self._ports:
+            raise KeyError(f"no device is configured on port {port}")
+        server = ModbusTcpServer(
+            self._contexts[port], address=(self._bind, self._bound.get(port, port)),
+            ignore_missing_devices=True, custom_pdu=list(STRICT_PDUS),
+        )
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:     # pymodbus: "Could not start listen"
+            await server.shutdown()
+            raise OSError(f"cannot listen on {self._bind}:{port}: {exc}") from exc
+        sockets = getattr(server.transport, "sockets", None) or ()
+        self._bound[port] = sockets[0].getsockname()[1] if sockets else port
+        self._servers[port] = server
+
+    async def stop_port(self, port: int) -> None:
+        """Stop the server of a configured port and close its connections (a dead gateway)."""
+        server = self._servers.pop(port, None)
+        if server is not None:
+            await server.shutdown()
+
+    def bound_port(self, port: int) -> int:
+        """The port really listened on for a configured ``port`` (differs when it was 0)."""
+        return self._bound[port]
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return tuple(self._ports)
+
+    # -- faults ------------------------------------------------------------------------------
+    def set_fault(self, node_id: str, fault: EndpointFault | None) -> None:
+        """Make the device(s) of ``node_id`` silent or failing (``None`` clears)."""
+        for dev in self._devices_of(node_id):
+            dev.fault = fault
+            self._apply_fault(dev)
+
+    def _devices_of(self, node_id: str) -> list[_Device]:
+        try:
+            return self._by_node[node_id]
+        except KeyError:
+            raise KeyError(f"no endpoint device for node {node_id!r}") from None
+
+    @staticmethod
+    def _apply_fault(dev: _Device, silent: bool = False) -> None:
+        dev.image.silent = silent or dev.fault is EndpointFault.SILENT
+        failing = (dev.fault is EndpointFault.DEVICE_FAILURE or dev.provider_failed
+                   or dev.shape_error)
+        dev.image.exception = 4 if failing else None
+
+    # -- registers ---------------------------------------------------------------------------
+    def refresh(self, node_ids: Iterable[str] | None = None) -> None:
+        """Re-read the snapshot of every device (or of ``node_ids``) into its registers."""
+        self.stats.refreshes += 1
+        uptime_s = self._clock() - self._start_s
+        if node_ids is None:
+            devices: Iterable[_Device] = (d for units in self._ports.values()
+                                          for d in units.values())
+        else:
+            devices = (d for n in node_ids for d in self._devices_of(n))
+        for dev in devices:
+            self._refresh_one(dev, uptime_s)
+
+    def _refresh_one(self, dev: _Device, uptime_s: float) -> None:
+        cfg = dev.config
+        try:
+            snap = self._provider(cfg.node_id)
+        except Exception:
+            self.stats.provider_errors += 1
+            if not dev.provider_failed:
+                _log.exception("snapshot provider failed for %s; the device answers "
+                               "exception 04 until it recovers", cfg.node_id)
+            dev.provider_failed = True
+            self._apply_fault(dev)
+            return
+        if dev.provider_failed:
+            _log.info("snapshot provider recovered for %s", cfg.node_id)
+        dev.provider_failed = False
+        if snap is None:
+            self._apply_fault(dev, silent=True)
+            return
+        dev.sequence += 1
+        try:
+            self._encode(dev, snap, uptime_s)
+        except (TypeError, ValueError) as exc:
+            if not dev.shape_error:
+                _log.error("snapshot for %s does not fit its device (%s): %s", cfg.node_id,
+                           cfg.profile_id, exc)
+            dev.shape_error = True
+        else:
+            dev.shape_error = False
+        self._apply_fault(dev)
+
+    def _encode(self, dev: _Device, snap: MeterSnapshot | PduSnapshot, uptime_s: float) -> None:
+        cfg, img = dev.config, dev.image
+        inlet = snap.inlet if isinstance(snap, PduSnapshot) else snap
+        if not isinstance(inlet, MeterSnapshot):
+            raise TypeError(f"expected a MeterSnapshot or PduSnapshot, got {type(snap).__name__}")
+        if isinstance(cfg.profile, GenericProfile):
+            blocks = encode_generic(cfg.profile,
+                                    meter_quantities(inlet, sequence=dev.sequence))
+            if cfg.profile.function == 3:
+                img.set_holding(blocks)
+            else:
+                img.set_inputs(blocks)
+            if isinstance(snap, PduSnapshot) and img.coils:
+                self._outlet_bits(cfg, img, snap)
+            return
+        if cfg.profile == PROFILE_PDU:
+            if not isinstance(snap, PduSnapshot):
+                raise TypeError("a rampguard-pdu-v1 device needs a PduSnapshot")
+            if (len(snap.banks), len(snap.outlets)) != (cfg.banks, cfg.outlets):
+                raise ValueError(f"snapshot has {len(snap.banks)} banks and "
+                                 f"{len(snap.outlets)} outlets, the device {cfg.banks} and "
+                                 f"{cfg.outlets}")
+            image = encode_pdu(snap, sequence=dev.sequence, uptime_s=uptime_s)
+            img.set_inputs(image.input_registers)
+            img.coils[:] = image.coils
+            img.discrete_inputs[:] = image.discrete_inputs
+            return
+        img.set_inputs(((0, encode_meter(inlet, sequence=dev.sequence, uptime_s=uptime_s)),))
+        if isinstance(snap, PduSnapshot) and img.coils:
+            self._outlet_bits(cfg, img, snap)
+
+    @staticmethod
+    def _outlet_bits(cfg: ModbusDeviceConfig, img: DeviceImage, snap: PduSnapshot) -> None:
+        if len(snap.outlets) != len(img.coils):
+            raise ValueError(f"snapshot has {len(snap.outlets)} outlets, the device "
+                             f"{len(img.coils)}")
+        img.coils[:] = [o.relay_on for o in snap.outlets]
+        img.discrete_inputs[:] = [o.energized for o in snap.outlets]
+
+    async def _refresh_loop(self, period_s: float) -> None:
+        next_s = self._clock()
+        while True:
+            next_s += period_s
+            await asyncio.sleep(max(0.0, next_s - self._clock()))
+            self.refresh()
+
+    # -- writes ------------------------------------------------------------------------------
+    def _writer(self, port: int) -> Callable[[int, int, bool], bool]:
+        units = self._ports[port]
+
+        def write(unit_id: int, coil: int, on: bool) -> bool:
+            dev = units[unit_id]
+            if self._on_write is None:
+                accepted = False
+            else:
+                accepted = bool(self._on_write(dev.config.node_id, coil + 1, on))
+            if accepted:
+                self.stats.writes_accepted += 1
+            else:
+                self.stats.writes_refused += 1
+            return accepted
+
+        return write
