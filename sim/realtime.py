@@ -19,17 +19,15 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
 
-class Steppable:
-    """What the runner needs of a plant: its virtual time and a step."""
+class Steppable(Protocol):
+    """What the runner needs of a plant: a step in virtual time."""
 
-    t_s: float
-
-    def step(self, dt_s: float) -> None:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def step(self, dt_s: float) -> None: ...
 
 
 @dataclass

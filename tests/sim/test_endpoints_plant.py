@@ -1,10 +1,9 @@
-"""The plant adapter of docs/simulator-endpoints.md, executed: the rig's plant behind the
-endpoints, driven by the drivers over real loopback TCP and a real broker."""
+"""The plant adapter (sim.hil.PlantView, described in docs/simulator-endpoints.md): the rig's
+plant behind the endpoints, driven by the drivers over real loopback TCP and a real broker."""
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
 from dataclasses import replace
@@ -22,24 +21,16 @@ from drivers.registers import PROFILE_PDU, Quality
 from sim import Plant
 from sim.endpoints import ModbusEndpoints, MqttEndpoints
 from sim.faults import MeterDead
+from sim.hil import PlantView
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC = (ROOT / "docs" / "simulator-endpoints.md").read_text()
-
-
-def adapter() -> Any:
-    code = re.search(r"<!-- example: plant-adapter -->\n```python\n(.*?)```", DOC, re.S)
-    assert code is not None
-    namespace: dict[str, Any] = {}
-    exec(compile(code.group(1), "docs/simulator-endpoints.md", "exec"), namespace)
-    return namespace["PlantView"]
 
 
 @pytest.fixture
 def rig() -> tuple[Any, Any, Any]:
     config = load_hall_config(ROOT / "configs" / "rig.toml")
     plant = Plant(config)
-    return config, plant, adapter()(plant)
+    return config, plant, PlantView(plant)
 
 
 async def test_modbus_endpoints_on_the_plant(rig: tuple[Any, Any, Any],
@@ -101,7 +92,7 @@ async def test_mqtt_endpoints_on_the_plant(rig: tuple[Any, Any, Any], mqtt_broke
             await ctl.publish(agents[0].topics.caps_set, CapCommand(
                 v=1, id="ctl-1:000001", issuer="ctl-1", seq=1, t=time.time(),
                 server=agents[0].server, cap_w=[200.0], valid_s=30.0))
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(15):
                 while not (got["ack"] and len(got["telemetry"]) >= 4):  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
         async with MqttLink(cfg) as cleaner:

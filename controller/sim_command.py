@@ -1,0 +1,98 @@
+"""``rampguard sim serve``: the simulated hall behind real Modbus TCP and MQTT endpoints.
+
+The hardware-in-the-loop stand-in: the plant runs paced to the wall clock at ``--speed``, its
+meters and switched PDUs answer Modbus TCP on the ports of the config's bindings (bound to
+127.0.0.1 unless ``--bind`` says otherwise), and with ``--mqtt`` its node agents and zone
+sensors publish on the broker and accept cap commands exactly as real agents do. SIGTERM or
+Ctrl-C stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import signal
+import sys
+from typing import Any
+
+EXIT_OK, EXIT_BAD_INPUT = 0, 2
+
+
+def add_command(sub: Any) -> None:
+    from controller.cli import _Parser
+
+    sim = sub.add_parser("sim", help="the simulator's hardware-in-the-loop endpoints",
+                         description=__doc__)
+    simsub = sim.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True,
+                                parser_class=_Parser)
+    serve = simsub.add_parser(
+        "serve", help="serve a simulated hall over Modbus TCP and MQTT",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("config", metavar="CONFIG", help="hall config (TOML)")
+    serve.add_argument("--speed", type=float, default=1.0,
+                       help="plant seconds per wall second (default 1)")
+    serve.add_argument("--bind", default="127.0.0.1",
+                       help="address the Modbus servers listen on (default 127.0.0.1)")
+    serve.add_argument("--mqtt", metavar="URL", default=None,
+                       help="broker for the simulated agents, e.g. mqtt://127.0.0.1:1883")
+    serve.add_argument("--dt-s", type=float, default=0.1, help="plant step (default 0.1 s)")
+    serve.add_argument("--seed", type=int, default=0, help="seed of the plant's draws")
+    serve.add_argument("--duration-s", type=float, default=None,
+                       help="stop after this many wall seconds (default: run until stopped)")
+    serve.set_defaults(handler=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from controller.config import load_hall_config
+    from controller.topology import compile_hall
+
+    for name in ("speed", "dt_s"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            print(f"rampguard: --{name.replace('_', '-')} must be a positive number, "
+                  f"got {value}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    if args.mqtt is not None and not args.mqtt.startswith(("mqtt://", "mqtts://")):
+        print(f"rampguard: --mqtt must be mqtt://HOST[:PORT] or mqtts://..., got {args.mqtt!r}",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    config = load_hall_config(args.config)
+    topo = compile_hall(config, source=args.config)
+    return asyncio.run(_serve(args, config, topo))
+
+
+async def _serve(args: argparse.Namespace, config: Any, topo: Any) -> int:
+    from sim.hil import serve
+
+    def ready(info: dict[str, object]) -> None:
+        print(json.dumps({"event": "serving", **info}), flush=True)
+
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    assert task is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        work = serve(config, topo, source=args.config, speed=args.speed, dt_s=args.dt_s,
+                     bind=args.bind, mqtt_url=args.mqtt, seed=args.seed, ready=ready)
+        if args.duration_s is not None:
+            try:
+                await asyncio.wait_for(work, timeout=args.duration_s)
+            except TimeoutError:
+                pass
+        else:
+            await work
+    except asyncio.CancelledError:
+        if task.cancelling() == 0:  # pragma: no cover - cancelled by someone else
+            raise
+        task.uncancel()
+    except OSError as exc:
+        print(f"rampguard: cannot serve: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    print(json.dumps({"event": "stopped"}), flush=True)
+    return EXIT_OK

@@ -1,0 +1,177 @@
+"""The simulator behind its hardware-in-the-loop endpoints: ``rampguard sim serve``.
+
+:class:`PlantView` adapts :class:`sim.plant.Plant` to the providers and callbacks of
+:mod:`sim.endpoints` (docs/simulator-endpoints.md): it reads the plant once per plant step, shows
+meter readings as the plant's meters see them (so meter faults reach the wire), and turns coil
+writes and cap commands into plant actions. :func:`serve` runs the plant paced to the wall clock
+(:class:`sim.realtime.RealTimeRunner`) with the Modbus servers and, given a broker, the MQTT
+stand-ins for node agents and zone sensors, until cancelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+from controller.bindings import pdu_models_by_node, resolve_bindings
+from controller.model import HallConfig
+from controller.topology import Topology
+from drivers.caps import CapResult
+from drivers.mqtt import MqttConfig
+from drivers.registers import BankSnapshot, MeterSnapshot, OutletSnapshot, PduSnapshot
+from sim.endpoints import AgentState, GpuState, ModbusEndpoints, MqttEndpoints, ZoneState
+from sim.meters import QUALITY_OK
+from sim.plant import Plant
+from sim.realtime import RealTimeRunner, RunnerStats
+
+log = logging.getLogger(__name__)
+
+
+class PlantView:
+    """The plant as the endpoints ask for it: providers and callbacks for both endpoints."""
+
+    def __init__(self, plant: Plant, meter_period_s: float = 1.0) -> None:
+        self.plant, self.topo, self.meter_period_s = plant, plant.topo, meter_period_s
+        index = self.topo.node_index
+        self.pdus = {   # PDU id -> (bank nodes, outlet node or -1 where the tree has none)
+            pdu: ([index[f"{pdu}-{b.id}"] for b in model.banks],
+                  [index.get(f"{pdu}-{b.id}-{k}", -1)
+                   for b in model.banks for k in range(1, b.outlets + 1)])
+            for pdu, model in pdu_models_by_node(plant.config).items()}
+        self.server_index = {s: k for k, s in enumerate(self.topo.server_id)}
+        self._t: float | None = None
+
+    def _read(self) -> PlantView:
+        if self._t != self.plant.t_s:       # one read-out per plant step
+            p = self.plant
+            self._t, self.obs = p.t_s, p.observe()
+            self.i, self.v, self.w = p.node_current_a(), p.node_voltage_v(), p.node_power_w()
+            self.e, self.closed = p.node_energy_wh(), p.breaker_closed()
+            self.on, self.live = p.outlet_on(), p.energized()
+            self.meter = {int(n): m for m, n in enumerate(self.obs.meter_node)}
+        return self
+
+    def snapshot(self, node_id: str) -> MeterSnapshot | PduSnapshot | None:
+        r, n = self._read(), self.topo.node_index[node_id]
+        m = r.meter.get(n)
+        if m is None:                       # no meter in the plant: the tree's own values
+            cur, volt, pw, e, t = r.i[n], r.v[n], r.w[n], r.e[n], r._t
+        elif r.obs.meter_quality[m] != QUALITY_OK:
+            return None                     # a dead or unreachable meter answers nothing
+        else:
+            o = r.obs
+            cur, volt, pw, e, t = (o.meter_i_a[m], o.meter_v_v[m], o.meter_p_w[m],
+                                   o.meter_e_wh[m], o.meter_t_sample_s[m])
+        t_s = float(t) if t is not None else math.nan
+        seq = int(t_s / self.meter_period_s) if math.isfinite(t_s) else 0  # frozen when stale
+        inlet = MeterSnapshot(_three(cur), _three(volt), _three(pw), energy_wh=float(e),
+                              breaker_open=not r.closed[n], sequence=seq)
+        if node_id not in self.pdus:
+            return inlet
+        banks, outlets = self.pdus[node_id]
+        return PduSnapshot(
+            inlet,
+            tuple(BankSnapshot(float(r.i[b].max()),
+                               float(r.v[b].max()) * (math.sqrt(3) if
+                                                      (self.topo.rating_a[b] > 0).sum() == 2
+                                                      else 1.0),
+                               float(r.w[b].sum()), breaker_open=not r.closed[b])
+                  for b in banks),
+            tuple(OutletSnapshot() if o < 0 else
+                  OutletSnapshot(float(r.i[o].max()), float(r.w[o].sum()), bool(r.on[o]),
+                                 bool(r.live[o]))
+                  for o in outlets))
+
+    def write(self, pdu_id: str, outlet: int, on: bool) -> bool:
+        node = self.pdus[pdu_id][1][outlet - 1]
+        if node < 0:
+            return False                    # an outlet no PSU plugs into is not modelled
+        self._t = None
+        return self.plant.switch_outlet(node, on).ok
+
+    def agent_state(self, server: str) -> AgentState | None:
+        r, s = self._read(), self.server_index[server]
+        if not r.obs.server_agent_up[s]:
+            return None
+        gpu = GpuState(float(r.obs.server_gpu_w[s]), float(r.obs.server_gpu_temp_c[s]),
+                       float(r.obs.server_cap_w[s]))
+        return AgentState((gpu,) * int(self.topo.server_gpus[s]),
+                          server_power_w=float(r.obs.server_p_w[s]))
+
+    def apply_caps(self, server: str, caps_w: tuple[float, ...]) -> CapResult:
+        result = self.plant.set_gpu_cap(server, min(caps_w))   # one cap per server: the lowest
+        self._t = None
+        enforced = float(self.plant.server_cap_w[self.server_index[server]])
+        return CapResult(result.ok, (enforced,) * len(caps_w),
+                         None if result.ok else (result.detail or "refused"))
+
+    def zone_state(self, zone: str) -> ZoneState:
+        p, z = self.plant, self.topo.zone_id.index(zone)
+        unit_w = self.topo.zone_capacity_w[z] / self.topo.zone_units[z]
+        return ZoneState(float(p.zone_t_air_c[z]), float(p.zone_p_it_w[z]) / 1e3,
+                         float(p.zone_q_cool_w[z]) / 1e3,
+                         round(float(p.zone_capacity_available_w()[z]) / unit_w))
+
+
+def _three(values: Any) -> tuple[float, float, float]:
+    return (float(values[0]), float(values[1]), float(values[2]))
+
+
+async def serve(
+    config: HallConfig,
+    topo: Topology,
+    *,
+    source: str = "<config>",
+    speed: float = 1.0,
+    dt_s: float = 0.1,
+    bind: str = "127.0.0.1",
+    mqtt_url: str | None = None,
+    seed: int = 0,
+    ready: Callable[[dict[str, object]], None] | None = None,
+) -> RunnerStats:
+    """Serve the plant of ``config`` until cancelled (or forever).
+
+    The meters' registers are refreshed and the agents' and zones' telemetry published once per
+    second of plant time; ``ready`` is called once everything listens, with the bound ports.
+    """
+    bindings = resolve_bindings(config, topo, source=source)
+    plant = Plant(config, topo, seed=seed)
+    view = PlantView(plant)
+    every = max(1, round(1.0 / dt_s))
+    async with contextlib.AsyncExitStack() as stack:
+        modbus = await stack.enter_async_context(ModbusEndpoints(
+            bindings.modbus, view.snapshot, view.write, bind=bind, refresh_period_s=None))
+        mqtt: MqttEndpoints | None = None
+        if mqtt_url is not None:
+            mqtt = await stack.enter_async_context(MqttEndpoints(
+                MqttConfig.from_url(mqtt_url), bindings.agents, view.agent_state,
+                view.apply_caps, zones=topo.zone_id, zone_state=view.zone_state,
+                sim_clock=lambda: (speed, plant.t_s), period_s=None))
+        steps = 0
+
+        async def on_step() -> None:
+            nonlocal steps
+            steps += 1
+            if steps % every == 0:
+                modbus.refresh()
+                if mqtt is not None:
+                    await mqtt.publish_telemetry()
+
+        runner = RealTimeRunner(plant, dt_s=dt_s, speed=speed, on_step=on_step)
+        if ready is not None:
+            ready({
+                "hall": topo.name,
+                "modbus_ports": {port: modbus.bound_port(port) for port in modbus.ports},
+                "devices": len(bindings.modbus),
+                "agents": len(bindings.agents) if mqtt is not None else 0,
+                "mqtt": mqtt_url,
+                "speed": speed,
+            })
+        try:
+            return await runner.run()
+        finally:
+            log.info("simulator stopping at plant time %.1f s after %d steps (%d overruns)",
+                     plant.t_s, runner.stats.steps, runner.stats.overruns)

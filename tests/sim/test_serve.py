@@ -1,0 +1,101 @@
+"""`rampguard sim serve` as a test engineer runs it: a real process, real loopback Modbus TCP,
+the real broker; a plain pymodbus client and a plain MQTT client on the other side."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from pymodbus.client import AsyncModbusTcpClient
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rig_on_free_ports(tmp_path: Path) -> tuple[Path, int]:
+    pdu_port, meter_port = _free_port(), _free_port()
+    text = (ROOT / "configs" / "rig.toml").read_text()
+    text = text.replace("port = 15020", f"port = {pdu_port}").replace(
+        "port = 15021", f"port = {meter_port}")
+    path = tmp_path / "rig.toml"
+    path.write_text(text)
+    return path, pdu_port
+
+
+async def _start(config: Path, *extra: str) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "controller.cli", "sim", "serve", str(config), *extra,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
+    assert line, (await proc.stderr.read()).decode() if proc.stderr else "no output"
+    return proc, json.loads(line)
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+    return proc.returncode or 0, out.decode()
+
+
+async def test_sim_serve_over_real_modbus_and_mqtt(tmp_path: Path, mqtt_broker: Any) -> None:
+    config, pdu_port = _rig_on_free_ports(tmp_path)
+    async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port,
+                              identifier=f"test-serve-{os.getpid()}") as client:
+        await client.subscribe("rampguard/agents/RIG-S01/#")
+        await client.subscribe("rampguard/sim/zones/LAB/telemetry")
+        proc, info = await _start(config, "--speed", "20", "--mqtt", mqtt_broker.url)
+        try:
+            assert info["event"] == "serving" and info["devices"] == 2 and info["agents"] == 4
+            modbus = AsyncModbusTcpClient("127.0.0.1", port=pdu_port, timeout=2, retries=1)
+            await modbus.connect()
+            try:
+                header = await modbus.read_input_registers(0, count=8, device_id=1)
+                assert not header.isError()
+                assert header.registers[:3] == [1, 2, 16]  # map v1, 2 banks, 16 outlets
+                # switch outlet 1 (server 1's first PSU) on and read the relay back
+                written = await modbus.write_coil(0, True, device_id=1)
+                assert not written.isError()
+                coils = await modbus.read_coils(0, count=16, device_id=1)
+                assert coils.bits[0] and not any(coils.bits[1:16])
+                # a second later (plant time) the outlet is energized and draws standby current
+                await asyncio.sleep(0.5)
+                live = await modbus.read_discrete_inputs(0, count=16, device_id=1)
+                assert live.bits[0]
+                # outlet 1's current: registers 46 + 8·banks (docs/registers.md)
+                regs = await modbus.read_input_registers(46 + 8 * 2, count=2, device_id=1)
+                assert not regs.isError(), regs
+                outlet_a = struct.unpack(">f", struct.pack(">HH", *regs.registers))[0]
+                assert outlet_a > 0.1
+            finally:
+                modbus.close()
+            # the simulated agents and the zone sensor publish on the broker
+            topics: set[str] = set()
+
+            async def collect() -> None:
+                async for message in client.messages:
+                    topics.add(str(message.topic))
+                    if {"rampguard/agents/RIG-S01/status",
+                            "rampguard/sim/zones/LAB/telemetry"} <= topics:
+                        return
+
+            await asyncio.wait_for(collect(), timeout=30)
+        finally:
+            code, out = await _stop(proc)
+    assert code == 0
+    assert '"event": "stopped"' in out
