@@ -260,3 +260,20 @@ def test_schedule_strategy_executes_a_schedule_open_loop() -> None:
     assert strat.on_tick(0.1, None) == ()
     assert len(actions) == 2 and strat.done(0.0)
     assert (strat.planned_cap_w == topo.server_gpu_max_w).all()
+
+
+def test_all_at_once_trips_storage_banks_on_inrush_and_names_them(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo hall with eight storage racks: four 1U PSUs per 20 A C-curve bank switched in
+    the same instant trip it on inrush; the dry run exits 3 and names each bank and the cause."""
+    hall = str(HALLS / "demo-storage.toml")
+    code, out, _ = run_cli(["dry-run", hall, "--strategy", "all-at-once", "--json"], capsys)
+    data = json.loads(out)
+    assert code == EXIT_UNSAFE
+    tripped = {(t["node"], t["cause"]) for t in data["trips"]}
+    assert ("ST1-R01-A-1", "inrush") in tripped
+    assert all(node.startswith("ST") and cause == "inrush" for node, cause in tripped)
+    assert data["trips_total"] == 48  # 8 racks × 2 PDUs × 3 banks
+    code, out, _ = run_cli(["dry-run", hall, "--strategy", "fixed-delay", "--json"], capsys)
+    assert not json.loads(out)["trips"]  # PDU outlet sequencing avoids it
