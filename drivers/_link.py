@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+from drivers.errors import DeviceTimeout, NotConnected
 
 
 class LinkState(Enum):
@@ -19,6 +22,49 @@ class LinkState(Enum):
     CONNECTED = "connected"
     BACKOFF = "backoff"        # waiting before the next connect attempt
     CLOSED = "closed"
+
+
+class StatefulLink:
+    """The state of one connection, changed only by :meth:`_set_state`, with listeners and a
+    race-free wait for CONNECTED. Shared by the Modbus device and the MQTT link."""
+
+    _link_name = "link"
+
+    def _init_state(self) -> None:
+        self._state = LinkState.IDLE
+        self._changed = asyncio.Event()
+        self._listeners: list[Callable[[LinkState], None]] = []
+
+    @property
+    def state(self) -> LinkState:
+        return self._state
+
+    @property
+    def connected(self) -> bool:
+        return self._state is LinkState.CONNECTED
+
+    def add_listener(self, listener: Callable[[LinkState], None]) -> None:
+        """Call ``listener(state)`` on every state change (synchronously, must not block)."""
+        self._listeners.append(listener)
+
+    def _set_state(self, state: LinkState) -> None:
+        if state is self._state:
+            return
+        self._state = state
+        self._changed.set()
+        self._changed = asyncio.Event()
+        for listener in list(self._listeners):
+            listener(state)
+
+    async def _wait_for_connected(self, timeout_s: float | None, device: str) -> None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self._state is not LinkState.CONNECTED:
+                    if self._state is LinkState.CLOSED:
+                        raise NotConnected(f"{self._link_name} is closed", device=device)
+                    await self._changed.wait()
+        except TimeoutError:
+            raise DeviceTimeout(f"not connected within {timeout_s} s", device=device) from None
 
 
 @dataclass

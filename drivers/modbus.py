@@ -50,7 +50,7 @@ from pymodbus.pdu.register_message import (
     ReadInputRegistersResponse,
 )
 
-from drivers._link import Backoff, FaultLog, LinkState, stop_task
+from drivers._link import Backoff, FaultLog, LinkState, StatefulLink, stop_task
 from drivers.errors import (
     DecodeError,
     DeviceException,
@@ -286,7 +286,7 @@ class DeviceCounters:
     write_failures: int = 0
 
 
-class ModbusDevice:
+class ModbusDevice(StatefulLink):
     """One Modbus device over its own TCP connection.
 
     ::
@@ -301,6 +301,8 @@ class ModbusDevice:
     ``clock`` (monotonic s), ``wall_clock`` (Unix s) and ``rng`` (backoff jitter) are
     injectable; ``start_delay_s`` delays the first connect attempt.
     """
+
+    _link_name = "device"
 
     def __init__(
         self,
@@ -327,12 +329,10 @@ class ModbusDevice:
         self._faults = FaultLog(_log, f"modbus {config.key} ({config.node_id})")
         self._plan = config.read_plan()
         self._client: ModbusClient | None = None
-        self._state = LinkState.IDLE
-        self._changed = asyncio.Event()
+        self._init_state()
         self._lost = asyncio.Event()
         self._attempted = asyncio.Event()     # the first connect attempt has finished
         self._supervisor: asyncio.Task[None] | None = None
-        self._listeners: list[Callable[[LinkState], None]] = []
         self._last_sequence: int | None = None
         self._sequence_since_s = 0.0
         self.last_snapshot: Snapshot | None = None
@@ -360,38 +360,10 @@ class ModbusDevice:
         if failure is not None:           # the supervisor never fails on purpose: a bug
             raise failure
 
-    # -- state -----------------------------------------------------------------------------
-    @property
-    def state(self) -> LinkState:
-        return self._state
-
-    @property
-    def connected(self) -> bool:
-        return self._state is LinkState.CONNECTED
-
-    def add_listener(self, listener: Callable[[LinkState], None]) -> None:
-        """Call ``listener(state)`` on every state change (synchronously, must not block)."""
-        self._listeners.append(listener)
-
-    def _set_state(self, state: LinkState) -> None:
-        if state is self._state:
-            return
-        self._state = state
-        self._changed.set()
-        self._changed = asyncio.Event()
-        for listener in list(self._listeners):
-            listener(state)
-
+    # -- state (drivers._link.StatefulLink) ---------------------------------------------------
     async def wait_connected(self, timeout_s: float | None = None) -> None:
         """Wait until connected; :class:`DeviceTimeout` after ``timeout_s``."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                while self._state is not LinkState.CONNECTED:
-                    if self._state is LinkState.CLOSED:
-                        raise NotConnected("device is closed", device=self.key)
-                    await self._changed.wait()
-        except TimeoutError:
-            raise DeviceTimeout(f"not connected within {timeout_s} s", device=self.key) from None
+        await self._wait_for_connected(timeout_s, self.key)
 
     async def wait_first_attempt(self) -> None:
         """Wait until the first connect attempt has succeeded or failed (bounded by the

@@ -48,7 +48,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
-from drivers._link import Backoff, FaultLog, LinkState, stop_task
+from drivers._link import Backoff, FaultLog, LinkState, StatefulLink, stop_task
 from drivers.errors import (
     DeviceTimeout,
     DeviceUnreachable,
@@ -244,7 +244,7 @@ def aiomqtt_client(config: MqttConfig, will: aiomqtt.Will | None,
     return client
 
 
-class MqttLink:
+class MqttLink(StatefulLink):
     """One MQTT connection: subscriptions with validation, publishing, a retained status.
 
     ::
@@ -289,10 +289,8 @@ class MqttLink:
         self._client: aiomqtt.Client | None = None
         self._failure: Exception | None = None
         self._failed = asyncio.Event()
-        self._state = LinkState.IDLE
-        self._changed = asyncio.Event()
+        self._init_state()
         self._runner: asyncio.Task[None] | None = None
-        self._listeners: list[Callable[[LinkState], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -342,38 +340,10 @@ class MqttLink:
         if self._runner is not None:
             await asyncio.shield(self._runner)
 
-    # -- state -----------------------------------------------------------------------------
-    @property
-    def state(self) -> LinkState:
-        return self._state
-
-    @property
-    def connected(self) -> bool:
-        return self._state is LinkState.CONNECTED
-
-    def add_listener(self, listener: Callable[[LinkState], None]) -> None:
-        self._listeners.append(listener)
-
-    def _set_state(self, state: LinkState) -> None:
-        if state is self._state:
-            return
-        self._state = state
-        self._changed.set()
-        self._changed = asyncio.Event()
-        for listener in list(self._listeners):
-            listener(state)
-
+    # -- state (drivers._link.StatefulLink) ---------------------------------------------------
     async def wait_connected(self, timeout_s: float | None = None) -> None:
         """Wait until connected and subscribed (:class:`DeviceTimeout` after ``timeout_s``)."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                while self._state is not LinkState.CONNECTED:
-                    if self._state is LinkState.CLOSED:
-                        raise NotConnected("link is closed", device=self.config.name)
-                    await self._changed.wait()
-        except TimeoutError:
-            raise DeviceTimeout(f"not connected within {timeout_s} s",
-                                device=self.config.name) from None
+        await self._wait_for_connected(timeout_s, self.config.name)
 
     async def wait_disconnected(self, timeout_s: float | None = None) -> None:
         try:
