@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from controller.topology import KIND_CODE, Topology
+from controller.topology import Topology
 
 F64 = npt.NDArray[np.float64]
 
@@ -119,7 +119,7 @@ def fixed_delay(topo: Topology, delay_s: float) -> Schedule:
     """Each rack PDU switches its used outlets in outlet order, ``delay_s`` apart."""
     if not math.isfinite(delay_s) or delay_s < 0:
         raise ValueError(f"delay_s must be a finite number >= 0, got {delay_s!r}")
-    pdu = _pdu_of_outlet(topo)[topo.psu_node]
+    pdu = topo.rack_pdu_of()[topo.psu_node]
     # outlet order on the PDU: the outlets' node order (bank by bank, outlet by outlet)
     order = np.lexsort((topo.psu_node, pdu))
     rank = np.empty(topo.n_psus, dtype=np.int64)
@@ -151,15 +151,3 @@ def baseline(topo: Topology, name: str, delay_s: float, per_min: float) -> Sched
     if name == "fixed-rate":
         return fixed_rate(topo, per_min)
     raise ValueError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
-
-
-def _pdu_of_outlet(topo: Topology) -> npt.NDArray[np.int64]:
-    """For every node, the index of its rack PDU ancestor (-1 above rack PDUs)."""
-    pdu = np.full(topo.n_nodes, -1, dtype=np.int64)
-    is_pdu = topo.node_kind == KIND_CODE["rack_pdu"]
-    pdu[is_pdu] = np.flatnonzero(is_pdu)
-    for i in range(topo.n_nodes):  # parents precede children
-        p = topo.parent_idx[i]
-        if pdu[i] < 0 and p >= 0:
-            pdu[i] = pdu[p]
-    return pdu

@@ -170,6 +170,17 @@ class Topology:
             return [self.node_index[pattern]]
         return _glob(pattern, self.node_id)
 
+    def rack_pdu_of(self) -> npt.NDArray[np.int64]:
+        """For every node, its rack PDU ancestor-or-self (-1 above rack PDUs)."""
+        pdu = np.full(self.n_nodes, -1, dtype=np.int64)
+        is_pdu = self.node_kind == KIND_CODE["rack_pdu"]
+        pdu[is_pdu] = np.flatnonzero(is_pdu)
+        parent = self.parent_idx
+        for d in range(1, int(self.depth.max()) + 1 if self.n_nodes else 0):
+            level = np.flatnonzero((self.depth == d) & ~is_pdu)  # parents are one level up
+            pdu[level] = pdu[parent[level]]
+        return pdu
+
     def match_servers(self, pattern: str) -> list[int]:
         """Indices of the servers whose id matches a glob."""
         return _glob(pattern, self.server_id)

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.model import HallConfig
-from controller.topology import KIND_CODE, Topology
+from controller.topology import Topology
 from kernels import plant as kp
 from sim.options import PlantOptions
 
@@ -140,13 +140,3 @@ class MeterBank:
         return q
 
 
-def rack_pdu_of(topo: Topology) -> npt.NDArray[np.int64]:
-    """For every node, its rack PDU ancestor-or-self (-1 above rack PDUs)."""
-    pdu = np.full(topo.n_nodes, -1, dtype=np.int64)
-    is_pdu = topo.node_kind == KIND_CODE["rack_pdu"]
-    pdu[is_pdu] = np.flatnonzero(is_pdu)
-    parent = topo.parent_idx
-    for i in range(topo.n_nodes):  # parents precede children
-        if pdu[i] < 0 and parent[i] >= 0:
-            pdu[i] = pdu[parent[i]]
-    return pdu

@@ -50,7 +50,7 @@ from sim.faults import (
     ModbusUnreachable,
     WorkloadStorm,
 )
-from sim.meters import QUALITY_OK, MeterBank, rack_pdu_of
+from sim.meters import QUALITY_OK, MeterBank
 from sim.observation import Observation
 from sim.options import PlantOptions
 from sim.records import PlantEvent, Trip, Violation
@@ -146,7 +146,7 @@ class Plant:
         lo, hi = topo.server_boot_s[:, 0], topo.server_boot_s[:, 1]
         self.server_boot_s = lo + (hi - lo) * rng_boot.random(s_n)
         # outlets that can be switched: those of switched rack PDUs
-        pdu_of = rack_pdu_of(topo)
+        pdu_of = topo.rack_pdu_of()
         self._pdu_of = pdu_of
         switched_pdu = self._switched_pdus(config, topo)
         is_outlet = self._kind == KIND_CODE["outlet"]
