@@ -153,17 +153,24 @@ def _baseline_factory(name: str) -> StrategyFactory:
 
 
 def _staged_factory(ctx: StrategyContext) -> Strategy:
-    """The planner's staged schedule, executed open loop (the closed-loop controller replaces
-    this with its decision core)."""
+    """The decision core in closed loop (:class:`controller.staged.CoreStrategy`)."""
+    from controller.staged import CoreStrategy
+
+    return CoreStrategy(ctx.config, ctx.topo, seed=ctx.seed)
+
+
+def _planned_factory(ctx: StrategyContext) -> Strategy:
+    """The planner's staged schedule executed open loop, without the core's feedback."""
     from controller.planner import PlannerSettings, plan
 
     settings = PlannerSettings.from_controller(ctx.config.controller)
     return ScheduleStrategy(plan(ctx.topo, "staged", settings=settings).schedule, ctx.topo)
 
 
-#: Strategies by name; :func:`register_strategy` adds more (the controller's closed loop).
+#: Strategies by name; :func:`register_strategy` adds more.
 STRATEGIES: dict[str, StrategyFactory] = {
     "staged": _staged_factory,
+    "planned-open-loop": _planned_factory,
     **{name: _baseline_factory(name) for name in ("all-at-once", "fixed-delay", "fixed-rate")},
 }
 
@@ -429,6 +436,9 @@ def run_dry_run(
         "wall_seconds": round(wall, 3),
         "real_time_factor": round(plant.t_s / wall, 1) if wall > 0 else None,
     }
+    describe = getattr(strat, "summary", None)
+    if callable(describe):
+        summary["controller"] = describe()
     return DryRunResult(summary, history, topo, [topo.node_id[i] for i in ramp_nodes])
 
 

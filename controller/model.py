@@ -649,6 +649,10 @@ class ControllerSettings(_Frozen):
     admission_margin: Annotated[float, Field(ge=0, lt=0.5)] = 0.02
     magnetic_margin: Annotated[float, Field(gt=0, le=1)] = 0.5
     max_jump_fraction: Annotated[float, Field(gt=0)] = 0.5
+    # a metered node whose reading stays untrusted this long moves the controller to SAFE
+    telemetry_safe_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    # the least time between two re-plans (s); starting and resuming re-plan at once
+    replan_min_s: Annotated[float, Field(ge=0, le=600)] = 5.0
     fixed_delay_s: NonNegFloat = 2.0
     fixed_rate_per_min: PositiveFloat = 300.0
     shedding: SheddingPolicy = Field(default_factory=SheddingPolicy)

@@ -70,8 +70,8 @@ class TelemetryStore:
         self,
         topo: Topology,
         settings: ControllerSettings,
-        metered_nodes: Sequence[int],
-        agent_servers: Sequence[int] = (),
+        metered_nodes: Sequence[int] | npt.NDArray[np.integer],
+        agent_servers: Sequence[int] | npt.NDArray[np.integer] = (),
         clock: Callable[[], float] | None = None,
         limits: PlausibilityLimits | None = None,
     ) -> None:
@@ -172,6 +172,108 @@ class TelemetryStore:
         self._clear_fault("server", server)
         return True
 
+    def ingest_nodes(self, nodes: Sequence[int] | npt.NDArray[np.integer],
+                     i_a: npt.ArrayLike, t_s: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+        """Many node readings at once, by the rules of :meth:`ingest_node` (vectorized):
+        ``nodes`` (M,), ``i_a`` (M, 3) A, ``t_s`` (M,) monotonic s. Returns the accepted mask.
+        A node listed twice is taken as two readings in order (the slow path)."""
+        idx = np.asarray(nodes, dtype=np.int64).reshape(-1)
+        vals = np.asarray(i_a, dtype=np.float64)
+        times = np.broadcast_to(np.asarray(t_s, dtype=np.float64), idx.shape)
+        if vals.shape != (idx.size, 3) or np.unique(idx).size != idx.size:
+            return np.array([self.ingest_node(int(n), list(v), float(t))
+                             for n, v, t in zip(idx, vals.reshape(idx.size, -1), times,
+                                                strict=True)], dtype=np.bool_)
+        now = self.clock()
+        lim = self.limits
+        ok = np.zeros(idx.size, bool)
+        inside = (idx >= 0) & (idx < self.topo.n_nodes)
+        bound = inside.copy()
+        bound[inside] = self.metered[idx[inside]]
+        for j in np.flatnonzero(~bound):
+            self._reject("unbound_node", int(idx[j]), Quality.IMPLAUSIBLE)
+        sel = np.flatnonzero(bound)
+        node, v, t = idx[sel], vals[sel], times[sel]
+        rating = self.topo.rating_a[node]
+        reason = np.full(sel.size, "", dtype=object)
+        checks = (
+            ("future_timestamp", ~np.isfinite(t) | (t > now + lim.future_tolerance_s)),
+            ("out_of_range", ((rating > 0) & (v > lim.range_x * rating)).any(axis=1)),
+            ("current_on_absent_pole", ((rating == 0) & (v > lim.sum_tolerance_a)).any(axis=1)),
+            ("negative", (v < 0).any(axis=1)),
+            ("not_finite", ~np.isfinite(v).all(axis=1)),
+        )
+        for name, bad in checks:  # the first failing check of ingest_node wins: apply it last
+            reason[bad] = name
+        implausible = reason != ""
+        for j in np.flatnonzero(implausible):
+            self._reject(str(reason[j]), int(node[j]), Quality.IMPLAUSIBLE)
+        older = ~implausible & (t < self.node_t_s[node])
+        for j in np.flatnonzero(older):
+            self._reject("out_of_order", int(node[j]), Quality.GOOD)
+        go = ~implausible & ~older
+        prev = self.node_i_a[node]
+        jump_a = lim.max_jump_fraction * rating.max(axis=1)
+        with np.errstate(invalid="ignore"):
+            jumped = go & np.isfinite(prev).all(axis=1) & (
+                np.abs(v - prev).max(axis=1) > jump_a)
+            pending = self._pending_i_a[node]
+            confirmed = np.isfinite(pending).all(axis=1) & (
+                np.abs(v - pending).max(axis=1) <= jump_a * 0.5)
+        glitch = jumped & ~confirmed
+        for j in np.flatnonzero(glitch):
+            self._pending_i_a[node[j]] = v[j]
+            self._reject("impossible_jump", int(node[j]), Quality.IMPLAUSIBLE)
+        take = go & ~glitch
+        tn = node[take]
+        self._pending_i_a[tn] = math.nan
+        self.node_i_a[tn] = v[take]
+        self.node_t_s[tn] = t[take]
+        self._rejected_now[tn] = Quality.GOOD
+        self.accepted += int(take.sum())
+        if self._faults:
+            for n in tn:
+                if ("node", int(n)) in self._faults:
+                    self._clear_fault("node", int(n))
+        ok[sel[take]] = True
+        return ok
+
+    def ingest_servers(self, servers: Sequence[int] | npt.NDArray[np.integer],
+                       gpu_power_w: npt.ArrayLike, enforced_cap_w: npt.ArrayLike,
+                       t_s: float) -> npt.NDArray[np.bool_]:
+        """Many node agents' readings at once, by the rules of :meth:`ingest_server`, with one
+        value per server: ``gpu_power_w`` (M,) W per GPU (every GPU alike) and
+        ``enforced_cap_w`` (M,) W per GPU. Returns the accepted mask."""
+        idx = np.asarray(servers, dtype=np.int64).reshape(-1)
+        p = np.broadcast_to(np.asarray(gpu_power_w, dtype=np.float64), idx.shape)
+        c = np.broadcast_to(np.asarray(enforced_cap_w, dtype=np.float64), idx.shape)
+        now = self.clock()
+        t = float(t_s)
+        ok = np.zeros(idx.size, bool)
+        inside = (idx >= 0) & (idx < self.topo.n_servers)
+        bound = inside.copy()
+        bound[inside] = self.has_agent[idx[inside]]
+        gmax = np.ones(idx.size)
+        gmax[inside] = np.maximum(self.topo.server_gpu_max_w[idx[inside]], 1.0)
+        with np.errstate(invalid="ignore"):
+            good = bound & np.isfinite(p) & np.isfinite(c) & (p >= 0) & (c >= 0) & (
+                p <= self.limits.range_x * gmax) & (t <= now + self.limits.future_tolerance_s)
+        for j in np.flatnonzero(~good):
+            reason = "unbound_server" if not bound[j] else "implausible_agent"
+            self._reject(reason, int(idx[j]), Quality.IMPLAUSIBLE, kind="server")
+        s = idx[good]
+        gpus = self.topo.server_gpus[s]
+        self.server_power_w[s] = p[good] * gpus
+        self.server_cap_w[s] = np.where(gpus > 0, c[good], 0.0)
+        self.server_t_s[s] = np.maximum(self.server_t_s[s], t)
+        self.accepted += int(good.sum())
+        if self._faults:
+            for n in s:
+                if ("server", int(n)) in self._faults:
+                    self._clear_fault("server", int(n))
+        ok[good] = True
+        return ok
+
     # ---------------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Recompute every quality at the current time (staleness, sums). Vectorized."""
@@ -192,13 +294,18 @@ class TelemetryStore:
                                   minlength=self.topo.n_nodes)
         check = self._sum_check & fresh & (child_fresh == self._child_count)
         if check.any():
-            sums = np.zeros((self.topo.n_nodes, 3))
+            n = self.topo.n_nodes
             kids = np.flatnonzero((parent >= 0) & fresh)
-            np.add.at(sums, parent[kids], self.node_i_a[kids])
-            tol = (self.limits.sum_tolerance * self.topo.rating_a.max(axis=1)
+            rows = np.flatnonzero(check)
+            sums = np.stack([np.bincount(parent[kids], weights=self.node_i_a[kids, c],
+                                         minlength=n)[rows] for c in range(3)], axis=1)
+            rating = self.topo.rating_a[rows]
+            tol = (self.limits.sum_tolerance * np.maximum(np.maximum(rating[:, 0], rating[:, 1]),
+                                                          rating[:, 2])
                    + self.limits.sum_tolerance_a)
-            diff = np.abs(sums - np.nan_to_num(self.node_i_a)).max(axis=1)
-            bad = check & (diff > tol)
+            d = np.abs(sums - np.nan_to_num(self.node_i_a[rows]))
+            bad = np.zeros(n, bool)
+            bad[rows] = np.maximum(np.maximum(d[:, 0], d[:, 1]), d[:, 2]) > tol
             for node in np.flatnonzero(bad & (self.node_quality != Quality.INCONSISTENT)):
                 self._note_fault("node", int(node), "children_sum_disagrees")
                 self.rejected["children_sum_disagrees"] += 1

@@ -1,0 +1,914 @@
+"""The decision core: one pure, synchronous function from what is known to what to do.
+
+:func:`decide` takes the hall (:class:`CoreContext`, built once), the telemetry
+(:class:`~controller.telemetry.TelemetryStore`, refreshed by the caller, and :class:`Readbacks`:
+outlet states, breaker states, zone inlets), the controller's state (:class:`CoreState`) and the
+time, and returns the actions to take and the next state. It performs no I/O, reads no clock
+and keeps nothing between calls: the dry run (virtual time, the simulated plant), the service
+(the wall clock, Modbus and MQTT) and the tests drive this same function (DESIGN.md).
+
+Each call, in this order (docs/controller.md explains every rule):
+
+1. **What is on.** Outlet read-backs say which PSUs are powered; a PSU seen on that the state
+   did not know about (a restart, a manual switch) counts as long on; one seen off that was on
+   (a trip, an operator) counts as off.
+2. **Worst case.** Every energized server counts at the most it can draw now: its POST/boot
+   power before the earliest moment it can start work; its full power from then until its GPU
+   cap is confirmed by read-back (DESIGN rule 1); its confirmed cap after. Load the meters see
+   beyond that model (``background``) is added, up the tree, twice after a feed loss (its feed
+   is unknown). Metered nodes without a trusted reading (rule 5) get no new load below them.
+3. **Shedding** (rule 6), on measured load (the worst case where the meter is not trusted):
+   above ``capping_threshold`` × the continuous limit, caps come down until the load is
+   predicted at ``capping_target``, lowest priority first and highest drawing first within a
+   priority; below ``uncapping_threshold`` the shed caps are released in steps of
+   ``unthrottle_step_fraction`` after random delays within ``unthrottle_delay_s``. When the load
+   stays above the continuous limit past half the deadline that the guard trip curve leaves and
+   the policy allows it, outlets of the lowest-priority servers below the node are switched off.
+4. **Ramp.** PSU switch-ons and cap raises of the plan that are due are admitted when the
+   worst case with them stays within ``limit × (1 − admission_margin)`` at every ancestor, pole
+   and feed-loss scenario (rule 1), no guarded node below sees two switch-ons closer than its
+   inrush guard (rule 2), their zone is neither on hold nor unknown (rule 4) and their
+   telemetry is known (rule 5). The plan itself keeps the ramp and step limits (rule 3); when
+   the ramp was held, or the meters depart from the model, the plan is recomputed from what is
+   true now before the ramp goes on.
+5. **Mode**, set in one place (:func:`_mode`): SAFE (sticky until an operator resumes), then
+   SHEDDING, IDLE, STEADY, HOLDING, RAMPING.
+
+Operator commands (:func:`start_ramp`, :func:`pause`, :func:`resume`, :func:`abort`,
+:func:`enter_safe`) are pure functions of the state as well.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from controller.model import ControllerSettings
+from controller.planner import PlannerContext, PlannerSettings, PlanResult, PlanState, plan
+from controller.prediction import ancestor_table, magnetic_threshold_a, server_times_s
+from controller.schedule import Schedule
+from controller.telemetry import Quality, TelemetryStore
+from controller.topology import Topology
+from kernels import feed_loss_current_a, time_to_trip_s
+
+F64 = npt.NDArray[np.float64]
+I32 = npt.NDArray[np.int32]
+I64 = npt.NDArray[np.int64]
+B = npt.NDArray[np.bool_]
+
+#: Relative tolerance of the limit checks (rounding, not margin).
+_RTOL = 1e-9
+#: Meter accuracy: a reading counts as beyond the model only by more than this fraction of the
+#: reading plus this many A (class 1 meters, 3σ of the simulator's default noise, quantization).
+METER_TOLERANCE_X = 0.02
+METER_TOLERANCE_A = 0.5
+#: Shed deadline of an overloaded node without a breaker of its own (UPS, PDU inlet), and the
+#: longest deadline (an overload the trip curve would carry for ever); as the simulator's.
+UNPROTECTED_DEADLINE_S = 60.0
+MAX_DEADLINE_S = 900.0
+#: A per-GPU cap read back within this many W of the command counts as confirmed.
+CAP_CONFIRM_TOLERANCE_W = 1.0
+
+
+class Mode(StrEnum):
+    IDLE = "IDLE"
+    RAMPING = "RAMPING"
+    HOLDING = "HOLDING"
+    STEADY = "STEADY"
+    SHEDDING = "SHEDDING"
+    SAFE = "SAFE"
+
+
+# ============================================================================== actions
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why an action was taken: the rule, the node that decided it, and the values (A or W)."""
+
+    rule: str
+    node: str | None = None
+    measured: float | None = None
+    predicted: float | None = None
+    limit: float | None = None
+    unit: str = "A"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Energize:
+    """Switch outlets on, each at its time ``at_s`` (>= now, inrush-spaced)."""
+
+    outlets: I32
+    at_s: F64
+    reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchOff:
+    """Switch outlets off now (shedding's last resort, where the policy allows it)."""
+
+    outlets: I32
+    reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
+class SetCaps:
+    """Command per-GPU power caps (W per GPU) to servers' node agents."""
+
+    servers: I32
+    cap_w: F64
+    reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    """Something an operator must know: a code, the node (or zone) concerned, a message."""
+
+    code: str
+    message: str
+    node: str | None = None
+    active: bool = True
+
+
+CoreAction = Energize | SwitchOff | SetCaps | Alarm
+
+
+# ============================================================================== inputs
+@dataclass(frozen=True, slots=True)
+class Readbacks:
+    """What the controller reads back besides the meters, indexed like :class:`CoreContext`.
+
+    ``outlet_on`` (O,) bool and ``outlet_known`` (O,) bool (False: the PDU did not answer), over
+    ``CoreContext.outlet_node``; ``breaker_closed`` (n,) bool (True where unknown or no
+    breaker); ``zone_inlet_c`` (Z,) °C (NaN: unknown).
+    """
+
+    outlet_on: B
+    outlet_known: B
+    breaker_closed: B
+    zone_inlet_c: F64
+
+
+class CoreContext:
+    """What does not change while the controller runs: the hall's arrays and derived tables."""
+
+    def __init__(self, topo: Topology, settings: ControllerSettings,
+                 outlet_nodes: Sequence[int] | npt.NDArray[np.integer] | None = None,
+                 planner: PlannerContext | None = None) -> None:
+        self.topo = topo
+        self.settings = settings
+        self.shed = settings.shedding
+        psu_outlets = np.unique(topo.psu_node)
+        self.outlet_node: I32 = np.asarray(
+            psu_outlets if outlet_nodes is None else outlet_nodes, dtype=np.int32)
+        self.outlet_of_node = np.full(topo.n_nodes, -1, np.int64)
+        self.outlet_of_node[self.outlet_node] = np.arange(self.outlet_node.size)
+        #: outlet index of every PSU (-1: the outlet is not switchable by the controller)
+        self.psu_outlet: I64 = self.outlet_of_node[topo.psu_node]
+        self.anc: I64 = ancestor_table(topo)                       # (K, D)
+        self.planner = planner or PlannerContext(
+            topo, PlannerSettings.from_controller(settings))
+        lim = topo.limit_a * (1.0 - settings.admission_margin)
+        admit = np.broadcast_to(lim, (3, topo.n_nodes, 3)).copy()
+        admit[:, topo.limit_a <= 0] = np.inf
+        admit[1, topo.node_feed == 0] = np.inf  # a node is not judged when its own feed is lost
+        admit[2, topo.node_feed == 1] = np.inf
+        self.admit_limit_a: F64 = admit
+        self.limit_node_a: F64 = np.where(topo.limit_a > 0, topo.limit_a, np.inf)
+        self.mag_thr_a: F64 = magnetic_threshold_a(topo, settings.magnetic_margin)
+        self.floor_w: F64 = np.maximum.reduce(
+            [topo.server_standby_w, topo.server_post_w, topo.server_boot_w])
+        self.guarded_nodes: I64 = np.flatnonzero(topo.inrush_guard_s > 0)
+        self.server_psus: list[I64] = []
+        order = np.argsort(topo.psu_server, kind="stable")
+        counts = np.bincount(topo.psu_server, minlength=topo.n_servers)
+        start = np.concatenate([[0], np.cumsum(counts)])
+        self.server_psu_order: I64 = order.astype(np.int64)
+        self.server_psu_start: I64 = start.astype(np.int64)
+        # the servers below each node, as (node, server) pairs through the PSUs
+        k_idx, d_idx = np.nonzero(self.anc >= 0)
+        pair_node = self.anc[k_idx, d_idx]
+        pair_server = topo.psu_server[k_idx].astype(np.int64)
+        key = np.unique(pair_node * topo.n_servers + pair_server)
+        self.below_node: I64 = key // max(topo.n_servers, 1)
+        self.below_server: I64 = key % max(topo.n_servers, 1)
+        self.below_start: I64 = np.searchsorted(self.below_node, np.arange(topo.n_nodes + 1))
+        self.depth_levels: list[I64] = [np.flatnonzero(topo.depth == d)
+                                        for d in range(int(topo.depth.max(initial=0)), 0, -1)]
+        self.n_outlets = int(self.outlet_node.size)
+
+    def servers_below(self, node: int) -> I64:
+        return self.below_server[self.below_start[node]:self.below_start[node + 1]]
+
+    def work_w(self, cap_w: F64, servers: I64 | None = None) -> F64:
+        """Power (W) of ``servers`` (default: all) working at per-GPU caps ``cap_w``."""
+        t = self.topo
+        sel = slice(None) if servers is None else servers
+        cap = np.clip(cap_w, t.server_gpu_min_cap_w[sel], t.server_gpu_max_w[sel])
+        return np.minimum(t.server_other_max_w[sel] + t.server_gpus[sel] * cap,
+                          t.server_max_w[sel])
+
+
+# ============================================================================== state
+@dataclass(frozen=True)
+class CoreState:
+    """Everything the core remembers between calls. Replaced, never mutated, by :func:`decide`.
+
+    Times are on the caller's monotonic clock (s). ``plan_t0_s``: the clock time of the plan's
+    time 0. ``psu_on_s`` (K,): when each PSU was seen or commanded on (-inf: on since before we
+    knew; +inf: off). ``psu_commanded`` (K,): an energize command was sent (never twice).
+    ``cap_cmd_w`` (S,) W per GPU: the last cap commanded (NaN: none yet); ``cap_plan_w`` the
+    plan's cap in force; ``shed_cap_w`` the shedding cap (NaN: none); ``unthrottle_at_s`` when
+    the next release step of a shed cap may happen. ``unknown_since_s`` (n,) when each node's
+    telemetry became untrusted (+inf: trusted).
+    """
+
+    mode: Mode
+    mode_reason: str
+    ramp_active: bool
+    paused: bool
+    safe_reason: str
+    plan: PlanResult | None
+    plan_t0_s: float
+    psu_on_s: F64
+    psu_commanded: B
+    guard_last_s: F64
+    cap_cmd_w: F64
+    cap_plan_w: F64
+    shed_cap_w: F64
+    unthrottle_at_s: F64
+    over_since_s: F64
+    unknown_since_s: F64
+    next_cap_event: int
+    replan_due: bool
+    last_replan_s: float
+    rng_seed: int
+    ticks: int = 0
+    last_tick_s: float = -math.inf
+    full_hold: bool = False
+    hold_reasons: tuple[str, ...] = ()
+    alarms_active: frozenset[str] = frozenset()
+    transitions: tuple[tuple[float, str, str, str], ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> CoreState:
+        return dataclasses.replace(self, **changes)
+
+
+def initial_state(ctx: CoreContext, *, seed: int = 0, now_s: float = 0.0) -> CoreState:
+    """A controller that has seen nothing yet: IDLE, no plan, everything off."""
+    t = ctx.topo
+    return CoreState(
+        mode=Mode.IDLE, mode_reason="started", ramp_active=False, paused=False,
+        safe_reason="", plan=None, plan_t0_s=now_s,
+        psu_on_s=np.full(t.n_psus, np.inf), psu_commanded=np.zeros(t.n_psus, bool),
+        guard_last_s=np.full(t.n_nodes, -np.inf),
+        cap_cmd_w=np.full(t.n_servers, np.nan), cap_plan_w=t.server_gpu_max_w.astype(float),
+        shed_cap_w=np.full(t.n_servers, np.nan), unthrottle_at_s=np.full(t.n_servers, -np.inf),
+        over_since_s=np.full(t.n_nodes, np.inf), unknown_since_s=np.full(t.n_nodes, np.inf),
+        next_cap_event=0, replan_due=False, last_replan_s=-np.inf, rng_seed=seed,
+    )
+
+
+# ============================================================================== commands
+class CommandRefusedError(Exception):
+    """An operator command that cannot be carried out now (the reason is the message)."""
+
+
+def start_ramp(ctx: CoreContext, state: CoreState, now_s: float) -> CoreState:
+    """Start (or restart after an abort) the staged bring-up; the next :func:`decide` plans it
+    from what is true then."""
+    if state.mode == Mode.SAFE:
+        raise CommandRefusedError(f"controller is SAFE ({state.safe_reason}); resume first")
+    if state.ramp_active:
+        raise CommandRefusedError("a ramp is already active")
+    return state.replace(ramp_active=True, paused=False, replan_due=True, last_replan_s=-np.inf)
+
+
+def pause(state: CoreState) -> CoreState:
+    if not state.ramp_active:
+        raise CommandRefusedError("no ramp is active")
+    return state.replace(paused=True)
+
+
+def resume(ctx: CoreContext, state: CoreState, store: TelemetryStore | None = None
+           ) -> CoreState:
+    """Leave a pause, or leave SAFE once its cause is gone (telemetry trusted again)."""
+    if state.mode == Mode.SAFE:
+        if store is not None:
+            unknown = store.unknown_nodes() & ctx_metered(store)
+            if unknown.any():
+                node = ctx.topo.node_id[int(np.flatnonzero(unknown)[0])]
+                raise CommandRefusedError(f"telemetry of {node} is still not trusted")
+        return state.replace(mode=Mode.IDLE if not state.ramp_active else Mode.HOLDING,
+                             safe_reason="", paused=False, replan_due=state.ramp_active,
+                             last_replan_s=-np.inf)
+    if not state.paused:
+        raise CommandRefusedError("nothing to resume")
+    return state.replace(paused=False, replan_due=True, last_replan_s=-np.inf)
+
+
+def abort(state: CoreState) -> CoreState:
+    """Stop the bring-up: nothing more is energized; what is on stays on; shedding goes on."""
+    if not state.ramp_active:
+        raise CommandRefusedError("no ramp is active")
+    return state.replace(ramp_active=False, paused=False)
+
+
+def enter_safe(state: CoreState, reason: str, now_s: float) -> CoreState:
+    """DESIGN rule 9: an unexpected error moves the controller to SAFE."""
+    return _set_mode(state, Mode.SAFE, reason, now_s).replace(safe_reason=reason)
+
+
+def ctx_metered(store: TelemetryStore) -> B:
+    return store.metered
+
+
+# ============================================================================== decide
+@dataclass(frozen=True)
+class Decision:
+    actions: tuple[CoreAction, ...]
+    state: CoreState
+    #: worst-case load per scenario (3, n, 3) A, for metrics and the status
+    worst_a: F64
+    #: load taken as measured (n, 3) A: meters where trusted, the worst case at metered nodes
+    #: whose reading is not, 0 at unmetered nodes
+    measured_a: F64
+
+
+def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreState,
+           now_s: float) -> Decision:
+    """One control step. ``store`` must have been refreshed at ``now_s``."""
+    topo = ctx.topo
+    actions: list[CoreAction] = []
+    st = state.replace(ticks=state.ticks + 1)
+
+    # -- 1. what is on -------------------------------------------------------------------
+    psu_on_s = st.psu_on_s.copy()
+    known = ctx.psu_outlet >= 0
+    known[known] = rb.outlet_known[ctx.psu_outlet[known]]
+    seen_on = np.zeros(topo.n_psus, bool)
+    seen_on[known] = rb.outlet_on[ctx.psu_outlet[known]]
+    psu_on_s[known & seen_on & np.isposinf(psu_on_s) & ~st.psu_commanded] = -np.inf
+    psu_on_s[known & seen_on & (psu_on_s > now_s)] = now_s
+    psu_on_s[known & ~seen_on & (psu_on_s <= now_s)
+             & ~_in_grace(st, now_s, ctx.settings.meter_stale_s)] = np.inf
+    open_nodes = ~rb.breaker_closed
+    powered = psu_on_s <= now_s
+    if open_nodes.any():
+        dead = open_nodes[ctx.anc.clip(0)].any(axis=1) & (ctx.anc >= 0).any(axis=1)
+        powered &= ~dead
+    st = st.replace(psu_on_s=psu_on_s)
+
+    # -- 2. telemetry and the worst case ---------------------------------------------------
+    unknown = store.unknown_nodes()
+    metered_unknown = store.metered & (store.node_quality != Quality.GOOD)
+    unknown_since = np.where(unknown, np.minimum(st.unknown_since_s, now_s), np.inf)
+    st = st.replace(unknown_since_s=unknown_since)
+    confirmed_cap = _confirmed_caps(ctx, store, st)
+    server_w, server_wc = _worst_server_w(ctx, psu_on_s, powered, confirmed_cap,
+                                          st.cap_cmd_w, now_s)
+    model_a = _worst_currents_a(ctx, server_w, server_wc, powered)
+    meas = np.where(store.metered[:, None] & (store.node_quality == Quality.GOOD)[:, None],
+                    store.node_i_a, np.nan)
+    background = _background(ctx, meas, model_a[0])
+    worst_a = model_a + background
+    # shedding judges the metered nodes: their reading where trusted, else the worst case
+    # (rule 5); unmetered nodes are kept inside their limits by admission alone
+    measured_a = np.where(np.isfinite(meas), meas,
+                          np.where(store.metered[:, None], worst_a[0], 0.0))
+
+    # telemetry alarms and SAFE after a long loss
+    alarms = set(st.alarms_active)
+    for k in np.flatnonzero(metered_unknown):
+        node = int(k)
+        code = f"telemetry:{topo.node_id[node]}"
+        if code not in alarms:
+            q = Quality(int(store.node_quality[node])).name.lower()
+            actions.append(Alarm("telemetry", f"reading of {topo.node_id[node]} is {q}: no new "
+                                 "load below it, worst case assumed", topo.node_id[node]))
+            alarms.add(code)
+    for code in [a for a in alarms if a.startswith("telemetry:")]:
+        back = topo.node_index.get(code.split(":", 1)[1])
+        if back is not None and not metered_unknown[back]:
+            actions.append(Alarm("telemetry", f"reading of {topo.node_id[back]} trusted again",
+                                 topo.node_id[back], active=False))
+            alarms.discard(code)
+    lost_long = metered_unknown & (now_s - unknown_since >= ctx.settings.telemetry_safe_s)
+    if lost_long.any() and st.mode != Mode.SAFE:
+        lost_id = topo.node_id[int(np.flatnonzero(lost_long)[0])]
+        reason = (f"telemetry of {lost_id} lost for {ctx.settings.telemetry_safe_s:g} s")
+        actions.append(Alarm("safe", reason, lost_id))
+        st = enter_safe(st, reason, now_s)
+
+    # -- 3. shedding ------------------------------------------------------------------------
+    st, shed_actions, shedding = _shed(ctx, st, store, measured_a, server_w, psu_on_s, now_s)
+    actions.extend(shed_actions)
+
+    # -- 4. ramp ------------------------------------------------------------------------------
+    holds: list[str] = []
+    if st.ramp_active and st.full_hold and math.isfinite(st.last_tick_s):
+        # the whole ramp waited during the last tick: the rest of the plan moves later by as
+        # much, so that its inrush, ramp and cooling timing holds as planned
+        st = st.replace(plan_t0_s=st.plan_t0_s + max(now_s - st.last_tick_s, 0.0))
+    st = st.replace(full_hold=False)
+    if st.ramp_active and st.mode == Mode.SAFE:
+        st = st.replace(full_hold=True)
+    elif st.ramp_active:
+        if st.paused:
+            holds.append("operator pause")
+            st = st.replace(full_hold=True)
+        elif shedding:
+            holds.append("shedding")
+            st = st.replace(full_hold=True)
+        else:
+            if np.any(background[0] > _departure_a(ctx)):
+                st = st.replace(replan_due=True)
+            if st.replan_due and now_s - st.last_replan_s >= ctx.settings.replan_min_s:
+                st = _replan(ctx, st, now_s, background)
+            st, ramp_actions, ramp_holds = _ramp(ctx, st, store, rb, unknown, worst_a,
+                                                 background, server_w, server_wc, powered,
+                                                 confirmed_cap, now_s)
+            actions.extend(ramp_actions)
+            holds.extend(ramp_holds)
+    if st.ramp_active and servers_left_off(st):
+        st = st.replace(replan_due=True)
+    st = st.replace(last_tick_s=now_s)
+    st = st.replace(hold_reasons=tuple(dict.fromkeys(holds)), alarms_active=frozenset(alarms))
+    st = _mode(ctx, st, shedding, now_s)
+    return Decision(tuple(actions), st, worst_a, measured_a)
+
+
+def _in_grace(st: CoreState, now_s: float, grace_s: float) -> B:
+    """PSUs commanded on less than ``grace_s`` ago: a read-back older than the command may
+    still show them off, so the command is trusted (they count as on) until the grace ends."""
+    return st.psu_commanded & np.isfinite(st.psu_on_s) & (now_s - st.psu_on_s < grace_s)
+
+
+def _departure_a(ctx: CoreContext) -> F64:
+    """Unexplained load (A) beyond which the plan is recomputed: 2 % of the limit, >= 1 A."""
+    return np.maximum(0.02 * ctx.topo.limit_a, 1.0)
+
+
+def _confirmed_caps(ctx: CoreContext, store: TelemetryStore, st: CoreState) -> F64:
+    """Per server, the per-GPU cap confirmed by read-back (NaN: not confirmed).
+
+    Confirmed: the agent's reading is trusted and the cap it enforces is at most the cap last
+    commanded (a cap read back above the command is not confirmed: the server may draw more)."""
+    good = store.has_agent & (store.server_quality == Quality.GOOD)
+    enforced = store.server_cap_w
+    ok = good & np.isfinite(enforced) & np.isfinite(st.cap_cmd_w) & (
+        enforced <= st.cap_cmd_w + CAP_CONFIRM_TOLERANCE_W)
+    return np.where(ok, enforced, np.nan)
+
+
+def _worst_server_w(ctx: CoreContext, psu_on_s: F64, powered: B, confirmed_cap: F64,
+                    cap_cmd_w: F64, now_s: float) -> tuple[F64, F64]:
+    """The most each server can draw now (W), normally and in the feed-loss contingency.
+
+    Normally (module docstring, step 2): POST/boot power before the earliest moment it can
+    work, full power from then until its cap is confirmed, the confirmed cap after. In the
+    contingency of a lost feed, a server whose cap was commanded counts at that cap even before
+    the read-back: a feed loss and a failed node agent together are two failures, and the
+    controller keeps every *single* failure survivable (docs/controller.md)."""
+    topo = ctx.topo
+    on_s = np.where(powered, psu_on_s, np.inf)
+    times = server_times_s(topo, np.where(np.isinf(on_s) & (on_s < 0), -1e12, on_s))
+    t_first, e4 = times[:, 0], times[:, 4]
+    energized = np.isfinite(t_first)
+    full = topo.server_max_w.astype(float)
+    conf = np.isfinite(confirmed_cap)
+    capped = np.maximum(ctx.work_w(np.where(conf, confirmed_cap, 0.0)), ctx.floor_w)
+    booting = now_s < e4
+    w = np.where(booting, ctx.floor_w, np.where(conf, capped, full))
+    cmd = np.isfinite(cap_cmd_w)
+    commanded = np.maximum(ctx.work_w(np.where(cmd, cap_cmd_w, 0.0)), ctx.floor_w)
+    wc = np.where(booting | conf, w, np.where(cmd, np.minimum(commanded, full), full))
+    return np.where(energized, w, 0.0), np.where(energized, wc, 0.0)
+
+
+def _worst_currents_a(ctx: CoreContext, w_normal: F64, w_contingency: F64, alive: B) -> F64:
+    """(3, n, 3) A: scenario 0 from ``w_normal``, the feed-loss scenarios from
+    ``w_contingency`` (one kernel run when they agree)."""
+    t = ctx.topo
+    args = (t.server_pf, t.psu_server, t.psu_node, t.psu_phase, t.psu_feed, alive,
+            t.parent_idx, t.v_ln_v)
+    out = feed_loss_current_a(w_contingency, *args)
+    if not np.array_equal(w_normal, w_contingency):
+        out[0] = feed_loss_current_a(w_normal, *args)[0]
+    return out
+
+
+def _background(ctx: CoreContext, meas_a: F64, model_a: F64) -> F64:
+    """Measured load beyond the model, carried up the tree, (3, n, 3) A (see
+    :func:`controller.planner.background_from_measurement`; vectorized by depth)."""
+    with np.errstate(invalid="ignore"):
+        tol = METER_TOLERANCE_X * meas_a + METER_TOLERANCE_A
+        excess = np.where(np.isfinite(meas_a), np.maximum(meas_a - model_a - tol, 0.0), 0.0)
+    if not excess.any():
+        return np.zeros((3, *excess.shape))
+    up = np.zeros_like(excess)
+    parent = ctx.topo.parent_idx
+    n = excess.shape[0]
+    for level in ctx.depth_levels:  # deepest first
+        own = np.maximum(excess[level], up[level])
+        up[level] = own
+        if own.any():
+            for c in range(3):
+                up[:, c] += np.bincount(parent[level], weights=own[:, c], minlength=n)
+    roots = parent < 0
+    up[roots] = np.maximum(excess[roots], up[roots])
+    return np.stack([up, 2.0 * up, 2.0 * up])
+
+
+# ============================================================================== shedding
+def _shed(ctx: CoreContext, st: CoreState, store: TelemetryStore, measured_a: F64,
+          server_w: F64, psu_on_s: F64, now_s: float
+          ) -> tuple[CoreState, list[CoreAction], bool]:
+    topo, pol = ctx.topo, ctx.shed
+    actions: list[CoreAction] = []
+    ratio = measured_a / ctx.limit_node_a
+    util = np.maximum(np.maximum(ratio[:, 0], ratio[:, 1]), ratio[:, 2])
+    over = util > pol.capping_threshold
+    shed = st.shed_cap_w.copy()
+    over_since = np.where(util > 1.0 + _RTOL, np.minimum(st.over_since_s, now_s), np.inf)
+    gpus = topo.server_gpus.astype(float)
+    cap_now = np.where(np.isfinite(shed), np.minimum(shed, st.cap_plan_w), st.cap_plan_w)
+    meas_server = np.where(store.has_agent & (store.server_quality == Quality.GOOD),
+                           store.server_power_w + topo.server_other_max_w, server_w)
+    draw_w = np.minimum(np.maximum(meas_server, 0.0), topo.server_max_w)
+    changed = np.zeros(topo.n_servers, bool)
+    reasons: dict[int, Reason] = {}
+    for node in np.flatnonzero(over)[np.argsort(-util[over])]:
+        servers = ctx.servers_below(int(node))
+        if servers.size == 0:
+            continue
+        frac = 1.0 - pol.capping_target / util[node]
+        need_w = frac * float(draw_w[servers].sum())
+        # lowest priority first, highest drawing first within a priority
+        order = servers[np.lexsort((-draw_w[servers], topo.server_priority[servers]))]
+        floor = topo.server_gpu_min_cap_w[order]
+        room_w = np.maximum(cap_now[order] - floor, 0.0) * gpus[order]
+        take = np.minimum(room_w, np.maximum(need_w - np.concatenate(
+            [[0.0], np.cumsum(room_w)[:-1]]), 0.0))
+        cut = take > 0
+        if cut.any():
+            sel = order[cut]
+            new = cap_now[sel] - take[cut] / np.maximum(gpus[sel], 1.0)
+            cap_now[sel] = new
+            shed[sel] = new
+            changed[sel] = True
+            i_now = float(measured_a[node].max())
+            for s in sel:
+                reasons.setdefault(int(s), Reason(
+                    "shed", topo.node_id[node], i_now, None,
+                    float(ctx.limit_node_a[node].min()) * pol.capping_target))
+        last_resort = _outlets_off(ctx, st, int(node), float(util[node]), over_since[node],
+                                   now_s, psu_on_s)
+        if last_resort is not None:
+            actions.append(last_resort)
+    # release shed caps below nodes that are back under the uncapping threshold
+    shed_servers = np.flatnonzero(np.isfinite(shed) & ~changed)
+    unthrottle = st.unthrottle_at_s.copy()
+    if shed_servers.size:
+        rng = np.random.default_rng([st.rng_seed, st.ticks])
+        worst_util = _server_max_util(ctx, util)
+        lo, hi = pol.unthrottle_delay_s
+        calm = shed_servers[(worst_util[shed_servers] < pol.uncapping_threshold)
+                            & (unthrottle[shed_servers] <= now_s)]
+        if calm.size:
+            step = pol.unthrottle_step_fraction * (
+                st.cap_plan_w[calm] - topo.server_gpu_min_cap_w[calm])
+            new = shed[calm] + np.maximum(step, 1.0)
+            done = new >= st.cap_plan_w[calm] - 1e-9
+            shed[calm] = np.where(done, np.nan, new)
+            changed[calm] = True
+            for s in calm:
+                reasons[int(s)] = Reason("unthrottle", None, float(worst_util[s]), None,
+                                         pol.uncapping_threshold, "x")
+        waiting = shed_servers[worst_util[shed_servers] < pol.uncapping_threshold]
+        due = waiting[unthrottle[waiting] <= now_s]
+        unthrottle[due] = now_s + rng.uniform(lo, hi, due.size)
+    st = st.replace(shed_cap_w=shed, over_since_s=over_since, unthrottle_at_s=unthrottle)
+    if changed.any():
+        st, cap_actions = _command_caps(ctx, st, np.flatnonzero(changed), reasons)
+        actions.extend(cap_actions)
+    shedding = bool(over.any() or np.isfinite(shed).any())
+    return st, actions, shedding
+
+
+def _server_max_util(ctx: CoreContext, util: F64) -> F64:
+    """Per server, the highest utilization of any node above it."""
+    out = np.zeros(ctx.topo.n_servers)
+    np.maximum.at(out, ctx.below_server, util[ctx.below_node])
+    return out
+
+
+def _outlets_off(ctx: CoreContext, st: CoreState, node: int, util: float, over_since_s: float,
+                 now_s: float, psu_on_s: F64) -> SwitchOff | None:
+    """Switch off the lowest-priority servers below ``node`` when caps have not brought its load
+    under the limit by half the deadline its guard trip curve leaves (policy permitting)."""
+    pol = ctx.shed
+    if pol.outlet_off == "never" or not math.isfinite(over_since_s) or util <= 1.0:
+        return None
+    deadline = shed_deadline_s(ctx.topo, node, util)
+    if now_s - over_since_s < 0.5 * deadline:
+        return None
+    topo = ctx.topo
+    servers = ctx.servers_below(node)
+    if pol.outlet_off == "lowest_priority":
+        servers = servers[topo.server_priority[servers] == topo.server_priority[servers].min()]
+    on = np.zeros(topo.n_servers, bool)
+    np.logical_or.at(on, topo.psu_server, psu_on_s <= now_s)
+    servers = servers[on[servers]]
+    if servers.size == 0:
+        return None
+    excess = 1.0 - 1.0 / util
+    n_off = max(1, math.ceil(excess * servers.size))
+    victims = servers[np.argsort(topo.server_priority[servers], kind="stable")[:n_off]]
+    psus = np.flatnonzero(np.isin(topo.psu_server, victims))
+    outlets = ctx.psu_outlet[psus]
+    outlets = np.unique(outlets[outlets >= 0]).astype(np.int32)
+    if outlets.size == 0:
+        return None
+    return SwitchOff(outlets.astype(np.int32),
+                     Reason("shed-deadline", topo.node_id[node], util, None, 1.0, "x"))
+
+
+def shed_deadline_s(topo: Topology, node: int, util: float) -> float:
+    """Time (s) the guard trip curve leaves at ``util`` × the continuous limit, from steady state
+    at the limit: :data:`UNPROTECTED_DEADLINE_S` for a node without a breaker, never more than
+    :data:`MAX_DEADLINE_S` (the simulator judges violations by the same deadlines)."""
+    if util <= 1.0:
+        return math.inf
+    if not topo.has_breaker[node]:
+        return UNPROTECTED_DEADLINE_S
+    lim = topo.limit_a[node:node + 1]
+    rating = topo.rating_a[node:node + 1]
+    g = topo.trip_guard
+    theta = np.where(rating > 0, (lim / np.where(rating > 0, rating, 1.0)) ** 2, 0.0)
+    t = time_to_trip_s(lim * util, rating, g.thermal_k[node:node + 1],
+                       g.thermal_tau_s[node:node + 1], g.magnetic_x[node:node + 1],
+                       g.short_pickup_x[node:node + 1], g.short_delay_s[node:node + 1],
+                       theta, np.zeros_like(theta))
+    return min(float(t[0]), MAX_DEADLINE_S)
+
+
+def _command_caps(ctx: CoreContext, st: CoreState, servers: I64,
+                  reasons: dict[int, Reason]) -> tuple[CoreState, list[CoreAction]]:
+    """Send the effective cap (the plan's, lowered by shedding) where it differs from the last
+    command."""
+    eff = np.where(np.isfinite(st.shed_cap_w[servers]),
+                   np.minimum(st.shed_cap_w[servers], st.cap_plan_w[servers]),
+                   st.cap_plan_w[servers])
+    eff = np.clip(eff, ctx.topo.server_gpu_min_cap_w[servers], ctx.topo.server_gpu_max_w[servers])
+    prev = st.cap_cmd_w[servers]
+    diff = ~(np.abs(eff - prev) <= 0.5)
+    if not diff.any():
+        return st, []
+    sel, caps = servers[diff], eff[diff]
+    cmd = st.cap_cmd_w.copy()
+    cmd[sel] = caps
+    groups: dict[Reason, list[int]] = {}
+    for j, s in enumerate(sel):
+        groups.setdefault(reasons.get(int(s), Reason("plan")), []).append(j)
+    actions: list[CoreAction] = [SetCaps(sel[idx].astype(np.int32), caps[idx], r)
+                                 for r, idx in ((r, np.asarray(i)) for r, i in groups.items())]
+    return st.replace(cap_cmd_w=cmd), actions
+
+
+# ============================================================================== ramp
+def _replan(ctx: CoreContext, st: CoreState, now_s: float, background: F64 | None
+            ) -> CoreState:
+    """Plan the rest of the bring-up from what is true now (plan time 0 = now)."""
+    topo = ctx.topo
+    origin = st.plan_t0_s if st.plan is not None else now_s
+    now_rel = max(now_s - origin, 0.0)
+    on = st.psu_on_s <= now_s
+    rel = np.where(on, np.clip(st.psu_on_s - origin, 0.0, now_rel), np.inf)
+    caps = np.where(np.isfinite(st.cap_cmd_w), st.cap_cmd_w, topo.server_gpu_max_w)
+    state = PlanState(now_s=now_rel, psu_on_s=rel, cap_w=caps, background_a=background)
+    result = plan(topo, "staged", state=state, context=ctx.planner)
+    sched = result.schedule
+    plan_cap = sched.gpu_cap_w.astype(np.float64).copy()
+    # servers already on keep their commanded caps until a cap event raises them
+    already = np.zeros(topo.n_servers, bool)
+    np.logical_or.at(already, topo.psu_server, on)
+    plan_cap = np.where(already & np.isfinite(st.cap_cmd_w), st.cap_cmd_w, plan_cap)
+    first_event = int(np.searchsorted(sched.cap_t_s, now_rel, side="left"))
+    return st.replace(plan=result, plan_t0_s=origin, replan_due=False, last_replan_s=now_s,
+                      next_cap_event=first_event, cap_plan_w=plan_cap)
+
+
+def _ramp(ctx: CoreContext, st: CoreState, store: TelemetryStore, rb: Readbacks,
+          unknown: B, worst_a: F64, background: F64, server_w: F64, server_wc: F64,
+          powered: B, confirmed_cap: F64, now_s: float
+          ) -> tuple[CoreState, list[CoreAction], list[str]]:
+    topo, s = ctx.topo, ctx.settings
+    actions: list[CoreAction] = []
+    holds: list[str] = []
+    if st.plan is None:
+        return st, actions, ["no plan"]
+    sched: Schedule = st.plan.schedule
+    horizon = now_s + s.tick_s
+    planned_at = st.plan_t0_s + sched.psu_on_s
+    due = (planned_at < horizon) & ~st.psu_commanded & ~(st.psu_on_s <= now_s) & (
+        ctx.psu_outlet >= 0)
+    # cap events due
+    ev_t = st.plan_t0_s + sched.cap_t_s
+    ev_end = int(np.searchsorted(ev_t, horizon, side="left"))
+    ev = np.arange(st.next_cap_event, ev_end)
+    if not due.any() and ev.size == 0:
+        return st, actions, holds
+    # behind the plan (held, or late): its inrush, ramp and cooling timing no longer holds;
+    # wait for a re-plan from what is true now
+    late = due & (planned_at < now_s - 1e-9)
+    if late.any():
+        holds.append("behind plan: re-planning")
+        st = st.replace(replan_due=True)
+        due &= ~late
+    cand = np.flatnonzero(due)
+    # rule 5: no new load below an unknown node; outlets we cannot read back
+    bad_tel = unknown[ctx.anc.clip(0)[cand]].any(axis=1) & True
+    bad_rb = ~rb.outlet_known[ctx.psu_outlet[cand]]
+    if bad_tel.any():
+        holds.append("telemetry unknown")
+    if bad_rb.any():
+        holds.append("outlet state unknown")
+    # rule 4: zone on hold (inlet above the hold threshold, or unknown)
+    zone = topo.server_zone[topo.psu_server[cand]]
+    inlet = rb.zone_inlet_c[zone]
+    hot = ~(inlet < topo.zone_inlet_hold_c[zone])
+    if hot.any():
+        holds.append("zone inlet at hold" if np.isfinite(inlet[hot]).all()
+                     else "zone inlet unknown")
+    ok = ~(bad_tel | bad_rb | hot)
+    cand = cand[ok]
+    if cand.size == 0 and ev.size == 0:
+        if due.any():
+            st = st.replace(full_hold=True)
+        return st, actions, holds
+    # cap raises: only for servers whose caps are confirmed (else the raise is not the risk)
+    ev_servers = sched.cap_server[ev]
+    ev_caps = sched.cap_w[ev]
+    # rule 1 on the trial worst case; drop the latest-planned until it fits
+    new_on = powered.copy()
+    accepted_cand = cand
+    accepted_ev = np.ones(ev.size, bool)
+    for _ in range(12):
+        trial_alive = powered.copy()
+        trial_alive[accepted_cand] = True
+        trial_w = server_w.copy()
+        trial_wc = server_wc.copy()
+        newly = np.zeros(topo.n_servers, bool)
+        newly[topo.psu_server[accepted_cand]] = True
+        newly &= server_w == 0
+        trial_w[newly] = ctx.floor_w[newly]
+        trial_wc[newly] = ctx.floor_w[newly]
+        if accepted_ev.any():
+            srv = ev_servers[accepted_ev]
+            raised = np.maximum(ctx.work_w(ev_caps[accepted_ev], srv.astype(np.int64)),
+                                ctx.floor_w[srv])
+            up = server_w[srv] > ctx.floor_w[srv]   # working (or able to): the raise counts
+            conf = np.isfinite(confirmed_cap[srv]) & up
+            trial_w[srv[conf]] = np.maximum(trial_w[srv[conf]], raised[conf])
+            trial_wc[srv[up]] = np.maximum(trial_wc[srv[up]], raised[up])
+        trial = _worst_currents_a(ctx, trial_w, trial_wc, trial_alive) + background
+        bad = (trial > ctx.admit_limit_a * (1 + _RTOL)) & (trial > worst_a + 1e-6)
+        bad_node = (bad[0] | bad[1] | bad[2]).any(axis=1)
+        if not bad_node.any():
+            break
+        node = int(np.flatnonzero(bad_node)[0])
+        holds.append(f"headroom at {topo.node_id[node]}")
+        under = bad_node[ctx.anc.clip(0)[accepted_cand]].any(axis=1)
+        if under.any():
+            # keep the earliest-planned half of those under a violated node
+            idx = np.flatnonzero(under)
+            order = idx[np.argsort(planned_at[accepted_cand[idx]], kind="stable")]
+            drop = order[len(order) // 2:]
+            keep = np.ones(accepted_cand.size, bool)
+            keep[drop] = False
+            accepted_cand = accepted_cand[keep]
+        elif accepted_ev.any():
+            srv_anc = np.zeros(ev.size, bool)
+            for j in np.flatnonzero(accepted_ev):
+                psus = ctx.server_psu_order[ctx.server_psu_start[ev_servers[j]]:
+                                            ctx.server_psu_start[ev_servers[j] + 1]]
+                srv_anc[j] = bad_node[ctx.anc.clip(0)[psus]].any()
+            if not srv_anc.any():
+                break
+            # events apply in order: keep the prefix before the first one that does not fit
+            first_bad = int(np.flatnonzero(srv_anc)[0])
+            accepted_ev[first_bad:] = False
+        else:
+            break
+    else:
+        accepted_cand = accepted_cand[:0]
+        accepted_ev[:] = False
+    del new_on
+    if (cand.size or ev.size) and accepted_cand.size == 0 and not accepted_ev.any():
+        st = st.replace(full_hold=True)
+    elif due.any() and cand.size == 0 and not late.any():
+        st = st.replace(full_hold=True)
+    # rule 2: inrush spacing under every guarded node
+    if accepted_cand.size:
+        order = accepted_cand[np.argsort(planned_at[accepted_cand], kind="stable")]
+        last = st.guard_last_s.copy()
+        guard = topo.inrush_guard_s
+        at = np.empty(order.size)
+        anc = ctx.anc.clip(0)[order]
+        valid = ctx.anc[order] >= 0
+        for q in range(int(order.size)):
+            nodes = anc[q][valid[q] & (guard[anc[q]] > 0)]
+            t = max(planned_at[order[q]], now_s)
+            if nodes.size:
+                t = max(t, float((last[nodes] + guard[nodes]).max()))
+                last[nodes] = t
+            at[q] = t
+        psu_on = st.psu_on_s.copy()
+        psu_on[order] = at
+        commanded = st.psu_commanded.copy()
+        commanded[order] = True
+        # each server's first cap goes with its first switch-on (the agent applies it at boot)
+        servers = np.unique(topo.psu_server[order]).astype(np.int64)
+        first = servers[~np.isfinite(st.cap_cmd_w[servers])]
+        st = st.replace(psu_on_s=psu_on, psu_commanded=commanded, guard_last_s=last)
+        if first.size:
+            plan_caps = st.cap_plan_w.copy()
+            plan_caps[first] = sched.gpu_cap_w[first]
+            st = st.replace(cap_plan_w=plan_caps)
+            st, cap_actions = _command_caps(ctx, st, first, {})
+            actions.extend(cap_actions)
+        outlets = ctx.psu_outlet[order].astype(np.int32)
+        uniq, first_idx = np.unique(outlets, return_index=True)
+        actions.append(Energize(uniq.astype(np.int32), at[first_idx],
+                                Reason("plan", None, None, None, None)))
+    # cap raises that fit
+    if ev.size:
+        applied = ev[accepted_ev]
+        if applied.size:
+            caps = st.cap_plan_w.copy()
+            caps[sched.cap_server[applied]] = sched.cap_w[applied]
+            st = st.replace(cap_plan_w=caps)
+            st, cap_actions = _command_caps(
+                ctx, st, np.unique(sched.cap_server[applied]).astype(np.int64), {})
+            actions.extend(cap_actions)
+        # events are consumed in order; a refused one stops the cursor until it fits
+        st = st.replace(next_cap_event=int(st.next_cap_event + accepted_ev.sum()))
+    return st, actions, holds
+
+
+# ============================================================================== mode
+def ramp_complete(ctx: CoreContext, st: CoreState, now_s: float) -> bool:
+    """Everything the plan switches on is on, and every cap event has been applied."""
+    if st.plan is None:
+        return False
+    sched = st.plan.schedule
+    planned = np.isfinite(sched.psu_on_s) & (ctx.psu_outlet >= 0)
+    on = st.psu_on_s <= now_s
+    return bool((on | ~planned).all() and st.next_cap_event >= sched.cap_t_s.size)
+
+
+def servers_left_off(st: CoreState) -> int:
+    """Servers the present plan leaves off (they do not fit, or their zone is on hold)."""
+    if st.plan is None:
+        return 0
+    from kernels.planner import STATUS_FIXED, STATUS_PLACED
+
+    status = st.plan.status
+    return int(((status != STATUS_PLACED) & (status != STATUS_FIXED)).sum())
+
+
+def _mode(ctx: CoreContext, st: CoreState, shedding: bool, now_s: float) -> CoreState:
+    """The one place where the mode changes."""
+    if st.mode == Mode.SAFE:
+        return st
+    if shedding:
+        return _set_mode(st, Mode.SHEDDING, "load above the capping threshold", now_s)
+    if not st.ramp_active:
+        return _set_mode(st, Mode.IDLE, "no ramp active", now_s)
+    if ramp_complete(ctx, st, now_s):
+        left = servers_left_off(st)
+        if left:
+            return _set_mode(st, Mode.HOLDING, f"{left} server(s) do not fit the limits now; "
+                             "re-planning as telemetry changes", now_s)
+        return _set_mode(st, Mode.STEADY, "bring-up complete", now_s)
+    if st.hold_reasons:
+        return _set_mode(st, Mode.HOLDING, "; ".join(st.hold_reasons), now_s)
+    return _set_mode(st, Mode.RAMPING, "following the plan", now_s)
+
+
+def _set_mode(st: CoreState, mode: Mode, reason: str, now_s: float) -> CoreState:
+    if mode == st.mode:
+        return st if reason == st.mode_reason else st.replace(mode_reason=reason)
+    transitions = (*st.transitions[-63:], (now_s, st.mode.value, mode.value, reason))
+    return st.replace(mode=mode, mode_reason=reason, transitions=transitions)

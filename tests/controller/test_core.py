@@ -1,0 +1,332 @@
+"""The decision core on hand-built situations: one test per rule (DESIGN.md "Safety rules").
+
+The rig (configs/rig.toml): one rack PDU with two 32 A C-curve banks (L1, L2), four 8-GPU servers
+with one PSU on each bank, one cooling zone; the PDU (RIG-A) and the panel are metered.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from controller import core
+from controller.config import load_hall_config
+from controller.core import CoreContext, Mode, Readbacks
+from controller.telemetry import TelemetryStore
+from controller.topology import compile_hall
+
+RIG = Path(__file__).resolve().parents[2] / "configs" / "rig.toml"
+
+
+class Rig:
+    """The rig's core, store and read-backs, with a settable clock."""
+
+    def __init__(self, **controller: object) -> None:
+        cfg = load_hall_config(RIG)
+        if controller:
+            cfg = cfg.model_copy(update={"controller": cfg.controller.model_copy(
+                update=controller)})
+        self.cfg = cfg
+        self.topo = compile_hall(cfg)
+        self.ctx = CoreContext(self.topo, cfg.controller)
+        self.now = 0.0
+        self.meters = [self.topo.node_index["RIG-A"], self.topo.node_index["LAB-PANEL"]]
+        self.store = TelemetryStore(self.topo, cfg.controller, self.meters,
+                                    np.arange(self.topo.n_servers), clock=lambda: self.now)
+        self.outlet_on = np.zeros(self.ctx.n_outlets, bool)
+        self.inlet_c = 22.0
+        self.state = core.initial_state(self.ctx)
+
+    def node(self, name: str) -> int:
+        return self.topo.node_index[name]
+
+    def read_meters(self, rig_a: float | list[float] = 0.0, panel: float = 0.0) -> None:
+        pdu = [rig_a, rig_a, 0.0] if isinstance(rig_a, float) else rig_a
+        self.store.ingest_node(self.meters[0], pdu, self.now)
+        self.store.ingest_node(self.meters[1], [panel, panel, 0.0], self.now)
+
+    def readbacks(self) -> Readbacks:
+        return Readbacks(self.outlet_on.copy(), np.ones(self.ctx.n_outlets, bool),
+                         np.ones(self.topo.n_nodes, bool),
+                         np.full(len(self.topo.zone_id), self.inlet_c))
+
+    def tick(self, dt_s: float = 1.0, *, meters: bool = True, execute: bool = True
+             ) -> core.Decision:
+        self.now += dt_s
+        if meters:
+            self.read_meters()
+        self.store.refresh()
+        d = core.decide(self.ctx, self.store, self.readbacks(), self.state, self.now)
+        self.state = d.state
+        if execute:
+            for a in d.actions:
+                if isinstance(a, core.Energize):
+                    self.outlet_on[a.outlets] = True
+                elif isinstance(a, core.SwitchOff):
+                    self.outlet_on[a.outlets] = False
+        return d
+
+    def start(self) -> None:
+        self.read_meters()
+        self.store.refresh()
+        self.state = core.start_ramp(self.ctx, self.state, self.now)
+
+
+def energized(d: core.Decision) -> np.ndarray:
+    parts = [a.outlets for a in d.actions if isinstance(a, core.Energize)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+
+def caps(d: core.Decision) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for a in d.actions:
+        if isinstance(a, core.SetCaps):
+            out.update(zip(a.servers.tolist(), a.cap_w.tolist(), strict=True))
+    return out
+
+
+def run_ramp(rig: Rig, seconds: int) -> list[core.Decision]:
+    return [rig.tick() for _ in range(seconds)]
+
+
+# ---------------------------------------------------------------------------------- ramp
+def test_a_ramp_energizes_every_outlet_once_and_reaches_steady() -> None:
+    rig = Rig()
+    rig.start()
+    decisions = run_ramp(rig, 40)
+    sent = np.concatenate([energized(d) for d in decisions])
+    assert sorted(sent.tolist()) == list(range(rig.ctx.n_outlets))  # each exactly once
+    # pretend every agent confirms the commanded caps: the ramp completes
+    cmd = rig.state.cap_cmd_w
+    assert np.isfinite(cmd).all()
+    rig.store.ingest_servers(np.arange(4), np.full(4, 100.0), cmd, rig.now)
+    for _ in range(400):
+        d = rig.tick()
+        rig.store.ingest_servers(np.arange(4), np.full(4, 100.0), rig.state.cap_cmd_w, rig.now)
+        assert energized(d).size == 0
+        if rig.state.mode == Mode.STEADY:
+            break
+    assert rig.state.mode == Mode.STEADY
+
+
+def test_rule_2_switch_ons_under_one_bank_are_spaced_by_the_inrush_guard() -> None:
+    rig = Rig()
+    rig.start()
+    times: dict[int, float] = {}
+    for d in run_ramp(rig, 40):
+        for a in d.actions:
+            if isinstance(a, core.Energize):
+                times.update(zip(a.outlets.tolist(), a.at_s.tolist(), strict=True))
+    guard = float(rig.topo.inrush_guard_s[rig.node("RIG-A-1")])
+    assert guard > 0
+    for bank in ("RIG-A-1", "RIG-A-2"):
+        b = rig.node(bank)
+        under = [o for o in times if rig.topo.parent_idx[rig.ctx.outlet_node[o]] == b]
+        t = sorted(times[o] for o in under)
+        assert len(t) == 4
+        assert np.diff(t).min() >= guard - 1e-9
+
+
+def test_rule_1_a_server_counts_at_full_power_until_its_cap_is_confirmed() -> None:
+    rig = Rig()
+    rig.outlet_on[:] = True  # everything on since before the controller started
+    d = rig.tick()
+    bank = rig.node("RIG-A-1")
+    full = d.worst_a[0, bank].max()
+    # per server 2800 W over two PSUs: 1400 W on each bank, 4 servers, 230 V, PF 0.95
+    v_ln = float(rig.topo.v_ln_v[bank])
+    assert full == pytest.approx(4 * 1400.0 / (v_ln * 0.95), rel=1e-6)
+    # the caps commanded and read back at 150 W per GPU: 400 + 8 × 150 = 1600 W per server
+    rig.state = rig.state.replace(cap_cmd_w=np.full(4, 150.0))
+    rig.store.ingest_servers(np.arange(4), np.full(4, 140.0), np.full(4, 150.0), rig.now)
+    d = rig.tick()
+    assert d.worst_a[0, bank].max() == pytest.approx(4 * 800.0 / (v_ln * 0.95), rel=1e-6)
+    # a cap read back above the command is not a confirmation
+    rig.store.ingest_servers(np.arange(4), np.full(4, 140.0), np.full(4, 300.0), rig.now)
+    d = rig.tick()
+    assert d.worst_a[0, bank].max() == pytest.approx(full, rel=1e-6)
+
+
+def test_rule_1_admission_holds_when_measured_load_leaves_no_headroom() -> None:
+    rig = Rig()
+    rig.start()
+    # the PDU's meter says its L1 pole already carries 25 A that nothing explains
+    rig.now += 1.0
+    rig.read_meters([25.0, 0.0, 0.0])
+    rig.read_meters([25.0, 0.0, 0.0])  # a jump counts once the next reading confirms it
+    rig.store.refresh()
+    d = core.decide(rig.ctx, rig.store, rig.readbacks(), rig.state, rig.now)
+    sent = energized(d)
+    l1_outlets = [o for o in range(rig.ctx.n_outlets)
+                  if rig.topo.parent_idx[rig.ctx.outlet_node[o]] == rig.node("RIG-A-1")]
+    assert not set(sent.tolist()) & set(l1_outlets)
+    # the re-plan (the meter departs from the model) leaves the servers off, and says so
+    assert d.state.mode == Mode.HOLDING
+    assert "do not fit" in d.state.mode_reason
+
+
+def test_rule_4_no_new_heat_into_a_zone_at_its_hold_threshold() -> None:
+    rig = Rig()
+    rig.start()
+    rig.inlet_c = float(rig.topo.zone_inlet_hold_c[0]) + 0.5
+    decisions = run_ramp(rig, 10)
+    assert all(energized(d).size == 0 for d in decisions)
+    assert rig.state.mode == Mode.HOLDING
+    assert "zone inlet at hold" in rig.state.mode_reason
+    rig.inlet_c = float("nan")  # unknown is treated like hot
+    assert energized(rig.tick()).size == 0
+    assert "zone inlet unknown" in rig.state.mode_reason
+    rig.inlet_c = 22.0
+    sent = np.concatenate([energized(d) for d in run_ramp(rig, 40)])
+    assert sent.size == rig.ctx.n_outlets
+
+
+def test_rule_5_unknown_telemetry_holds_then_goes_safe() -> None:
+    rig = Rig(telemetry_safe_s=5.0)
+    rig.state = core.start_ramp(rig.ctx, rig.state, rig.now)  # meters never answered
+    held = [rig.tick(meters=False) for _ in range(3)]
+    assert rig.state.mode == Mode.HOLDING
+    assert "telemetry unknown" in rig.state.mode_reason
+    assert any(isinstance(a, core.Alarm) and a.code == "telemetry" and a.node == "RIG-A"
+               for d in held for a in d.actions)
+    later = [rig.tick(meters=False) for _ in range(4)]
+    assert rig.state.mode == Mode.SAFE
+    assert "telemetry" in rig.state.safe_reason
+    assert sum(energized(d).size for d in held + later) == 0
+    with pytest.raises(core.CommandRefusedError, match="not trusted"):
+        core.resume(rig.ctx, rig.state, rig.store)
+    d = rig.tick()  # meters answer again; SAFE is sticky
+    assert rig.state.mode == Mode.SAFE and energized(d).size == 0
+    assert any(isinstance(a, core.Alarm) and not a.active for a in d.actions)
+    rig.state = core.resume(rig.ctx, rig.state, rig.store)
+    sent = np.concatenate([energized(rig.tick()) for _ in range(10)])
+    assert sorted(sent.tolist()) == list(range(rig.ctx.n_outlets))
+
+
+def test_rule_6_shedding_caps_lowest_priority_and_highest_drawing_first() -> None:
+    rig = Rig()
+    rig.outlet_on[:] = True
+    rig.state = rig.state.replace(cap_cmd_w=np.full(4, 300.0))
+    # server 3 has the lowest priority; server 1 draws the most of the others
+    prio = np.array([5, 5, 5, 1], dtype=np.int32)
+    object.__setattr__(rig.topo, "server_priority", prio)
+    gpu_w = np.array([250.0, 290.0, 200.0, 280.0])
+    rig.store.ingest_servers(np.arange(4), gpu_w, np.full(4, 300.0), rig.now)
+    limit = float(rig.topo.limit_a[rig.node("RIG-A"), 0])
+    rig.now += 1.0
+    rig.read_meters([limit * 1.02, limit * 1.02, 0.0])
+    rig.read_meters([limit * 1.02, limit * 1.02, 0.0])
+    rig.store.ingest_servers(np.arange(4), gpu_w, np.full(4, 300.0), rig.now)
+    rig.store.refresh()
+    d = core.decide(rig.ctx, rig.store, rig.readbacks(), rig.state, rig.now)
+    rig.state = d.state
+    assert rig.state.mode == Mode.SHEDDING
+    c = caps(d)
+    assert 3 in c and c[3] < 300.0
+    # need: 1 − 0.96/1.02 ≈ 5.9 % of ~11 kW ≈ 650 W: server 3 alone can give 8 × 150 W
+    assert set(c) == {3}
+    assert all(a.reason.rule == "shed" for a in d.actions if isinstance(a, core.SetCaps))
+
+
+def test_rule_6_shed_caps_are_released_in_steps_below_the_uncapping_threshold() -> None:
+    rig = Rig()
+    rig.outlet_on[:] = True
+    rig.state = rig.state.replace(cap_cmd_w=np.full(4, 200.0), shed_cap_w=np.full(4, 200.0))
+    raised: list[float] = []
+    for _ in range(120):
+        rig.now += 1.0
+        rig.read_meters(5.0, 5.0)
+        rig.store.ingest_servers(np.arange(4), np.full(4, 100.0), rig.state.cap_cmd_w, rig.now)
+        rig.store.refresh()
+        d = core.decide(rig.ctx, rig.store, rig.readbacks(), rig.state, rig.now)
+        rig.state = d.state
+        raised.extend(c for s, c in caps(d).items() if s == 0)
+    assert len(raised) >= 2                         # in steps, not at once
+    assert raised == sorted(raised)
+    assert raised[-1] == pytest.approx(300.0)       # back to the plan's cap (uncapped)
+    assert not np.isfinite(rig.state.shed_cap_w).any()
+
+
+def test_rule_6_outlets_off_only_where_policy_allows_and_after_half_the_deadline() -> None:
+    for policy, expect in (("never", False), ("any", True)):
+        cfg_shed = load_hall_config(RIG).controller.shedding.model_copy(
+            update={"outlet_off": policy})
+        rig = Rig(shedding=cfg_shed)
+        rig.outlet_on[:] = True
+        rig.state = rig.state.replace(cap_cmd_w=np.full(4, 150.0))
+        limit = float(rig.topo.limit_a[rig.node("RIG-A"), 0])
+        off = False
+        for _ in range(120):
+            rig.now += 1.0
+            rig.read_meters([limit * 1.5, limit * 1.5, 0.0])
+            rig.read_meters([limit * 1.5, limit * 1.5, 0.0])
+            rig.store.refresh()
+            d = core.decide(rig.ctx, rig.store, rig.readbacks(), rig.state, rig.now)
+            rig.state = d.state
+            offs = [a for a in d.actions if isinstance(a, core.SwitchOff)]
+            if offs:
+                off = True
+                assert offs[0].reason.rule == "shed-deadline"
+                break
+        assert off is expect, policy
+    # the PDU inlet has no breaker of its own: the unprotected deadline; its branch breaker's
+    # guard curve gives a finite one, shorter for a larger overload
+    assert core.shed_deadline_s(rig.topo, rig.node("RIG-A"), 1.5) == core.UNPROTECTED_DEADLINE_S
+    branch = rig.node("RIG-A-BR")
+    assert 0 < core.shed_deadline_s(rig.topo, branch, 2.0) < core.shed_deadline_s(
+        rig.topo, branch, 1.5) < math.inf
+
+
+# ---------------------------------------------------------------------------------- state
+def test_operator_pause_holds_the_whole_plan_and_shifts_it() -> None:
+    rig = Rig()
+    rig.start()
+    t0 = rig.state.plan_t0_s
+    rig.state = core.pause(rig.state)
+    decisions = run_ramp(rig, 5)
+    assert all(energized(d).size == 0 for d in decisions)
+    assert rig.state.mode == Mode.HOLDING and "operator pause" in rig.state.mode_reason
+    assert rig.state.plan_t0_s == pytest.approx(t0 + 4.0)
+    rig.state = core.resume(rig.ctx, rig.state)
+    sent = np.concatenate([energized(d) for d in run_ramp(rig, 40)])
+    assert sent.size == rig.ctx.n_outlets
+    with pytest.raises(core.CommandRefusedError):
+        core.resume(rig.ctx, rig.state)
+
+
+def test_never_energizes_twice_even_when_a_read_back_says_off() -> None:
+    rig = Rig()
+    rig.start()
+    first = energized(rig.tick())
+    assert first.size
+    rig.outlet_on[first] = False   # the PDU reports them off (a trip, a manual switch)
+    later = np.concatenate([energized(rig.tick()) for _ in range(40)] + [np.zeros(0, int)])
+    assert not set(first.tolist()) & set(later.tolist())
+
+
+def test_restart_rebuilds_from_read_backs_and_energizes_nothing_already_on() -> None:
+    rig = Rig()
+    rig.outlet_on[:4] = True  # a previous run had switched these on
+    rig.start()
+    sent = np.concatenate([energized(rig.tick()) for _ in range(40)])
+    assert not set(sent.tolist()) & {0, 1, 2, 3}
+    assert sorted(sent.tolist()) == list(range(4, rig.ctx.n_outlets))
+
+
+def test_abort_stops_the_ramp_and_commands_refused_as_they_should_be() -> None:
+    rig = Rig()
+    with pytest.raises(core.CommandRefusedError):
+        core.pause(rig.state)
+    rig.start()
+    with pytest.raises(core.CommandRefusedError, match="already"):
+        core.start_ramp(rig.ctx, rig.state, rig.now)
+    rig.state = core.abort(rig.state)
+    assert energized(rig.tick()).size == 0
+    assert rig.state.mode == Mode.IDLE
+    rig.state = core.enter_safe(rig.state, "test", rig.now)
+    with pytest.raises(core.CommandRefusedError, match="SAFE"):
+        core.start_ramp(rig.ctx, rig.state, rig.now)
+    assert rig.state.transitions[-1][2] == "SAFE"
