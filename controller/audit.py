@@ -314,9 +314,7 @@ class AuditLog:
                 raise AuditWriteError(where, f"a {kind} record of {len(line)} bytes is longer "
                                              f"than the {MAX_LINE_BYTES} a reader accepts")
             try:
-                written = os.write(fd, line)
-                if written != len(line):
-                    raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes)")
+                written = _write_line(fd, line)
             except OSError as exc:
                 self._roll_back(fd, exc)
                 raise AuditWriteError(where, f"cannot write the {kind} record", exc) from exc
@@ -363,6 +361,19 @@ class AuditLog:
     def __del__(self) -> None:  # pragma: no cover - a forgotten close still releases the fd
         with contextlib.suppress(Exception):
             self.close()
+
+
+def _write_line(fd: int, line: bytes) -> int:
+    """One ``write`` of the whole line. When the kernel writes only part of it (the disk or a
+    file size limit reached mid-line), the rest is tried once: that either completes the line
+    or raises the real error (ENOSPC, EFBIG) for the caller to roll back."""
+    written = os.write(fd, line)
+    if written < len(line):
+        written += os.write(fd, line[written:])
+        if written < len(line):
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (short write: {written} "
+                                        f"of {len(line)} bytes)")
+    return written
 
 
 # -- scanning ------------------------------------------------------------------------------
