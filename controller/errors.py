@@ -5,7 +5,12 @@
     RampguardError
     ├── ConfigError             a hall config that cannot be used (exit code 2)
     │     .issues: tuple[ConfigIssue, ...]   each with a field path and what was expected
-    └── TopologyError           a compiled hall whose arrays break an invariant (our bug: exit 1)
+    ├── TopologyError           a compiled hall whose arrays break an invariant (our bug: exit 1)
+    └── AuditError              the audit log (controller/audit.py)
+          ├── AuditWriteError   a record could not be made durable: the action must not be sent
+          │     .path, .os_error
+          └── AuditReadError    an audit log that is missing, unreadable or not an audit log
+                .path, .os_error (None when the file was read but is not an audit log)
 
 Later layers (drivers, telemetry, service) add their own branches under the same root. A user's
 mistake is a :class:`ConfigError` and is reported without a traceback; anything else escaping the
@@ -44,3 +49,25 @@ class ConfigError(RampguardError):
 
 class TopologyError(RampguardError):
     """The compiled arrays break an invariant that the compiler promised (a bug, not bad input)."""
+
+
+class AuditError(RampguardError):
+    """Something went wrong with the audit log at :attr:`path`."""
+
+    def __init__(self, path: str, message: str, os_error: OSError | None = None) -> None:
+        self.path = path
+        self.os_error = os_error
+        detail = f": {os_error.strerror or os_error}" if os_error is not None else ""
+        super().__init__(f"{path}: {message}{detail}")
+
+
+class AuditWriteError(AuditError):
+    """A record could not be written and made durable (disk full, EIO, read-only, locked).
+
+    Raised by :meth:`AuditLog.intent` before the action is sent: the caller must not send it
+    (DESIGN.md safety rule 7) and the service goes to SAFE.
+    """
+
+
+class AuditReadError(AuditError):
+    """An audit log that cannot be read: missing, a directory, unreadable, or not a log."""

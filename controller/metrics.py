@@ -1,0 +1,294 @@
+"""The controller service's Prometheus metrics, in a registry of their own.
+
+:class:`ServiceMetrics` never touches prometheus_client's global registry, so two services (or
+two tests) in one process do not collide. The per-node series come from one custom collector
+that holds a snapshot of the arrays the caller passes: a tick costs one copy of a few arrays, the
+text is built in the exporter's thread when Prometheus scrapes, and nodes that are no longer
+passed disappear from the output.
+
+================================================  =============================================
+metric                                            meaning
+================================================  =============================================
+``rampguard_mode{mode}``                          1 for the controller's current mode, 0 for the
+                                                  others (IDLE, RAMPING, HOLDING, STEADY,
+                                                  SHEDDING, SAFE, and any other seen)
+``rampguard_tick_seconds``                        histogram of control tick durations
+``rampguard_node_load_a{node,phase}``             measured load per phase (L1, L2, L3) of each
+                                                  watched node, A; NaN when unknown
+``rampguard_node_limit_a{node}``                  its continuous limit, A
+``rampguard_node_headroom_a{node}``               its headroom, A; NaN when unknown
+``rampguard_max_utilization{kind}``               highest load / continuous limit per node kind
+``rampguard_stale_readings``                      readings stale or unknown now
+``rampguard_telemetry_rejected_total{reason}``    telemetry rejected by the drivers, by reason
+``rampguard_actions_total{type,outcome}``         actions by type and outcome
+``rampguard_alarms_active``                       alarms active now
+``rampguard_servers_energized``                   servers energized
+``rampguard_servers_total``                       servers in the hall
+================================================  =============================================
+
+Values that are not finite (NaN, ±inf) in loads, limits, headrooms and utilizations are
+exported as NaN: "unknown" (Prometheus accepts NaN samples; comparisons with NaN are false, so
+alert on ``rampguard_stale_readings`` as well).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+from wsgiref.simple_server import WSGIServer
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+MODES = ("IDLE", "RAMPING", "HOLDING", "STEADY", "SHEDDING", "SAFE")
+PHASES = ("L1", "L2", "L3")
+#: Tick duration buckets, s: dense around the 2 ms target, up to the seconds of a stuck tick.
+TICK_BUCKETS_S = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                  2.5, 5.0)
+
+
+@dataclass(frozen=True, slots=True)
+class _NodeSnapshot:
+    node_ids: tuple[str, ...]
+    load_a: np.ndarray          # (N, 3) float64
+    limit_a: np.ndarray         # (N,)
+    headroom_a: np.ndarray      # (N,)
+
+
+class _SnapshotCollector(Collector):
+    """Series rebuilt from the latest snapshot at each scrape. Each attribute is replaced
+    whole (one reference assignment), so the exporter thread always sees a consistent one."""
+
+    def __init__(self) -> None:
+        self.nodes = _NodeSnapshot((), np.zeros((0, 3)), np.zeros(0), np.zeros(0))
+        self.utilization: Mapping[str, float] = {}
+        self.rejected: Mapping[str, int] = {}
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(_NodeSnapshot((), np.zeros((0, 3)), np.zeros(0), np.zeros(0)),
+                              {}, {})
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(self.nodes, self.utilization, self.rejected)
+
+    @staticmethod
+    def _families(nodes: _NodeSnapshot, utilization: Mapping[str, float],
+                  rejected: Mapping[str, int]) -> list[Metric]:
+        load = GaugeMetricFamily("rampguard_node_load_a",
+                                 "Measured load per phase of a watched node, A (NaN: unknown)",
+                                 labels=["node", "phase"])
+        limit = GaugeMetricFamily("rampguard_node_limit_a",
+                                  "Continuous limit of a watched node, A", labels=["node"])
+        headroom = GaugeMetricFamily("rampguard_node_headroom_a",
+                                     "Headroom of a watched node, A (NaN: unknown)",
+                                     labels=["node"])
+        loads = nodes.load_a.tolist()
+        limits = nodes.limit_a.tolist()
+        headrooms = nodes.headroom_a.tolist()
+        for i, node in enumerate(nodes.node_ids):
+            for phase, value in zip(PHASES, loads[i], strict=True):
+                load.add_metric([node, phase], value)
+            limit.add_metric([node], limits[i])
+            headroom.add_metric([node], headrooms[i])
+        util = GaugeMetricFamily("rampguard_max_utilization",
+                                 "Highest load / continuous limit among the nodes of a kind",
+                                 labels=["kind"])
+        for kind, value in sorted(utilization.items()):
+            util.add_metric([kind], value)
+        rejects = CounterMetricFamily("rampguard_telemetry_rejected",
+                                      "Telemetry readings or messages rejected, by reason",
+                                      labels=["reason"])
+        for reason, count in sorted(rejected.items()):
+            rejects.add_metric([reason], count)
+        return [load, limit, headroom, util, rejects]
+
+
+class ServiceMetrics:
+    """The service's metrics (see the module docstring); :attr:`registry` is its own."""
+
+    def __init__(self, modes: Sequence[str] = MODES) -> None:
+        self.registry = CollectorRegistry()
+        self._mode = Gauge("rampguard_mode", "1 for the controller's current mode, else 0",
+                           ["mode"], registry=self.registry)
+        self._modes: list[str] = []
+        for mode in modes:
+            self._add_mode(mode)
+        self._tick = Histogram("rampguard_tick_seconds", "Duration of a control tick, s",
+                               buckets=TICK_BUCKETS_S, registry=self.registry)
+        self._stale = Gauge("rampguard_stale_readings", "Readings stale or unknown now",
+                            registry=self.registry)
+        self._actions = Counter("rampguard_actions", "Actions by type and outcome",
+                                ["type", "outcome"], registry=self.registry)
+        self._alarms = Gauge("rampguard_alarms_active", "Alarms active now",
+                             registry=self.registry)
+        self._energized = Gauge("rampguard_servers_energized", "Servers energized",
+                                registry=self.registry)
+        self._servers_total = Gauge("rampguard_servers_total", "Servers in the hall",
+                                    registry=self.registry)
+        self._snapshot = _SnapshotCollector()
+        self.registry.register(self._snapshot)
+        self._lock = threading.Lock()
+
+    # -- setters ----------------------------------------------------------------------------
+    def set_mode(self, mode: str) -> None:
+        """Make ``mode`` the one mode at 1 (a mode not seen before is added)."""
+        mode = str(mode)
+        with self._lock:
+            if mode not in self._modes:
+                self._add_mode(mode)
+            for known in self._modes:
+                self._mode.labels(mode=known).set(1.0 if known == mode else 0.0)
+
+    def _add_mode(self, mode: str) -> None:
+        self._modes.append(mode)
+        self._mode.labels(mode=mode).set(0.0)
+
+    def observe_tick(self, duration_s: float) -> None:
+        """One control tick took ``duration_s``; a value that is not a finite non-negative
+        number is ignored (logged at DEBUG), never recorded."""
+        if not (isinstance(duration_s, int | float | np.floating) and math.isfinite(duration_s)
+                and duration_s >= 0):
+            log.debug("ignored a tick duration of %r", duration_s)
+            return
+        self._tick.observe(float(duration_s))
+
+    def set_node_loads(self, node_ids: Sequence[str], load_a: np.ndarray, limit_a: np.ndarray,
+                       headroom_a: np.ndarray) -> None:
+        """The watched nodes (upstream levels only) and their per-phase loads ``(N, 3)``,
+        continuous limits ``(N,)`` and headrooms ``(N,)``, A. Replaces the previous set; the
+        arrays are copied (the caller may reuse them)."""
+        ids = tuple(str(n) for n in node_ids)
+        n = len(ids)
+        load = _finite_or_nan(load_a, (n, 3), "load_a")
+        limit = _finite_or_nan(limit_a, (n,), "limit_a")
+        headroom = _finite_or_nan(headroom_a, (n,), "headroom_a")
+        self._snapshot.nodes = _NodeSnapshot(ids, load, limit, headroom)
+
+    def set_utilization_by_kind(self, utilization: Mapping[str, float]) -> None:
+        """Highest utilization (load / continuous limit) per node kind; replaces the set."""
+        self._snapshot.utilization = {str(k): _finite_float(v) for k, v in utilization.items()}
+
+    def set_stale(self, n: int) -> None:
+        self._stale.set(int(n))
+
+    def set_telemetry_counters(self, rejected: Mapping[str, int]) -> None:
+        """The drivers' rejection counters by reason (monotonic; replaces the set)."""
+        counts: dict[str, int] = {}
+        for reason, count in rejected.items():
+            value = int(count)
+            if value < 0:
+                raise ValueError(f"a rejection counter is never negative: {reason}={count}")
+            counts[str(reason)] = value
+        self._snapshot.rejected = counts
+
+    def count_action(self, kind: str, outcome: str, n: int = 1) -> None:
+        """``n`` more actions of type ``kind`` (switch_outlet, set_caps, ...) that ended with
+        ``outcome`` (ok, failed, refused, ...)."""
+        if n < 0:
+            raise ValueError(f"an action count is never negative: {n}")
+        self._actions.labels(type=str(kind), outcome=str(outcome)).inc(n)
+
+    def set_alarms(self, n: int) -> None:
+        self._alarms.set(int(n))
+
+    def set_servers(self, energized: int, total: int) -> None:
+        self._energized.set(int(energized))
+        self._servers_total.set(int(total))
+
+    # -- output -----------------------------------------------------------------------------
+    def render(self) -> bytes:
+        """The text exposition format, as Prometheus scrapes it."""
+        return generate_latest(self.registry)
+
+    def serve(self, host: str = "127.0.0.1", port: int = 0) -> MetricsExporter:
+        """An exporter for these metrics: ``with metrics.serve() as exporter:`` (or
+        ``async with``) starts prometheus_client's HTTP server and stops it on exit."""
+        return MetricsExporter(self.registry, host, port)
+
+
+def _finite_or_nan(values: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    array = np.array(values, dtype=np.float64, copy=True)
+    if array.shape != shape:
+        raise ValueError(f"{name} has shape {array.shape}, expected {shape}")
+    array[~np.isfinite(array)] = np.nan
+    return array
+
+
+def _finite_float(value: float) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return out if math.isfinite(out) else math.nan
+
+
+class MetricsExporter:
+    """prometheus_client's exporter thread serving one registry at ``http://host:port/``.
+
+    Bound to 127.0.0.1 unless told otherwise; port 0 takes a free one (:attr:`port` says which).
+    """
+
+    def __init__(self, registry: CollectorRegistry, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
+        self._registry = registry
+        self._host = host
+        self._port = port
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the metrics exporter is not started")
+        return int(self._server.server_port)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}/metrics"
+
+    def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("the metrics exporter is already started")
+        self._server, self._thread = start_http_server(self._port, addr=self._host,
+                                                       registry=self._registry)
+        log.info("metrics on %s", self.url)
+
+    def close(self) -> None:
+        """Stop serving, close the socket and join the thread (blocks up to about 0.5 s, the
+        server's poll interval)."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5.0)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await asyncio.to_thread(self.close)
