@@ -747,8 +747,11 @@ async def probe(
     mqtt_url: str | None = "mqtt://127.0.0.1:1883",
     client_factory: ClientFactory = pymodbus_client,
     mqtt_client_factory: Any | None = None,
+    started_s: float | None = None,
 ) -> ProbeReport:
-    """Probe every endpoint of ``bindings`` once, read-only; returns within ``timeout_s``.
+    """Probe every endpoint of ``bindings`` once, read-only; returns within ``timeout_s`` of
+    ``started_s`` (a ``time.monotonic()`` reading, default now: the CLI passes the moment it
+    began, before loading the config).
 
     ``mqtt_url`` is the broker of the agents and MQTT meters (only used when the bindings name
     any). ``client_factory`` and ``mqtt_client_factory`` are the drivers' transport seams.
@@ -756,7 +759,7 @@ async def probe(
     if not (math.isfinite(timeout_s) and timeout_s > 0):
         raise ValueError(f"timeout_s must be a positive number, got {timeout_s!r}")
     loop = asyncio.get_running_loop()
-    started = loop.time()
+    started = loop.time() if started_s is None else loop.time() - (time.monotonic() - started_s)
     until = started + timeout_s * (1.0 - CLOSE_SHARE)
     run = _Probe(config, topo, bindings, timeout_s=timeout_s, mqtt_url=mqtt_url,
                  client_factory=client_factory, mqtt_client_factory=mqtt_client_factory)

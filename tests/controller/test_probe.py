@@ -35,6 +35,8 @@ DEVICE_KEYS = {"device", "node", "host", "port", "unit_id", "profile", "roles", 
 AGENT_KEYS = {"server", "topic_prefix", "ok", "answered", "status", "telemetry", "latency_ms",
               "gpus", "gpu_power_w", "gpu_limit_w", "gpu_temp_c", "server_power_w",
               "server_powered", "required", "problems"}
+BROKER_KEYS = {"url", "connected", "connect_ms", "received", "accepted", "rejected", "problems"}
+ZONE_KEYS = {"zone", "heard", "inlet_c", "it_load_kw", "cooling_kw", "units_ok"}
 TOP_KEYS = {"config", "hall", "ok", "timeout_s", "probe_seconds", "counts", "devices", "broker",
             "agents", "mqtt_meters", "zones", "problems", "notes"}
 
@@ -67,6 +69,9 @@ def _check_schema(report: dict[str, Any]) -> None:
             assert set(outlet) == {"outlet", "node", "relay_on", "energized"}
     for agent in report["agents"]:
         assert set(agent) == AGENT_KEYS
+    assert report["broker"] is None or set(report["broker"]) == BROKER_KEYS
+    for zone in report["zones"]:
+        assert set(zone) == ZONE_KEYS
     assert set(report["counts"]) == {"devices", "devices_answered", "devices_ok", "agents",
                                      "agents_answered", "agents_ok", "mqtt_meters",
                                      "zones_heard"}
@@ -424,3 +429,74 @@ def test_bad_mqtt_url_exits_2(url: str, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["probe", str(RIG), "--mqtt", url]) == 2
     err = capsys.readouterr().err
     assert err.startswith("rampguard: --mqtt:") and "Traceback" not in err
+
+
+# ============================================================================================
+# A meter bound over MQTT
+# ============================================================================================
+@pytest.mark.parametrize(("current_a", "problem"), [
+    (10.0, None),
+    (63.0 * 25, "a current beyond the physical range for its rating"),
+])
+async def test_mqtt_meter_is_heard_and_judged(tmp_path: Path, mqtt_broker: Any,
+                                              current_a: float, problem: str | None) -> None:
+    prefix = _prefix()
+    path, _, meter_port = rig_on_free_ports(tmp_path, agent_prefix=prefix)
+    text = path.read_text().replace(
+        f'transport = "modbus"\nmodbus = {{ host = "127.0.0.1", port = {meter_port}, '
+        'unit_id_start = 1, profile = "rampguard-meter-v1" }',
+        f'transport = "mqtt"\ntopic = "{prefix}/meters/{{node}}"')
+    assert f'topic = "{prefix}/meters/{{node}}"' in text
+    path.write_text(text)
+    config = load_hall_config(path)
+    topo = compile_hall(config)
+    bindings = resolve_bindings(config, topo)
+    assert [m.node_id for m in bindings.mqtt_meters] == ["LAB-PANEL"]
+    reading = json.dumps({"v": 1, "node": "LAB-PANEL", "t": time.time(), "seq": 1,
+                          "current_a": [current_a, 0.0, 0.0], "voltage_v": [230.0] * 3,
+                          "power_w": [230.0 * current_a, 0.0, 0.0]}).encode()
+
+    async def publish(client: aiomqtt.Client) -> None:
+        while True:
+            await client.publish(f"{prefix}/meters/LAB-PANEL", reading)
+            await asyncio.sleep(0.1)
+
+    async with _strict_server(path, lambda n: _pdu()), \
+            aiomqtt.Client(mqtt_broker.host, mqtt_broker.port,
+                           identifier=f"{prefix}-meter") as client:
+        publisher = asyncio.create_task(publish(client))
+        try:
+            report = await probe(config, topo, bindings, timeout_s=2.0,
+                                 mqtt_url=mqtt_broker.url)
+        finally:
+            publisher.cancel()
+            await asyncio.gather(publisher, return_exceptions=True)
+    (meter,) = report.mqtt_meters
+    assert meter.heard and meter.current_a == (current_a, 0.0, 0.0)
+    assert meter.problems == ([] if problem is None else [problem])
+    assert [d.node for d in report.devices] == ["RIG-A"]
+
+
+def test_docs_json_example_has_the_real_keys() -> None:
+    """docs/probe.md's JSON example parses and has exactly the keys the real output has (the
+    key sets are checked against real runs above)."""
+    text = (RIG.parents[1] / "docs" / "probe.md").read_text()
+    block = text.split("<!-- probe-json-example -->")[1].split("```json\n")[1].split("```")[0]
+    example = json.loads(block)
+    _check_schema(example)
+    assert example["devices"] and example["agents"] and example["broker"] and example["zones"]
+
+
+def test_readme_probe_commands_parse() -> None:
+    """The README's probe commands are real command lines (they run against `sim serve` in
+    the tests above, on ports of their own)."""
+    import re
+
+    from controller.cli import build_parser
+
+    readme = (RIG.parents[1] / "README.md").read_text()
+    commands = re.findall(r"^\.venv/bin/rampguard (probe [^#\n]+)", readme, re.M)
+    assert len(commands) >= 2
+    for command in commands:
+        args = build_parser().parse_args(command.split())
+        assert args.command == "probe" and args.timeout > 0
