@@ -35,7 +35,14 @@ from drivers.modbus import ModbusDeviceConfig
 from drivers.payloads import AgentTopics
 from drivers.registers import PROFILE_METER, PROFILE_PDU, GenericField, GenericProfile
 
-__all__ = ["MqttMeter", "ResolvedBindings", "pdu_models_by_node", "resolve_bindings"]
+__all__ = [
+    "MqttMeter",
+    "PduNodes",
+    "ResolvedBindings",
+    "pdu_models_by_node",
+    "pdu_nodes",
+    "resolve_bindings",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +94,26 @@ def pdu_models_by_node(config: HallConfig) -> dict[str, RackPduModel]:
             for slot in template.pdus:
                 out[f"{rack_id}-{slot.slot}"] = models[slot.model]
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class PduNodes:
+    """The nodes behind one rack PDU's register map: its banks in config order, and outlet n
+    (1-based, numbered through the banks in config order, as docs/registers.md counts them) at
+    ``outlets[n - 1]``, -1 where the compiled tree has no node (no PSU plugs into it)."""
+
+    banks: tuple[int, ...]
+    outlets: tuple[int, ...]
+
+
+def pdu_nodes(config: HallConfig, topology: Topology) -> dict[str, PduNodes]:
+    """:class:`PduNodes` of every rack PDU node id."""
+    index = topology.node_index
+    return {
+        pdu: PduNodes(tuple(index[f"{pdu}-{b.id}"] for b in model.banks),
+                      tuple(index.get(f"{pdu}-{b.id}-{k}", -1)
+                            for b in model.banks for k in range(1, b.outlets + 1)))
+        for pdu, model in pdu_models_by_node(config).items()}
 
 
 def _generic_profiles(config: HallConfig) -> dict[str, GenericProfile]:

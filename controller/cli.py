@@ -79,10 +79,16 @@ def _command_adders() -> tuple[Callable[[Any], None], ...]:
 
     A command living in another module exposes ``add_command(sub)`` and is listed here.
     """
-    from controller import audit_command, dryrun_command, plan_command, sim_command
+    from controller import (
+        audit_command,
+        dryrun_command,
+        plan_command,
+        probe_command,
+        sim_command,
+    )
 
     return (_add_validate, plan_command.add_command, dryrun_command.add_command,
-            sim_command.add_command, audit_command.add_command)
+            sim_command.add_command, probe_command.add_command, audit_command.add_command)
 
 
 def _version() -> str:

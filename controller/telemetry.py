@@ -327,6 +327,11 @@ class TelemetryStore:
             out[level] |= out[parent[level]]
         return out
 
+    def fault(self, kind: str, index: int) -> str | None:
+        """The reason of the fault now open on node (``kind="node"``) or server
+        (``"server"``) ``index``, e.g. ``"negative"``; None when its last input was good."""
+        return self._faults.get((kind, index))
+
     def counters(self) -> dict[str, int]:
         """Accepted and rejected inputs, by reason (for metrics and ``probe``)."""
         return {"accepted": self.accepted, **dict(self.rejected)}

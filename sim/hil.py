@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from controller.bindings import pdu_models_by_node, resolve_bindings
+from controller.bindings import pdu_nodes, resolve_bindings
 from controller.model import HallConfig
 from controller.topology import Topology
 from drivers.caps import CapResult
@@ -35,12 +35,9 @@ class PlantView:
 
     def __init__(self, plant: Plant, meter_period_s: float = 1.0) -> None:
         self.plant, self.topo, self.meter_period_s = plant, plant.topo, meter_period_s
-        index = self.topo.node_index
-        self.pdus = {   # PDU id -> (bank nodes, outlet node or -1 where the tree has none)
-            pdu: ([index[f"{pdu}-{b.id}"] for b in model.banks],
-                  [index.get(f"{pdu}-{b.id}-{k}", -1)
-                   for b in model.banks for k in range(1, b.outlets + 1)])
-            for pdu, model in pdu_models_by_node(plant.config).items()}
+        # PDU id -> (bank nodes, outlet node or -1 where the tree has none)
+        self.pdus = {pdu: (nodes.banks, nodes.outlets)
+                     for pdu, nodes in pdu_nodes(plant.config, self.topo).items()}
         self.server_index = {s: k for k, s in enumerate(self.topo.server_id)}
         self._t: float | None = None
 

@@ -4,62 +4,24 @@ the real broker; a plain pymodbus client and a plain MQTT client on the other si
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
-import socket
 import struct
-import sys
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 from pymodbus.client import AsyncModbusTcpClient
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _rig_on_free_ports(tmp_path: Path) -> tuple[Path, int]:
-    pdu_port, meter_port = _free_port(), _free_port()
-    text = (ROOT / "configs" / "rig.toml").read_text()
-    text = text.replace("port = 15020", f"port = {pdu_port}").replace(
-        "port = 15021", f"port = {meter_port}")
-    path = tmp_path / "rig.toml"
-    path.write_text(text)
-    return path, pdu_port
-
-
-async def _start(config: Path, *extra: str) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "controller.cli", "sim", "serve", str(config), *extra,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
-    assert line, (await proc.stderr.read()).decode() if proc.stderr else "no output"
-    return proc, json.loads(line)
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> tuple[int, str]:
-    proc.send_signal(signal.SIGTERM)
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
-    return proc.returncode or 0, out.decode()
+from tests.serve_helpers import rig_on_free_ports, start_sim, stop_sim
 
 
 async def test_sim_serve_over_real_modbus_and_mqtt(tmp_path: Path, mqtt_broker: Any) -> None:
-    config, pdu_port = _rig_on_free_ports(tmp_path)
+    config, pdu_port, _ = rig_on_free_ports(tmp_path)
     async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port,
                               identifier=f"test-serve-{os.getpid()}") as client:
         await client.subscribe("rampguard/agents/RIG-S01/#")
         await client.subscribe("rampguard/sim/zones/LAB/telemetry")
-        proc, info = await _start(config, "--speed", "20", "--mqtt", mqtt_broker.url)
+        proc, info = await start_sim(config, "--speed", "20", "--mqtt", mqtt_broker.url)
         try:
             assert info["event"] == "serving" and info["devices"] == 2 and info["agents"] == 4
             modbus = AsyncModbusTcpClient("127.0.0.1", port=pdu_port, timeout=2, retries=1)
@@ -96,6 +58,6 @@ async def test_sim_serve_over_real_modbus_and_mqtt(tmp_path: Path, mqtt_broker: 
 
             await asyncio.wait_for(collect(), timeout=30)
         finally:
-            code, out = await _stop(proc)
+            code, out = await stop_sim(proc)
     assert code == 0
     assert '"event": "stopped"' in out
