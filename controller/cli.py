@@ -79,10 +79,10 @@ def _command_adders() -> tuple[Callable[[Any], None], ...]:
 
     A command living in another module exposes ``add_command(sub)`` and is listed here.
     """
-    from controller import dryrun_command, plan_command, sim_command
+    from controller import agent_command, dryrun_command, plan_command, sim_command
 
     return (_add_validate, plan_command.add_command, dryrun_command.add_command,
-            sim_command.add_command)
+            sim_command.add_command, agent_command.add_command)
 
 
 def _version() -> str:
