@@ -181,9 +181,15 @@ class NodeAgent:
         tasks, self._tasks = self._tasks, []
         failure: BaseException | None = None
         for task in tasks:
-            failure = failure or await stop_task(task)
-        failure = failure or await self.link.aclose()
-        await asyncio.to_thread(self.backend.close)
+            task.cancel()
+        try:
+            for task in tasks:          # re-raises our own cancellation, if we are cancelled
+                failure = failure or await stop_task(task)
+        finally:
+            try:                        # the goodbye and the backend still get their turn
+                failure = await self.link.aclose() or failure
+            finally:
+                await asyncio.to_thread(self.backend.close)
         if failure is not None and exc is None:
             raise failure
 
@@ -276,7 +282,7 @@ class NodeAgent:
         self._emit({"event": "state_loaded", "path": str(path), "caps_w": caps,
                     "command": saved.command.id if saved.command else None})
 
-    def _save(self, command: CapCommand | None) -> str | None:
+    async def _save(self, command: CapCommand | None) -> str | None:
         """Persist the desired caps and the gate's seqs; returns why it failed, or None."""
         path = self.config.state_path
         if path is None or self.config.read_only:
@@ -288,7 +294,7 @@ class NodeAgent:
                            caps_w=list(self._desired) if self._desired else None,
                            command=self._saved_command, last_seq=dict(self.gate.last_seq))
         try:
-            save_state(path, state)
+            await asyncio.to_thread(save_state, path, state)      # fsyncs: off the loop
         except OSError as exc:
             self.stats.state_write_failures += 1
             self._faults.fault("state", "cannot save %s: %s", path, exc)
@@ -472,7 +478,7 @@ class NodeAgent:
         if decision.refuse is not None or self.config.read_only:
             reason = decision.refuse or "read-only agent: no setting is changed"
             readings = await self._backend("read", self._read_all)
-            self._save(None)
+            await self._save(None)
             result = CapResult(False, self._limits(readings), reason)
         else:
             result = await self._apply(cmd, decision.caps_w)
@@ -497,7 +503,7 @@ class NodeAgent:
     async def _apply(self, cmd: CapCommand, caps_w: tuple[float, ...]) -> CapResult:
         """Save first (a crash mid-way still restores these caps), then set and read back."""
         self._desired = caps_w
-        not_saved = self._save(cmd)
+        not_saved = await self._save(cmd)
         readings = await self._backend("apply", lambda: self._set_and_read(caps_w))
         if readings is None:
             after = await self._backend("read", self._read_all)

@@ -177,22 +177,28 @@ async def _run(config: Any, backend: Any) -> int:
     from drivers.errors import GpuError
     from drivers.gpus import FakeGpuBackend
 
-    task = asyncio.current_task()
     loop = asyncio.get_running_loop()
-    assert task is not None
+    stop = asyncio.Event()
     signals = [signal.SIGTERM, signal.SIGINT]
     for sig in signals:
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop.set)
     if isinstance(backend, FakeGpuBackend):
         loop.add_signal_handler(signal.SIGUSR1, backend.simulate_reload)
         signals.append(signal.SIGUSR1)
     try:
         async with NodeAgent(config, backend, on_event=_print_event) as agent:
-            await agent.wait()
-    except asyncio.CancelledError:
-        if task.cancelling() == 0:  # pragma: no cover - cancelled by someone else
-            raise
-        task.uncancel()
+            # a stop request ends the wait, then the agent leaves normally: offline status,
+            # backend closed (cancelling it instead would cut the goodbye short)
+            running = asyncio.create_task(agent.wait(), name="agent")
+            stopping = asyncio.create_task(stop.wait(), name="agent stop")
+            try:
+                await asyncio.wait((running, stopping), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (running, stopping):
+                    task.cancel()
+                await asyncio.gather(running, stopping, return_exceptions=True)
+            if running.done() and not running.cancelled() and running.exception():
+                raise running.exception()  # type: ignore[misc]
     except GpuError as exc:
         return _bad(f"cannot use the {backend.name} backend: {exc}")
     except StateFileError as exc:
