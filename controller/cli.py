@@ -80,6 +80,7 @@ def _command_adders() -> tuple[Callable[[Any], None], ...]:
     A command living in another module exposes ``add_command(sub)`` and is listed here.
     """
     from controller import (
+        agent_command,
         audit_command,
         dryrun_command,
         plan_command,
@@ -88,7 +89,8 @@ def _command_adders() -> tuple[Callable[[Any], None], ...]:
     )
 
     return (_add_validate, plan_command.add_command, dryrun_command.add_command,
-            sim_command.add_command, probe_command.add_command, audit_command.add_command)
+            sim_command.add_command, probe_command.add_command, audit_command.add_command,
+            agent_command.add_command)
 
 
 def _version() -> str:

@@ -6,11 +6,15 @@
     ├── ConfigError             a hall config that cannot be used (exit code 2)
     │     .issues: tuple[ConfigIssue, ...]   each with a field path and what was expected
     ├── TopologyError           a compiled hall whose arrays break an invariant (our bug: exit 1)
-    └── AuditError              the audit log (controller/audit.py)
-          ├── AuditWriteError   a record could not be made durable: the action must not be sent
-          │     .path, .os_error
-          └── AuditReadError    an audit log that is missing, unreadable or not an audit log
-                .path, .os_error (None when the file was read but is not an audit log)
+    ├── AuditError              the audit log (controller/audit.py)
+    │     ├── AuditWriteError   a record could not be made durable: the action must not be sent
+    │     │     .path, .os_error
+    │     └── AuditReadError    an audit log that is missing, unreadable or not an audit log
+    │           .path, .os_error (None when the file was read but is not an audit log)
+    └── StateFileError          the node agent's state file cannot be read or is another
+          │                     server's (exit code 2)
+          └── StateFileCorrupt  it reads but is not a state file: the agent reports it, moves
+                                it aside and starts without re-applying caps
 
 Later layers (drivers, telemetry, service) add their own branches under the same root. A user's
 mistake is a :class:`ConfigError` and is reported without a traceback; anything else escaping the
@@ -71,3 +75,16 @@ class AuditWriteError(AuditError):
 
 class AuditReadError(AuditError):
     """An audit log that cannot be read: missing, a directory, unreadable, or not a log."""
+
+
+class StateFileError(RampguardError):
+    """The node agent's state file cannot be used: unreadable, or written for another server."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}")
+
+
+class StateFileCorrupt(StateFileError):  # noqa: N818 (reads as what it is)
+    """The state file reads but is not one: truncated, not JSON, wrong fields."""

@@ -7,7 +7,10 @@ Public API:
 * errors (:mod:`drivers.errors`): :class:`DriverError` and its tree — :class:`DriverConfigError`,
   :class:`DeviceUnreachable`, :class:`NotConnected`, :class:`DeviceTimeout`,
   :class:`DeviceException`, :class:`DecodeError`, :class:`DeviceMismatch`,
-  :class:`WriteNotConfirmed`, :class:`PayloadError`
+  :class:`WriteNotConfirmed`, :class:`PayloadError`, :class:`GpuError`,
+  :class:`GpuUnavailable`, :class:`GpuPermissionDenied`, :class:`GpuNotSupported`
+* GPU backends of the node agent (:mod:`drivers.gpus`): :class:`GpuBackend`,
+  :class:`NvmlBackend`, :class:`FakeGpuBackend`, :class:`GpuInfo`, :class:`GpuReading`
 * register maps (:mod:`drivers.registers`, pure): :class:`MeterSnapshot`, :class:`PduSnapshot`,
   :class:`BankSnapshot`, :class:`OutletSnapshot`, :class:`Snapshot`, :class:`Reading`,
   :class:`Quality`, :class:`TripCause`, :class:`GenericProfile`, :class:`GenericField`,
@@ -35,10 +38,15 @@ from drivers.errors import (
     DeviceUnreachable,
     DriverConfigError,
     DriverError,
+    GpuError,
+    GpuNotSupported,
+    GpuPermissionDenied,
+    GpuUnavailable,
     NotConnected,
     PayloadError,
     WriteNotConfirmed,
 )
+from drivers.gpus import FakeGpuBackend, GpuBackend, GpuInfo, GpuReading, NvmlBackend
 from drivers.modbus import (
     DeviceCounters,
     ModbusDevice,
@@ -106,9 +114,17 @@ __all__ = [
     "DeviceUnreachable",
     "DriverConfigError",
     "DriverError",
+    "FakeGpuBackend",
     "GenericField",
     "GenericProfile",
+    "GpuBackend",
+    "GpuError",
+    "GpuInfo",
+    "GpuNotSupported",
+    "GpuPermissionDenied",
+    "GpuReading",
     "GpuTelemetry",
+    "GpuUnavailable",
     "LinkState",
     "MeterSnapshot",
     "MeterTelemetry",
@@ -119,6 +135,7 @@ __all__ = [
     "MqttCounters",
     "MqttLink",
     "NotConnected",
+    "NvmlBackend",
     "OutletSnapshot",
     "Payload",
     "PayloadError",

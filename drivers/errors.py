@@ -15,7 +15,12 @@
     │     └── DeviceMismatch                 wrong length; or a device that is not the one
     │                                       configured (map version, bank or outlet count)
     ├── WriteNotConfirmed                a write whose read-back disagrees (.expected .observed)
-    └── PayloadError (ValueError)        an MQTT payload that breaks docs/mqtt.md (.reason)
+    ├── PayloadError (ValueError)        an MQTT payload that breaks docs/mqtt.md (.reason)
+    └── GpuError                         a GPU backend call failed (.gpu index, .code of NVML)
+          ├── GpuUnavailable (DeviceUnreachable)  no library or driver, GPU lost, driver
+          │                                 reloaded (stale handles): reopen the backend
+          ├── GpuPermissionDenied (PermissionError)  setting a limit needs privileges
+          └── GpuNotSupported                the GPU or driver does not support the call
 
 The drivers import nothing of the controller: the controller maps these errors into its own
 tree at its boundary (``raise TelemetryError(...) from exc``). Foreign errors (pymodbus, paho,
@@ -35,6 +40,10 @@ __all__ = [
     "DeviceUnreachable",
     "DriverConfigError",
     "DriverError",
+    "GpuError",
+    "GpuNotSupported",
+    "GpuPermissionDenied",
+    "GpuUnavailable",
     "NotConnected",
     "PayloadError",
     "WriteNotConfirmed",
@@ -146,3 +155,29 @@ class PayloadError(DriverError, ValueError):
     def __init__(self, message: str, *, reason: str, **where: Any) -> None:
         self.reason = reason
         super().__init__(message, **where)
+
+
+class GpuError(DriverError):
+    """A GPU backend call failed. ``gpu`` is the GPU's index (None for the whole backend),
+    ``code`` the backend's own error code (NVML's ``NVML_ERROR_*`` value) where it has one."""
+
+    def __init__(self, message: str, *, gpu: int | None = None, code: int | None = None,
+                 **where: Any) -> None:
+        self.gpu = gpu
+        self.code = code
+        if gpu is not None:
+            message = f"GPU {gpu}: {message}"
+        super().__init__(message, **where)
+
+
+class GpuUnavailable(GpuError, DeviceUnreachable):  # noqa: N818 (names of the contract)
+    """No GPU library or driver, a GPU that is lost, or handles made stale by a driver reload:
+    the backend must be reopened before it can be used again."""
+
+
+class GpuPermissionDenied(GpuError, PermissionError):  # noqa: N818 (names of the contract)
+    """The call needs privileges the agent does not have (setting a power limit needs root)."""
+
+
+class GpuNotSupported(GpuError):  # noqa: N818 (names of the contract)
+    """The GPU or its driver does not support the call."""

@@ -112,6 +112,10 @@ class AgentTelemetry(Payload):
     seq: Seq
     gpus: Annotated[list[GpuTelemetry], Field(max_length=MAX_GPUS)]
     server_power_w: ServerWatts | None = None
+    #: how many times since it started the agent found a GPU at a limit other than the one
+    #: last commanded (a reboot, a driver reload, someone else's ``nvidia-smi -pl``) and set it
+    #: again; optional (the simulator's agents do not send it)
+    cap_restores: Seq | None = None
 
     @field_validator("gpus")
     @classmethod
