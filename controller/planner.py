@@ -39,6 +39,7 @@ from controller.model import ControllerSettings
 from controller.prediction import (
     ancestor_table,
     envelope_at,
+    magnetic_alone_a,
     magnetic_threshold_a,
     ramp_nodes,
     schedule_makespan_s,
@@ -76,6 +77,10 @@ class PlannerSettings:
     window_s: float = 1.0
     #: ramp sub-slot of the planner's budgets (a window spans round(window/slot) + 1 of them)
     ramp_slot_s: float = 0.1
+    #: the planner's ramp windows are this much longer than ``window_s``: a check sampled on
+    #: a grid of this step (the simulator at 0.1 s steps, a meter) counts rises up to
+    #: window + step apart as one window (docs/planner.md)
+    ramp_sample_s: float = 0.1
     #: cooling slot of the planner's zone budgets
     zone_slot_s: float = 1.0
     #: budgets start this long before ``now`` (at least one window)
@@ -224,6 +229,7 @@ class PlannerContext:
         self.ramp_budget_w = np.minimum(topo.ramp_limit_w_per_s[rn] * s.window_s,
                                         topo.max_step_w[rn])
         self.mag_thr_a = magnetic_threshold_a(topo, s.magnetic_margin)
+        self.mag_alone_a = magnetic_alone_a(topo)
         self.psu_inrush_a = topo.server_inrush_peak_a[topo.psu_server] / _SQRT2
         self.psu_inrush_s = topo.server_inrush_duration_s[topo.psu_server]
         self.micro_s = max(float(self.psu_inrush_s.max(initial=0.0)), 1e-4)
@@ -426,7 +432,8 @@ def lower_bound(
             sel = off[kp]
             amps = np.bincount(nodes[sel], weights=context.psu_inrush_a[kp[sel]],
                                minlength=topo.n_nodes)
-            thr = context.mag_thr_a[:, pole]
+            # a PSU alone may exceed the margined threshold (magnetic_alone_a)
+            thr = np.maximum(context.mag_thr_a[:, pole], float(context.psu_inrush_a[off].max()))
             with np.errstate(divide="ignore", invalid="ignore"):
                 groups = np.where(np.isfinite(thr) & (amps > 0), np.ceil(amps / thr - 1e-9), 1)
             need = (np.maximum(groups, 1) - 1) * d_min
@@ -552,10 +559,11 @@ def staged_kernel_arguments(
     hist_w = work_power_w(topo, h_c[h_order], h_s[h_order])
     zone_hold = (np.zeros(len(topo.zone_id), bool) if st.zone_hold is None
                  else np.asarray(st.zone_hold, dtype=bool))
-    t_base = now - max(s.lookback_s, s.window_s + s.ramp_slot_s)
+    t_base = now - max(s.lookback_s, s.window_s + s.ramp_sample_s + s.ramp_slot_s)
     horizon = _horizon_estimate(context, mode, work_first, work_final, now) + (now - t_base)
     return dict(
         parent_idx=topo.parent_idx, guard_s=topo.inrush_guard_s, mag_thr_a=context.mag_thr_a,
+        mag_alone_a=context.mag_alone_a,
         ramp_of_node=context.ramp_of_node, ramp_budget_w=context.ramp_budget_w,
         psu_node=topo.psu_node, psu_phase=topo.psu_phase, psu_inrush_a=context.psu_inrush_a,
         psu_inrush_s=context.psu_inrush_s, psu_known_s=known,
@@ -568,7 +576,8 @@ def staged_kernel_arguments(
         hist_start=hist_start, hist_t_s=hist_t, hist_work_w=hist_w,
         zone_dmax_w=context.zone_dmax_w, zone_tau_s=topo.zone_response_tau_s,
         zone_hold=zone_hold, now_s=now, t_base_s=t_base, ramp_slot_s=s.ramp_slot_s,
-        zone_slot_s=s.zone_slot_s, micro_s=context.micro_s, window_s=s.window_s,
+        zone_slot_s=s.zone_slot_s, micro_s=context.micro_s,
+        window_s=s.window_s + s.ramp_sample_s,
         horizon_s=horizon, max_events=4 * topo.n_servers + 64,
     )
 

@@ -89,7 +89,9 @@ class Prediction:
     zone_peak_t_s: F64
     zone_deficit_w: F64             # (Z,) highest cooling deficit, W
     zone_deficit_t_s: F64
-    inrush_x: F64                   # (n,) highest inrush sum / (magnetic threshold × margin)
+    #: (n,) highest inrush sum of overlapping switch-ons / (magnetic threshold × margin), or of
+    #: one alone / magnetic_alone_a
+    inrush_x: F64
     inrush_spacing_s: F64           # (n,) smallest spacing under guarded nodes (inf: none)
     makespan_s: float               # time to full power at worst-case durations (inf: never)
     servers_on: int
@@ -260,6 +262,16 @@ def magnetic_threshold_a(topo: Topology, magnetic_margin: float) -> F64:
     return np.where(present, thr * magnetic_margin, np.inf)
 
 
+def magnetic_alone_a(topo: Topology) -> F64:
+    """(n, 3) A: the inrush current one PSU switched on alone may draw on a breaker pole:
+    magnetic_x (``trip_guard``) × rating less the pole's continuous limit (the steady load it
+    may already carry); +inf where there is no breaker or no such pole. The magnetic margin is
+    for switch-ons that overlap, not for one alone (:func:`magnetic_threshold_a`)."""
+    present = topo.rating_a > 0
+    thr = topo.trip_guard.magnetic_x[:, None] * np.where(present, topo.rating_a, 1.0)
+    return np.where(present, np.maximum(thr - topo.limit_a, 0.0), np.inf)
+
+
 def zone_deficit_limit_w(topo: Topology) -> F64:
     """The cooling-lag limit of each zone, W: the heat the zone can take in during one cooling
     response time before its inlet would reach the hold threshold,
@@ -428,6 +440,7 @@ def _inrush(
     current = topo.server_inrush_peak_a[topo.psu_server[k_idx]] / math.sqrt(2.0)
     dur = float(topo.server_inrush_duration_s.max()) if topo.n_servers else 0.0
     thr = magnetic_threshold_a(topo, magnetic_margin)
+    alone = magnetic_alone_a(topo)
     codes = topo.psu_phase[k_idx]
     for pole in range(3):
         on_pole = ((codes == pole) | ((codes >= 3) & (codes <= 5)
@@ -441,7 +454,10 @@ def _inrush(
         pn, pt, pc = pn[fin], pt[fin], pc[fin]
         if pn.size == 0:
             continue
-        ratio = _window_sums(pn, pt, pc, dur) / thr[pn, pole]
+        # overlapping switch-ons against threshold × margin, one alone against its own limit
+        together = _window_sums(pn, pt, np.ones_like(pc), dur) > 1.5
+        ratio = np.where(together, _window_sums(pn, pt, pc, dur) / thr[pn, pole], 0.0)
+        ratio = np.maximum(ratio, pc / alone[pn, pole])
         np.maximum.at(inrush_x, pn, ratio)
     return inrush_x, spacing
 

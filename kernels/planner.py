@@ -190,7 +190,7 @@ def _zone_suffix_min(out_g, out_block_add, out_block_min, zone, k, out_min):
 
 
 @kernel(
-    IN_I32_1, IN_F64_1, IN_F64_2, IN_I32_1, IN_F64_1,
+    IN_I32_1, IN_F64_1, IN_F64_2, IN_F64_2, IN_I32_1, IN_F64_1,
     IN_I32_1, IN_I8_1, IN_F64_1, IN_F64_1, IN_F64_1, IN_I32_1, IN_I32_1,
     IN_I32_1, IN_I32_1, IN_I8_1, IN_I32_1, IN_I32_1, IN_F64_1, IN_F64_2, IN_F64_2,
     IN_F64_1, IN_F64_1, IN_F64_1, IN_F64_1, IN_F64_1, IN_F64_1,
@@ -204,6 +204,7 @@ def _plan_staged_into(
     parent_idx,
     guard_s,
     mag_thr_a,
+    mag_alone_a,
     ramp_of_node,
     ramp_budget_w,
     psu_node,
@@ -265,7 +266,8 @@ def _plan_staged_into(
     - PSU switch times on the grid m·micro_s: at least last + guard_s after the previous
       switch-on under every node with a guard; under a breaker (mag_thr_a finite) only on the
       breaker's latest grid point or later, with Σ psu_inrush_a per pole at one grid point
-      <= mag_thr_a;
+      <= mag_thr_a when two or more PSUs share the grid point, and each psu_inrush_a <=
+      mag_alone_a (a PSU alone may exceed mag_thr_a, the margined threshold);
     - ramp: a rise x (W, real power share n_r/n of the envelope jump) at sub-slot
       σ = floor((t − t_base_s)/ramp_slot_s + 1e-9) fits when every run of nw = round(window_s /
       ramp_slot_s) + 1 consecutive sub-slots containing σ keeps Σ x <= ramp_budget_w;
@@ -284,7 +286,8 @@ def _plan_staged_into(
     zone) where its rise fits, in steps no larger than one window's budget. A server whose zone
     is on hold is neither placed nor raised.
 
-    Units: guard_s (n,) s; mag_thr_a (n, 3) A (+inf: none); ramp_budget_w (R,) W per window;
+    Units: guard_s (n,) s; mag_thr_a, mag_alone_a (n, 3) A (+inf: none); ramp_budget_w (R,)
+    W per window;
     psu_inrush_a (K,) A (peak/√2); psu_inrush_s (K,) s; psu_known_s (K,) s (+inf: off);
     bmc_s (S,) s; post_s, boot_s (S, 2) s [min, max]; *_w (S,) W; hist_t_s (H,) s;
     hist_work_w (H,) W; zone_dmax_w (Z,) W;
@@ -610,7 +613,7 @@ def _plan_staged_into(
                     for p in range(3):
                         on_pole = p == code if code <= 2 else (
                             (p == code - 3 or p == (code - 2) % 3) if code <= 5 else True)
-                        if on_pole and psu_inrush_a[k] > mag_thr_a[a, p]:
+                        if on_pole and psu_inrush_a[k] > mag_alone_a[a, p]:
                             impossible = True
                     a = parent_idx[a]
             if impossible:
@@ -671,8 +674,12 @@ def _plan_staged_into(
                                         on_pole = p == code if code <= 2 else (
                                             (p == code - 3 or p == (code - 2) % 3)
                                             if code <= 5 else True)
-                                        if on_pole and (mag_sum[a, p] + psu_inrush_a[k]
-                                                        > mag_thr_a[a, p]):
+                                        # the margin is for overlapping
+                                        # switch-ons; one alone up to mag_alone_a
+                                        if on_pole and (
+                                                (mag_sum[a, p] > 0.0 and mag_sum[a, p]
+                                                 + psu_inrush_a[k] > mag_thr_a[a, p])
+                                                or psu_inrush_a[k] > mag_alone_a[a, p]):
                                             over = True
                                     if over:
                                         slot += 1
@@ -1373,7 +1380,7 @@ def plan_staged(**arrays: Any) -> tuple[
 
 
 _PLAN_ARGS = (
-    "parent_idx", "guard_s", "mag_thr_a", "ramp_of_node", "ramp_budget_w",
+    "parent_idx", "guard_s", "mag_thr_a", "mag_alone_a", "ramp_of_node", "ramp_budget_w",
     "psu_node", "psu_phase", "psu_inrush_a", "psu_inrush_s", "psu_known_s",
     "server_psu_start", "server_psu",
     "order", "priority", "mode", "server_zone", "psus_to_boot", "bmc_s", "post_s", "boot_s",
@@ -1392,8 +1399,9 @@ def _plan_inputs(arrays: dict[str, Any]) -> dict[str, Any]:
     n = parent.shape[0]
     out: dict[str, Any] = {"parent_idx": parent}
     out["guard_s"] = _checks.float_array("guard_s", arrays["guard_s"], (n,), min_value=0.0)
-    out["mag_thr_a"] = _checks.float_array("mag_thr_a", arrays["mag_thr_a"], (n, 3),
-                                           allow_inf=True, min_value=0.0)
+    for name in ("mag_thr_a", "mag_alone_a"):
+        out[name] = _checks.float_array(name, arrays[name], (n, 3), allow_inf=True,
+                                        min_value=0.0)
     budget = np.asarray(arrays["ramp_budget_w"])
     n_ramp = budget.shape[0] if budget.ndim == 1 else -1
     if n_ramp < 0:

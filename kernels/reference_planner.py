@@ -343,6 +343,7 @@ def plan_staged(**kw: Any) -> tuple[
     parent = _lst(kw["parent_idx"])
     guard = _lst(kw["guard_s"])
     thr = np.asarray(kw["mag_thr_a"], dtype=np.float64).tolist()
+    alone = np.asarray(kw["mag_alone_a"], dtype=np.float64).tolist()
     ramp_of = _lst(kw["ramp_of_node"])
     budget = _lst(kw["ramp_budget_w"])
     node_of, code_of = _lst(kw["psu_node"]), _lst(kw["psu_phase"])
@@ -590,7 +591,7 @@ def plan_staged(**kw: Any) -> tuple[
                 a = node_of[k]
                 while a >= 0:
                     for p in range(3):
-                        if _on_pole(code_of[k], p) and inrush_a[k] > thr[a][p]:
+                        if _on_pole(code_of[k], p) and inrush_a[k] > alone[a][p]:
                             impossible = True
                     a = parent[a]
             if impossible:
@@ -636,9 +637,10 @@ def plan_staged(**kw: Any) -> tuple[
                                     slot = mag_slot[a]
                                     changed = True
                                 if slot == mag_slot[a]:
-                                    over = any(_on_pole(code, p)
-                                               and mag_sum[a][p] + inrush_a[k] > thr[a][p]
-                                               for p in range(3))
+                                    over = any(_on_pole(code, p) and (
+                                        (mag_sum[a][p] > 0.0
+                                         and mag_sum[a][p] + inrush_a[k] > thr[a][p])
+                                        or inrush_a[k] > alone[a][p]) for p in range(3))
                                     if over:
                                         slot += 1
                                         changed = True

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from controller.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNSAFE, main
-from controller.config import validate_hall_dict
+from controller.config import load_hall_config, validate_hall_dict
+from controller.dryrun import ScheduleStrategy, run_dry_run
 from controller.planner import (
     PlannerContext,
     PlannerSettings,
@@ -42,7 +43,12 @@ PATH_S = 10.0 + 30.0 + 60.0  # bmc_ready + post_max + boot_max of the tiny serve
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def tiny_hall(
+def tiny_hall(**kw: Any) -> Topology:
+    """One source, a panel, one rack PDU with one L1 bank, single-PSU servers."""
+    return compile_hall(validate_hall_dict(tiny_config(**kw)))
+
+
+def tiny_config(
     *,
     servers: list[dict[str, Any]],
     guard_s: float = 0.0,
@@ -52,8 +58,9 @@ def tiny_hall(
     margin: float = 0.0,
     magnetic_margin: float = 0.5,
     gpus: int = 0,
-) -> Topology:
-    """One source, a panel, one rack PDU with one L1 bank, single-PSU servers."""
+    inrush_peak_a: float = 10.0,
+) -> dict[str, Any]:
+    """The config of :func:`tiny_hall`, as a dict."""
     src: dict[str, Any] = {"id": "SRC", "kind": "source", "feed": "A", "v_ll_v": 415.0,
                            "rating_a": 1000.0}
     if ramp_kw_per_s is not None:
@@ -61,7 +68,7 @@ def tiny_hall(
     n_out = sum(s.get("count", 1) for s in servers)
     model = {
         "id": "S", "psus": 1, "psu_rating_w": 3000.0, "psus_to_boot": 1, "power_factor": 1.0,
-        "inrush_peak_a": 10.0, "inrush_duration_s": 0.01, "bmc_ready_s": 10.0,
+        "inrush_peak_a": inrush_peak_a, "inrush_duration_s": 0.01, "bmc_ready_s": 10.0,
         "standby_w": 0.0, "post_w": 500.0, "post_duration_s": [20.0, 30.0],
         "boot_w": 500.0, "boot_duration_s": [40.0, 60.0], "idle_w": 300.0,
         "gpus": gpus, "gpu_idle_w": 50.0 if gpus else 0.0,
@@ -88,7 +95,7 @@ def tiny_hall(
                    "air_heat_capacity_kj_per_k": 1e7}],
         "controller": {"admission_margin": margin, "magnetic_margin": magnetic_margin},
     }
-    return compile_hall(validate_hall_dict(raw))
+    return raw
 
 
 def _plan(topo: Topology, **kw: Any) -> Any:
@@ -142,14 +149,70 @@ def test_magnetic_threshold_limits_simultaneous_switch_ons():
     assert not pred.violations
 
 
+def test_magnetic_margin_is_for_simultaneous_switch_ons():
+    # a 16 A C bank: the controller assumes the magnetic element at 5 x 16 = 80 A. One 65 A-peak
+    # PSU (46 A) alone, on top of the bank's continuous limit (12.8 A), stays below it, so it is
+    # placeable although 46 A > 80 A x 0.5 margin; two at once (92 A) would trip it, so the
+    # three PSUs get three inrush slots of 10 ms
+    topo = tiny_hall(servers=[{"count": 3}], bank_rating_a=16.0, curve="C",
+                     inrush_peak_a=65.0)
+    result, pred = _plan(topo, magnetic_margin=0.5)
+    assert (result.status == STATUS_PLACED).all()
+    starts = np.array(_starts(topo, result))
+    assert np.diff(starts).min() >= 0.01 - 1e-9
+    assert result.lower_bound.terms_s["inrush"] == pytest.approx(0.02)
+    assert pred.inrush_x.max() <= 1.0
+    assert not pred.violations
+    # the prediction still refuses two of them inside one inrush duration
+    sched = result.schedule
+    both = Schedule("two", np.where(np.arange(3) < 2, 0.0, 1.0), sched.gpu_cap_w)
+    rules = predict(topo, both, magnetic_margin=0.5).violation_counts()
+    assert rules.get("inrush-magnetic", 0) > 0
+
+
+def test_psu_whose_inrush_alone_trips_is_unplaceable():
+    # a 10 A B bank: 3 x 10 = 30 A magnetic, less the 8 A continuous limit: a 46 A inrush alone
+    # can trip it, whatever the margin
+    topo = tiny_hall(servers=[{"count": 1}], bank_rating_a=10.0, curve="B", inrush_peak_a=65.0)
+    result, _ = _plan(topo, magnetic_margin=1.0)
+    assert result.status_counts().get("unplaceable") == 1
+
+
+def test_ramp_windows_cover_a_plant_sampled_every_step():
+    # the simulator judges the rise over 11 steps of 0.1 s and applies a state change at the end
+    # of its step: steps up to 1.1 s apart can count as one window. On the demo hall the
+    # planner without ramp_sample_s (windows of 11 sub-slots) spaces 16-server POST groups
+    # 1.1 s apart, which the plant sees as 122 kW against 100 kW per second; with it, no
+    # violation
+    cfg = load_hall_config(ROOT / "configs" / "demo-hall.toml")
+    topo = compile_hall(cfg)
+
+    def run(settings: PlannerSettings) -> dict[str, Any]:
+        sched = plan(topo, "staged", settings=settings).schedule
+        assert not predict(topo, sched).violations
+
+        def factory(ctx: Any) -> ScheduleStrategy:
+            return ScheduleStrategy(sched, ctx.topo)
+
+        return run_dry_run(cfg, "planned", topo=topo, strategies={"planned": factory}).summary
+
+    old = run(PlannerSettings.from_controller(cfg.controller, ramp_sample_s=0.0))
+    assert old["violations_by_kind"].get("ramp", 0) > 0
+    worst = max(v["peak"] / v["limit"] for v in old["violations"])
+    assert 1.0 < worst < 1.3
+    new = run(PlannerSettings.from_controller(cfg.controller))
+    assert new["ok"], new["violations"][:3]
+
+
 def test_ramp_limit_staggers_steps_one_window_apart():
     # each server steps 500 W at its BMC-ready time; the source allows 500 W per second. The
-    # planner's ramp sub-slots are 0.1 s and a window spans 11 of them (any real 1 s window
-    # fits in 11 sub-slots), so its optimum is one server every 1.1 s
+    # planner's ramp sub-slots are 0.1 s and a window spans 12 of them (any real 1 s window
+    # fits in 11 sub-slots, plus one for a check sampled every 0.1 s, as the simulator's, that
+    # counts steps up to 1.1 s apart as one window), so its optimum is one server every 1.2 s
     topo = tiny_hall(servers=[{"count": 3}], ramp_kw_per_s=0.5)
     result, pred = _plan(topo)
-    assert _starts(topo, result) == pytest.approx([0.0, 1.1, 2.2])
-    assert result.makespan_s == pytest.approx(2.2 + PATH_S)
+    assert _starts(topo, result) == pytest.approx([0.0, 1.2, 2.4])
+    assert result.makespan_s == pytest.approx(2.4 + PATH_S)
     assert result.lower_bound.terms_s["ramp"] == pytest.approx(2.0)
     assert pred.ramp_rise_w.max() == pytest.approx(500.0)
     assert not pred.violations
@@ -242,7 +305,8 @@ def test_demo_hall_needs_no_caps_and_baselines_break_rules(demo: Topology):
     settings = PlannerSettings(admission_margin=0.02)
     ctx = PlannerContext(demo, settings)
     staged = plan(demo, "staged", context=ctx)
-    assert (staged.schedule.final_cap_w() == 700.0).all()
+    gpu = demo.server_gpus > 0
+    assert (staged.schedule.final_cap_w()[gpu] == 700.0).all()
     assert staged.makespan_s <= 1.15 * staged.lower_bound.total_s
     assert not predict(demo, staged.schedule, anc=ctx.anc).violations
     for name in ("all-at-once", "fixed-delay", "fixed-rate"):
