@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from controller.errors import ConfigError, ConfigIssue
 from controller.model import HallConfig, ModbusAddressing, RackPduModel
@@ -33,15 +34,24 @@ from controller.topology import KIND_CODE, KIND_NAMES, Topology
 from drivers.caps import AgentSpec
 from drivers.modbus import ModbusDeviceConfig
 from drivers.payloads import AgentTopics
-from drivers.registers import PROFILE_METER, PROFILE_PDU, GenericField, GenericProfile
+from drivers.registers import (
+    PROFILE_METER,
+    PROFILE_PDU,
+    GenericField,
+    GenericProfile,
+    Snapshot,
+)
 
 __all__ = [
+    "MeterTarget",
     "MqttMeter",
     "PduNodes",
     "ResolvedBindings",
+    "meter_targets",
     "pdu_models_by_node",
     "pdu_nodes",
     "resolve_bindings",
+    "target_currents",
 ]
 
 
@@ -304,3 +314,46 @@ def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:
             out.append(issue)
     return out
 
+
+# ------------------------------------------------------------------ meter readings → nodes
+@dataclass(frozen=True, slots=True)
+class MeterTarget:
+    """Node ``node`` gets its per-pole currents from quantity ``name`` (one value spread over
+    the node's poles) or from ``current_l1..l3`` (``name`` None)."""
+
+    node: int
+    name: str | None
+
+
+def meter_targets(cfg: ModbusDeviceConfig, topo: Topology,
+             pdus: dict[str, Any]) -> tuple[MeterTarget, ...]:
+    if not cfg.meter:
+        return ()
+    node = topo.node_index.get(cfg.node_id)
+    if node is None:
+        return ()
+    if isinstance(cfg.profile, str):
+        out = [MeterTarget(node, None)]
+    else:
+        names = {f.quantity for f in cfg.profile.fields}
+        phases = {"current_l1", "current_l2", "current_l3"}
+        out = [MeterTarget(node, None)] if names & phases else []
+    if cfg.profile == PROFILE_PDU and cfg.node_id in pdus:
+        layout = pdus[cfg.node_id]
+        out += [MeterTarget(b, f"bank{k}.current") for k, b in enumerate(layout.banks, 1)]
+        out += [MeterTarget(o, f"outlet{n}.current") for n, o in enumerate(layout.outlets, 1)
+                if o >= 0 and n <= cfg.outlets]
+    return tuple(out)
+
+
+def target_currents(snap: Snapshot, target: MeterTarget, topo: Topology) -> list[float] | None:
+    if target.name is None:
+        names = ("current_l1", "current_l2", "current_l3")
+        if not any(n in snap for n in names):
+            return None
+        return [snap[n].value if n in snap else 0.0 for n in names]
+    if target.name not in snap:
+        return None
+    value = snap[target.name].value
+    poles = topo.rating_a[target.node] > 0
+    return [value if p else 0.0 for p in poles]

@@ -44,7 +44,12 @@ from typing import Any
 
 import numpy as np
 
-from controller.bindings import ResolvedBindings, pdu_nodes
+from controller.bindings import (
+    ResolvedBindings,
+    meter_targets,
+    pdu_nodes,
+    target_currents,
+)
 from controller.model import HallConfig
 from controller.telemetry import TelemetryStore
 from controller.topology import Topology
@@ -320,48 +325,6 @@ def _redacted(url: str) -> str:
 # ============================================================================================
 # Which nodes a device's readings land on (for the telemetry store)
 # ============================================================================================
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """Node ``node`` gets its per-pole currents from quantity ``name`` (one value spread over
-    the node's poles) or from ``current_l1..l3`` (``name`` None)."""
-
-    node: int
-    name: str | None
-
-
-def _targets(cfg: ModbusDeviceConfig, topo: Topology,
-             pdus: dict[str, Any]) -> tuple[_Target, ...]:
-    if not cfg.meter:
-        return ()
-    node = topo.node_index.get(cfg.node_id)
-    if node is None:
-        return ()
-    if isinstance(cfg.profile, str):
-        out = [_Target(node, None)]
-    else:
-        names = {f.quantity for f in cfg.profile.fields}
-        out = [_Target(node, None)] if names & {"current_l1", "current_l2", "current_l3"} else []
-    if cfg.profile == PROFILE_PDU and cfg.node_id in pdus:
-        layout = pdus[cfg.node_id]
-        out += [_Target(b, f"bank{k}.current") for k, b in enumerate(layout.banks, 1)]
-        out += [_Target(o, f"outlet{n}.current") for n, o in enumerate(layout.outlets, 1)
-                if o >= 0 and n <= cfg.outlets]
-    return tuple(out)
-
-
-def _currents(snap: Snapshot, target: _Target, topo: Topology) -> list[float] | None:
-    if target.name is None:
-        names = ("current_l1", "current_l2", "current_l3")
-        if not any(n in snap for n in names):
-            return None
-        return [snap[n].value if n in snap else 0.0 for n in names]
-    if target.name not in snap:
-        return None
-    value = snap[target.name].value
-    poles = topo.rating_a[target.node] > 0
-    return [value if p else 0.0 for p in poles]
-
-
 # ============================================================================================
 # The probe
 # ============================================================================================
@@ -375,7 +338,7 @@ class _Probe:
         self.client_factory = client_factory
         self.mqtt_client_factory = mqtt_client_factory
         self.pdus = pdu_nodes(config, topo)
-        self.targets = {cfg.key: _targets(cfg, topo, self.pdus) for cfg in bindings.modbus}
+        self.targets = {cfg.key: meter_targets(cfg, topo, self.pdus) for cfg in bindings.modbus}
         meter_nodes = {t.node for ts in self.targets.values() for t in ts}
         meter_nodes |= {topo.node_index[m.node_id] for m in bindings.mqtt_meters}
         self.server_index = {s: k for k, s in enumerate(topo.server_id)}
@@ -508,7 +471,7 @@ class _Probe:
                                     f"the register map says "
                                     f"{'on' if snap.outlets_on[n - 1] else 'off'}")
         for target in self.targets[cfg.key]:
-            currents = _currents(snap, target, self.topo)
+            currents = target_currents(snap, target, self.topo)
             if currents is not None:
                 self._store_now = snap.t_mono_s
                 self._ingest_times.append(snap.t_mono_s)

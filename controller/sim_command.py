@@ -41,6 +41,9 @@ def add_command(sub: Any) -> None:
     serve.add_argument("--seed", type=int, default=0, help="seed of the plant's draws")
     serve.add_argument("--duration-s", type=float, default=None,
                        help="stop after this many wall seconds (default: run until stopped)")
+    serve.add_argument("--scenario", metavar="NAME|FILE", default=None,
+                       help="inject a fault scenario (named, or a TOML file) at its times, "
+                            "counted in plant seconds from the start")
     serve.set_defaults(handler=_cmd_serve)
 
 
@@ -57,6 +60,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.mqtt is not None and not args.mqtt.startswith(("mqtt://", "mqtts://")):
         print(f"rampguard: --mqtt must be mqtt://HOST[:PORT] or mqtts://..., got {args.mqtt!r}",
               file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from sim import ScenarioError, resolve_scenario
+
+    try:
+        args.scenario_obj = resolve_scenario(args.scenario) if args.scenario else None
+    except ScenarioError as exc:
+        print(f"rampguard: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     config = load_hall_config(args.config)
     topo = compile_hall(config, source=args.config)
@@ -76,7 +86,8 @@ async def _serve(args: argparse.Namespace, config: Any, topo: Any) -> int:
         loop.add_signal_handler(sig, task.cancel)
     try:
         work = serve(config, topo, source=args.config, speed=args.speed, dt_s=args.dt_s,
-                     bind=args.bind, mqtt_url=args.mqtt, seed=args.seed, ready=ready)
+                     bind=args.bind, mqtt_url=args.mqtt, seed=args.seed, ready=ready,
+                     scenario=getattr(args, "scenario_obj", None))
         if args.duration_s is not None:
             try:
                 await asyncio.wait_for(work, timeout=args.duration_s)

@@ -23,6 +23,7 @@ from drivers.caps import CapResult
 from drivers.mqtt import MqttConfig
 from drivers.registers import BankSnapshot, MeterSnapshot, OutletSnapshot, PduSnapshot
 from sim.endpoints import AgentState, GpuState, ModbusEndpoints, MqttEndpoints, ZoneState
+from sim.faults import Scenario
 from sim.meters import QUALITY_OK
 from sim.plant import Plant
 from sim.realtime import RealTimeRunner, RunnerStats
@@ -128,14 +129,22 @@ async def serve(
     mqtt_url: str | None = None,
     seed: int = 0,
     ready: Callable[[dict[str, object]], None] | None = None,
+    scenario: Scenario | None = None,
 ) -> RunnerStats:
     """Serve the plant of ``config`` until cancelled (or forever).
+
+    ``scenario``: faults injected at their times in plant seconds from the start (a fault given
+    ``after_bring_up_s`` counts from the start too: a served plant does not know when a
+    bring-up ends), with the scenario's plant overrides.
 
     The meters' registers are refreshed and the agents' and zones' telemetry published once per
     second of plant time; ``ready`` is called once everything listens, with the bound ports.
     """
     bindings = resolve_bindings(config, topo, source=source)
-    plant = Plant(config, topo, seed=seed)
+    plant = Plant(config, topo, seed=seed,
+                  options=scenario.plant if scenario is not None else None)
+    for fault in scenario.faults if scenario is not None else ():
+        plant.schedule_fault(fault, fault.offset_s)
     view = PlantView(plant)
     every = max(1, round(1.0 / dt_s))
     async with contextlib.AsyncExitStack() as stack:

@@ -1,0 +1,638 @@
+"""The controller service (``rampguard run``): the decision core wired to the hall.
+
+One :class:`Service` owns, for its life (``async with``):
+
+* a :class:`~drivers.modbus.ModbusPoller` over every bound Modbus device (meters and switched
+  rack PDUs) and one :class:`~drivers.modbus.ModbusDevice` per actuator for coil writes;
+* one :class:`~drivers.mqtt.MqttLink`: node agents' telemetry and acks, zone sensors, MQTT
+  meters; cap commands out; the controller's retained status with its last will;
+* the audit log (:class:`~controller.audit.AuditLog`), the operator API
+  (:class:`~controller.operator_api.OperatorApi`) and the Prometheus exporter
+  (:class:`~controller.metrics.ServiceMetrics`).
+
+Every ``tick_s`` on the monotonic clock it drains what the drivers delivered since the last tick
+into the :class:`~controller.telemetry.TelemetryStore` (drivers' callbacks only queue: nothing
+touches the store while the core runs), refreshes it, runs :func:`controller.core.decide` off
+the event loop (``asyncio.to_thread``), and carries out the actions: each one is written to the
+audit log and made durable before it is sent, and its read-back is written after (DESIGN rule 7).
+A write the audit log refuses is not sent: the controller goes SAFE. An unexpected error in a
+tick moves the controller to SAFE (rule 9) and the service keeps serving status and alarms.
+
+Restart (rule 8): the state comes from read-backs, never from memory. The first decision waits
+(up to ``startup_wait_s``) for every actuator's outlet states; outlets found on are on (their
+time unknown: the core counts their servers at full power until their caps are confirmed) and
+are never switched on again; caps in force come from the agents' telemetry; intents the audit
+log holds without a result are reconciled against the read-backs and their results written. A
+ramp the log shows active when the service stopped resumes.
+
+SIGTERM and Ctrl-C stop the service cleanly and leave the hardware as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from controller import core
+from controller.audit import AuditLog, pending_intents, read_audit
+from controller.bindings import (
+    ResolvedBindings,
+    meter_targets,
+    pdu_nodes,
+    resolve_bindings,
+    target_currents,
+)
+from controller.core import CoreContext, CoreState, Mode, Readbacks
+from controller.errors import AuditWriteError
+from controller.metrics import ServiceMetrics
+from controller.model import HallConfig
+from controller.operator_api import CommandRefused, OperatorApi
+from controller.telemetry import TelemetryStore
+from controller.topology import KIND_CODE, Topology
+from drivers import (
+    AgentTelemetry,
+    CapAck,
+    CapCommand,
+    ControllerStatus,
+    DriverError,
+    ModbusDevice,
+    ModbusPoller,
+    MqttConfig,
+    MqttLink,
+    Snapshot,
+    StatusSpec,
+    Subscription,
+    ZoneTelemetry,
+)
+from drivers.payloads import CONTROLLER_STATUS_TOPIC, zone_topic
+
+log = logging.getLogger(__name__)
+
+F64 = npt.NDArray[np.float64]
+
+#: How long a cap command stays valid at the agent (s).
+CAP_VALID_S = 30.0
+#: Least time between two commands of the same cap to one server (s).
+CAP_RETRY_S = 5.0
+#: Upstream node kinds whose loads are exported as metrics (not the thousands of outlets).
+_WATCHED_KINDS = ("source", "ups", "switchboard", "panel")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceOptions:
+    """How the service is wired: broker URL (None: no MQTT), operator API and metrics
+    addresses (port 0: any free port), the audit log path, the operator token, the issuer name
+    of its commands, and how long the first decision waits for the outlets' read-backs."""
+
+    mqtt_url: str | None = "mqtt://127.0.0.1:1883"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = 9108
+    audit_path: Path = Path("rampguard-audit.jsonl")
+    token: str | None = None
+    issuer: str = "rampguard"
+    startup_wait_s: float = 10.0
+    fsync: bool = True
+    #: the controller's clock runs this many times faster than the wall clock: only for a
+    #: hardware-in-the-loop simulator served at the same ``--speed`` (1 for real hardware)
+    clock_speed: float = 1.0
+
+
+class Service:
+    """The controller service; see the module docstring. ``on_ready(info)`` is called once
+    when every endpoint is up (``rampguard run`` prints it as one JSON line)."""
+
+    def __init__(self, config: HallConfig, topo: Topology, options: ServiceOptions, *,
+                 source: str = "<config>", clock: Callable[[], float] = time.monotonic,
+                 on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.config = config
+        self.topo = topo
+        self.options = options
+        self.source = source
+        speed = options.clock_speed
+        if speed == 1.0:
+            self.clock = clock
+        else:
+            origin = clock()
+            self.clock = lambda: origin + (clock() - origin) * speed
+        self._speed = speed
+        self.on_ready = on_ready
+        self.settings = config.controller
+        self.bindings: ResolvedBindings = resolve_bindings(config, topo, source=source)
+        layout = pdu_nodes(config, topo)
+        # outlets the controller can switch: the actuators' coils
+        outlet_nodes: list[int] = []
+        self._outlet_addr: list[tuple[str, int]] = []       # (device key, 1-based outlet)
+        for cfg in self.bindings.modbus:
+            if not cfg.actuator or cfg.node_id not in layout:
+                continue
+            for n, node in enumerate(layout[cfg.node_id].outlets[:cfg.outlets], 1):
+                if node >= 0:
+                    outlet_nodes.append(node)
+                    self._outlet_addr.append((cfg.key, n))
+        self._outlet_of_addr = {a: k for k, a in enumerate(self._outlet_addr)}
+        self.ctx = CoreContext(topo, self.settings, outlet_nodes=outlet_nodes)
+        # meters: which node each device's readings belong to
+        self._targets = {cfg.key: meter_targets(cfg, topo, layout) for cfg in self.bindings.modbus}
+        metered = sorted({t.node for ts in self._targets.values() for t in ts}
+                         | {topo.node_index[m.node_id] for m in self.bindings.mqtt_meters
+                            if m.node_id in topo.node_index})
+        self._server_of = {a.server: topo.server_id.index(a.server)
+                           for a in self.bindings.agents if a.server in topo.server_id}
+        self.store = TelemetryStore(topo, self.settings, metered,
+                                    sorted(self._server_of.values()), clock=self.clock)
+        self.state: CoreState = core.initial_state(self.ctx, now_s=self.clock())
+        self.metrics = ServiceMetrics()
+        self._watched = np.flatnonzero(np.isin(topo.node_kind,
+                                               [KIND_CODE[k] for k in _WATCHED_KINDS]))
+        n_out = self.ctx.n_outlets
+        self._outlet_on = np.zeros(n_out, bool)
+        self._outlet_seen_s = np.full(n_out, -math.inf)
+        self._breaker_closed = np.ones(topo.n_nodes, bool)
+        self._zone_inlet_c = np.full(len(topo.zone_id), math.nan)
+        self._zone_t_s = np.full(len(topo.zone_id), -math.inf)
+        self._pending: list[Callable[[], object]] = []
+        self._commands: list[Callable[[CoreState], CoreState]] = []
+        self._cap_action: dict[str, int] = {}               # command id -> audit action id
+        self._cap_sent_s = np.full(topo.n_servers, -math.inf)
+        self._audit: AuditLog | None = None
+        self._link: MqttLink | None = None
+        self._actuators: dict[str, ModbusDevice] = {}
+        self._last: core.Decision | None = None
+        self._stop = asyncio.Event()
+        self._reconciled = False
+        self.ticks = 0
+        self.api: OperatorApi | None = None
+        self.exporter: Any = None
+
+    # ================================================================== driver callbacks
+    def _on_snapshot(self, dev: ModbusDevice, snap: Snapshot) -> None:
+        t = self.clock()  # when it arrived, on the controller's clock
+        self._pending.append(lambda: self._apply_snapshot(dev.config.key, snap, t))
+
+    def _on_error(self, dev: ModbusDevice, error: DriverError) -> None:
+        key = dev.config.key
+        self._pending.append(lambda: self._device_lost(key))
+
+    def _apply_snapshot(self, key: str, snap: Snapshot, t_s: float) -> None:
+        for target in self._targets.get(key, ()):
+            values = target_currents(snap, target, self.topo)
+            if values is None:
+                continue
+            good = snap.quality.value == 0
+            self.store.ingest_node(target.node, values if good else [math.nan] * 3, t_s)
+        now = t_s
+        for n, on in enumerate(snap.outlets_on, 1):
+            k = self._outlet_of_addr.get((key, n))
+            if k is not None:
+                self._outlet_on[k] = on
+                self._outlet_seen_s[k] = now
+        cfg = self.bindings.device(key)
+        node = self.topo.node_index.get(cfg.node_id)
+        if node is not None and snap.breaker_open is not None:
+            self._breaker_closed[node] = not snap.breaker_open
+        layout = pdu_nodes(self.config, self.topo).get(cfg.node_id) if snap.bank_breaker_open \
+            else None
+        if layout is not None:
+            for bank, is_open in zip(layout.banks, snap.bank_breaker_open, strict=False):
+                self._breaker_closed[bank] = not is_open
+
+    def _device_lost(self, key: str) -> None:
+        for k, (dev, _n) in enumerate(self._outlet_addr):
+            if dev == key:
+                self._outlet_seen_s[k] = -math.inf
+
+    def _on_agent(self, server: int) -> Callable[[str, Any], None]:
+        def handle(topic: str, p: AgentTelemetry) -> None:
+            power = [g.power_w for g in p.gpus]
+            limit = [g.limit_w for g in p.gpus]
+            t = self.clock()
+            self._pending.append(lambda: self.store.ingest_server(server, power, limit, t))
+        return handle
+
+    def _on_ack(self, topic: str, ack: CapAck) -> None:
+        action = self._cap_action.pop(ack.id, None)
+        if action is None or self._audit is None:
+            return
+        audit = self._audit
+
+        def record() -> None:
+            with contextlib.suppress(AuditWriteError):
+                audit.result(action, ack.ok, {"server": ack.server,
+                                              "enforced_w": list(ack.enforced_w)},
+                             ack.reason or "")
+        self._pending.append(record)
+
+    def _on_zone(self, zone: int) -> Callable[[str, Any], None]:
+        def handle(topic: str, p: ZoneTelemetry) -> None:
+            t = self.clock()
+
+            def apply() -> None:
+                self._zone_inlet_c[zone] = p.inlet_c
+                self._zone_t_s[zone] = t
+            self._pending.append(apply)
+        return handle
+
+    def _subscriptions(self) -> list[Subscription]:
+        subs: list[Subscription] = []
+        for spec in self.bindings.agents:
+            s = self._server_of.get(spec.server)
+            if s is None:
+                continue
+            subs.append(Subscription(spec.topics.telemetry, AgentTelemetry, self._on_agent(s)))
+            subs.append(Subscription(spec.topics.caps_ack, CapAck, self._on_ack, qos=1))
+        for z, zone in enumerate(self.topo.zone_id):
+            subs.append(Subscription(zone_topic(zone), ZoneTelemetry, self._on_zone(z)))
+        return subs
+
+    # ================================================================== operator commands
+    def status(self) -> dict[str, Any]:
+        st = self.state
+        t = self.topo
+        on = st.psu_on_s <= self.clock()
+        energized = int(np.unique(t.psu_server[on]).size) if on.any() else 0
+        return {
+            "mode": st.mode.value, "reason": st.mode_reason, "ramp_active": st.ramp_active,
+            "paused": st.paused, "safe_reason": st.safe_reason or None,
+            "hold_reasons": list(st.hold_reasons), "alarms": sorted(st.alarms_active),
+            "energized_servers": energized, "total_servers": t.n_servers,
+            "outlets_on": int(self._outlet_on.sum()), "outlets": self.ctx.n_outlets,
+            "ticks": self.ticks, "hall": t.name, "config": self.source,
+            "telemetry": self.store.counters(),
+            "transitions": [{"t_s": round(a, 3), "from": b, "to": c, "reason": r}
+                            for a, b, c, r in st.transitions[-20:]],
+        }
+
+    def plan(self) -> dict[str, Any]:
+        p = self.state.plan
+        if p is None:
+            return {"plan": None}
+        return {"plan": {"strategy": p.strategy, "makespan_s": _finite(p.makespan_s),
+                         "lower_bound_s": _finite(p.lower_bound.total_s),
+                         "servers_on": p.servers_on, "status": p.status_counts(),
+                         "t0_s": self.state.plan_t0_s,
+                         "final_cap_w_min": float(p.final_cap_w.min(initial=math.nan)),
+                         "final_cap_w_max": float(p.final_cap_w.max(initial=math.nan))}}
+
+    def _command(self, name: str, fn: Callable[[CoreState], CoreState]) -> dict[str, Any]:
+        try:
+            fn(self.state)  # refuse now what cannot be done (the tick applies it)
+        except core.CommandRefusedError as exc:
+            raise CommandRefused(str(exc)) from None
+        self._commands.append(fn)
+        self._audit_event("operator", command=name)
+        return {"accepted": name, "mode": self.state.mode.value}
+
+    def start_ramp(self) -> dict[str, Any]:
+        return self._command("start", lambda s: core.start_ramp(self.ctx, s, self.clock()))
+
+    def pause(self) -> dict[str, Any]:
+        return self._command("pause", core.pause)
+
+    def resume(self) -> dict[str, Any]:
+        return self._command("resume", lambda s: core.resume(self.ctx, s, self.store))
+
+    def abort(self) -> dict[str, Any]:
+        return self._command("abort", core.abort)
+
+    # ================================================================== life
+    async def run(self) -> None:
+        """Run until :meth:`stop` (SIGTERM, Ctrl-C) or a driver failure."""
+        o = self.options
+        meter_cfgs = [c for c in self.bindings.modbus]
+        with AuditLog.open(o.audit_path, fsync=o.fsync, clock=self.clock) as audit:
+            self._audit = audit
+            link = None
+            if o.mqtt_url is not None:
+                link = MqttLink(MqttConfig.from_url(o.mqtt_url, client_id=f"{o.issuer}-controller"),
+                                subscriptions=self._subscriptions(),
+                                status=StatusSpec(CONTROLLER_STATUS_TOPIC,
+                                                  lambda: self._status_payload(),
+                                                  lambda: self._status_payload("OFFLINE")))
+            async with contextlib.AsyncExitStack() as stack:
+                poller = await stack.enter_async_context(ModbusPoller(
+                    meter_cfgs, period_s=min(self.settings.tick_s, 1.0) / self._speed,
+                    on_snapshot=self._on_snapshot, on_error=self._on_error))
+                for cfg in self.bindings.modbus:
+                    if cfg.actuator:
+                        self._actuators[cfg.key] = await stack.enter_async_context(
+                            ModbusDevice(cfg))
+                if link is not None:
+                    self._link = await stack.enter_async_context(link)
+                self.api = await stack.enter_async_context(
+                    OperatorApi(self, o.http_host, o.http_port, token=o.token))
+                if o.metrics_port is not None:
+                    self.exporter = stack.enter_context(
+                        self.metrics.serve(o.metrics_host, o.metrics_port))
+                self._resume_from_log()
+                if self.on_ready is not None:
+                    self.on_ready({"event": "ready", "api": self.api.url,
+                                   "metrics": None if self.exporter is None
+                                   else self.exporter.url,
+                                   "audit": str(o.audit_path), "mqtt": o.mqtt_url,
+                                   "devices": len(meter_cfgs), "outlets": self.ctx.n_outlets})
+                async with asyncio.TaskGroup() as tg:
+                    loop_task = tg.create_task(self._loop(), name="control loop")
+                    watch = [tg.create_task(poller.wait(), name="poller")]
+                    if self._link is not None:
+                        watch.append(tg.create_task(self._link.wait(), name="mqtt"))
+                    await self._stop.wait()
+                    loop_task.cancel()
+                    for w in watch:
+                        w.cancel()
+            self._audit_event("stop", mode=self.state.mode.value)
+            self._audit = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _loop(self) -> None:
+        tick = self.settings.tick_s
+        started = self.clock()
+        # rule 8: wait for every actuator's outlet states before the first decision
+        while self.options.startup_wait_s > 0 and self.ctx.n_outlets:
+            self._drain()
+            if np.isfinite(self._outlet_seen_s).all() or \
+                    self.clock() - started >= self.options.startup_wait_s:
+                break
+            await asyncio.sleep(0.05)
+        next_s = self.clock()
+        while True:
+            t0 = time.perf_counter()
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # rule 9: an unexpected error moves to SAFE
+                log.exception("control tick failed: going SAFE")
+                self.state = core.enter_safe(self.state, f"internal error: {exc!r}",
+                                             self.clock())
+                self._audit_event("state", to="SAFE", reason=f"internal error: {exc!r}")
+            self.metrics.observe_tick(time.perf_counter() - t0)
+            next_s += tick
+            delay = next_s - self.clock()
+            if delay < 0:
+                log.warning("control tick overran by %.3f s", -delay)
+                next_s = self.clock()
+                delay = 0.0
+            await asyncio.sleep(delay / self._speed)
+
+    def _drain(self) -> None:
+        pending, self._pending = self._pending, []
+        for fn in pending:
+            fn()
+
+    def _readbacks(self, now: float) -> Readbacks:
+        known = now - self._outlet_seen_s <= self.settings.meter_stale_s
+        inlet = np.where(now - self._zone_t_s <= self.settings.meter_stale_s,
+                         self._zone_inlet_c, math.nan)
+        return Readbacks(self._outlet_on.copy(), known, self._breaker_closed.copy(), inlet)
+
+    async def tick(self) -> None:
+        """One control step: drain, refresh, decide (off the loop), act."""
+        self._drain()
+        now = self.clock()
+        self.store.refresh()
+        st = self.state
+        # rule 8: a cap in force that we did not command (after a restart) counts as commanded
+        adopt = ~np.isfinite(st.cap_cmd_w) & np.isfinite(self.store.server_cap_w)
+        if adopt.any():
+            cmd = st.cap_cmd_w.copy()
+            cmd[adopt] = self.store.server_cap_w[adopt]
+            st = st.replace(cap_cmd_w=cmd)
+        for fn in self._commands:
+            try:
+                st = fn(st)
+            except core.CommandRefusedError as exc:
+                log.warning("operator command refused at the tick: %s", exc)
+        self._commands.clear()
+        rb = self._readbacks(now)
+        if not self._reconciled:
+            self._reconcile(rb)
+        before = st.mode
+        decision = await asyncio.to_thread(core.decide, self.ctx, self.store, rb, st, now)
+        self.state = decision.state
+        self._last = decision
+        self.ticks += 1
+        if self.state.mode != before:
+            self._audit_event("state", **{"from": before.value, "to": self.state.mode.value,
+                                          "reason": self.state.mode_reason})
+            if self._link is not None:
+                await self._link.publish_status()
+        await self._act(decision.actions)
+        await self._act(self._reissue_caps(now))
+        self._export(decision)
+
+    def _reissue_caps(self, now: float) -> tuple[core.CoreAction, ...]:
+        """Reconcile desired against observed: a cap the agent reads back other than the one
+        commanded (the command came while the agent was down, a reboot, a driver reload) is
+        commanded again, at most every ``CAP_RETRY_S``."""
+        cmd = self.state.cap_cmd_w
+        seen = self.store.server_cap_w
+        good = self.store.has_agent & (self.store.server_quality == 0)
+        with np.errstate(invalid="ignore"):
+            off = good & np.isfinite(cmd) & (np.abs(seen - cmd) > core.CAP_CONFIRM_TOLERANCE_W)
+        due = off & (now - self._cap_sent_s >= CAP_RETRY_S)
+        if not due.any():
+            return ()
+        servers = np.flatnonzero(due).astype(np.int32)
+        self._cap_sent_s[servers] = now
+        return (core.SetCaps(servers, cmd[servers],
+                             core.Reason("cap-readback", None, float(seen[servers[0]]),
+                                         float(cmd[servers[0]]), None, "W")),)
+
+    # ================================================================== acting
+    async def _act(self, actions: tuple[core.CoreAction, ...]) -> None:
+        for a in actions:
+            if self.state.mode == Mode.SAFE and isinstance(a, core.Energize):
+                continue
+            try:
+                if isinstance(a, core.Energize):
+                    await self._switch(a.outlets, a.at_s, True, a.reason)
+                elif isinstance(a, core.SwitchOff):
+                    await self._switch(a.outlets, np.full(a.outlets.size, self.clock()),
+                                       False, a.reason)
+                elif isinstance(a, core.SetCaps):
+                    await self._caps(a)
+                else:
+                    self._audit_event("alarm", code=a.code, node=a.node, message=a.message,
+                                      active=a.active)
+                    log.warning("alarm %s %s: %s", a.code, "raised" if a.active else "cleared",
+                                a.message)
+            except AuditWriteError as exc:
+                log.error("audit log refused a record: %s; going SAFE, nothing sent", exc)
+                self.state = core.enter_safe(self.state, f"audit log: {exc}", self.clock())
+                return
+
+    async def _switch(self, outlets: npt.NDArray[np.int32], at_s: F64, on: bool,
+                      reason: core.Reason) -> None:
+        assert self._audit is not None
+        order = np.argsort(at_s, kind="stable")
+        for k in order:
+            outlet = int(outlets[k])
+            delay = float(at_s[k]) - self.clock()
+            if delay > 0:
+                await asyncio.sleep(delay / self._speed)
+            key, n = self._outlet_addr[outlet]
+            node_id = self.topo.node_id[self.ctx.outlet_node[outlet]]
+            action_id = self._audit.intent(
+                {"type": "switch_outlet", "targets": [node_id], "on": on,
+                 "device": key, "outlet": n}, reason.to_dict())
+            dev = self._actuators.get(key)
+            try:
+                if dev is None:
+                    raise RuntimeError(f"no actuator for {key}")
+                state = await dev.switch_outlet(n, on)
+                self._audit.result(action_id, True, {"on": state})
+                self._outlet_on[outlet] = state
+                self._outlet_seen_s[outlet] = self.clock()
+                self.metrics.count_action("switch_on" if on else "switch_off", "ok")
+            except (DriverError, RuntimeError) as exc:
+                self._audit.result(action_id, False, {}, str(exc))
+                self.metrics.count_action("switch_on" if on else "switch_off", "failed")
+                log.error("switching %s %s failed: %s", node_id, "on" if on else "off", exc)
+                if on:
+                    self._not_energized(outlet)
+
+    def _not_energized(self, outlet: int) -> None:
+        """A switch-on that was refused or not confirmed: the outlet is off, so it may be
+        switched on again later (never twice: it is not on)."""
+        psus = np.flatnonzero(self.ctx.psu_outlet == outlet)
+        st = self.state
+        cmd = st.psu_commanded.copy()
+        cmd[psus] = False
+        on_s = st.psu_on_s.copy()
+        on_s[psus] = math.inf
+        self.state = st.replace(psu_commanded=cmd, psu_on_s=on_s)
+
+    async def _caps(self, a: core.SetCaps) -> None:
+        assert self._audit is not None
+        for s, cap in zip(a.servers.tolist(), a.cap_w.tolist(), strict=True):
+            self._cap_sent_s[s] = self.clock()
+            server = self.topo.server_id[s]
+            spec = next((x for x in self.bindings.agents if x.server == server), None)
+            action_id = self._audit.intent(
+                {"type": "set_caps", "targets": [server], "cap_w": cap}, a.reason.to_dict())
+            if spec is None or self._link is None:
+                self._audit.result(action_id, False, {}, "no agent bound or no broker")
+                self.metrics.count_action("set_caps", "failed")
+                continue
+            cmd_id = f"{self.options.issuer}:{action_id:06d}"
+            payload = CapCommand(v=1, t=time.time(), id=cmd_id, issuer=self.options.issuer,
+                                 seq=action_id, server=server, cap_w=[float(cap)],
+                                 valid_s=CAP_VALID_S)
+            try:
+                await self._link.publish(spec.topics.caps_set, payload, qos=1)
+                self._cap_action[cmd_id] = action_id
+                self.metrics.count_action("set_caps", "sent")
+            except DriverError as exc:
+                self._audit.result(action_id, False, {}, f"not sent: {exc}")
+                self.metrics.count_action("set_caps", "failed")
+                # not confirmed: the core counts the server at full power until a read-back
+                # shows the cap; it is commanded again when it changes
+
+    # ================================================================== restart
+    def _resume_from_log(self) -> None:
+        """A ramp the audit log shows active when the service stopped resumes."""
+        path = self.options.audit_path
+        active = False
+        with contextlib.suppress(Exception):
+            for rec in read_audit(path):
+                if rec.kind == "operator":
+                    cmd = rec.get("command")
+                    if cmd in ("start", "resume"):
+                        active = True
+                    elif cmd == "abort":
+                        active = False
+                elif rec.kind == "ramp":
+                    active = bool(rec.get("active"))
+        if active:
+            log.warning("the audit log shows a ramp in progress: resuming it from read-backs")
+            self._commands.append(lambda s: core.start_ramp(self.ctx, s, self.clock())
+                                  if not s.ramp_active else s)
+            self._audit_event("ramp", active=True, resumed=True)
+
+    def _reconcile(self, rb: Readbacks) -> None:
+        """Write the results of intents a crash left without one, from the read-backs."""
+        self._reconciled = True
+        if self._audit is None:
+            return
+        try:
+            pending = pending_intents(self.options.audit_path)
+        except Exception:
+            log.exception("could not read pending intents")
+            return
+        names = {self.topo.node_id[n]: k for k, n in enumerate(self.ctx.outlet_node)}
+        for rec in pending:
+            action = rec.get("action") or {}
+            targets = action.get("targets") or []
+            if action.get("type") == "switch_outlet" and targets:
+                k = names.get(targets[0])
+                if k is None:
+                    continue
+                known = bool(rb.outlet_known[k])
+                state = bool(rb.outlet_on[k]) if known else None
+                self._audit.result(rec.seq, known and state == action.get("on"),
+                                   {"on": state, "reconciled": True},
+                                   "reconciled after restart from the read-back")
+            elif action.get("type") == "set_caps":
+                self._audit.result(rec.seq, False, {"reconciled": True},
+                                   "unknown after restart: caps read back from agents")
+
+    # ================================================================== outputs
+    def _status_payload(self, state: str | None = None) -> ControllerStatus:
+        return ControllerStatus.model_validate(
+            {"v": 1, "t": time.time(), "state": state or self.state.mode.value,
+             "issuer": self.options.issuer})
+
+    def _audit_event(self, kind: str, **fields: Any) -> None:
+        if self._audit is None:
+            return
+        try:
+            self._audit.event(kind, **fields)
+        except AuditWriteError as exc:
+            log.error("audit log refused an event: %s", exc)
+            self.state = core.enter_safe(self.state, f"audit log: {exc}", self.clock())
+
+    def _export(self, d: core.Decision) -> None:
+        m = self.metrics
+        m.set_mode(self.state.mode.value)
+        w = self._watched
+        load = d.measured_a[w]
+        limit = self.topo.limit_a[w].max(axis=1)
+        m.set_node_loads([self.topo.node_id[i] for i in w], load, limit,
+                         limit - load.max(axis=1))
+        m.set_stale(int(self.store.unknown_nodes().sum()))
+        m.set_telemetry_counters({k: v for k, v in self.store.counters().items()
+                                  if k != "accepted"})
+        m.set_alarms(len(self.state.alarms_active))
+        st = self.status()
+        m.set_servers(st["energized_servers"], st["total_servers"])
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def install_signal_handlers(service: Service) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, service.stop)
+
+
+def ready_line(info: dict[str, Any]) -> str:
+    return json.dumps(info, sort_keys=True)

@@ -1,0 +1,159 @@
+"""End to end: `rampguard run` against `rampguard sim serve` over real loopback Modbus and the
+real broker, as a test engineer runs the rig. Each test has ports and agent topics of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.audit import read_audit
+from tests.serve_helpers import free_port, rig_on_free_ports, start_rampguard, start_sim, stop_sim
+
+pytestmark = pytest.mark.slow
+
+SPEED = "20"
+
+
+def _prefix() -> str:
+    return f"rampguard-test/{uuid.uuid4().hex[:8]}"
+
+
+async def _start_run(config: Path, broker: str, audit: Path, port: int,
+                     *extra: str) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+    proc = await start_rampguard("run", str(config), "--mqtt", broker, "--http",
+                                 f"127.0.0.1:{port}", "--metrics", "off", "--audit", str(audit),
+                                 "--issuer", f"ctl-{uuid.uuid4().hex[:6]}",
+                                 "--clock-speed", SPEED, *extra)
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
+    assert line, (await proc.stderr.read()).decode() if proc.stderr else "no output"
+    return proc, json.loads(line)
+
+
+def _http(port: int, path: str, method: str = "GET") -> dict[str, Any]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                 data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return dict(json.loads(resp.read()))
+
+
+async def _get(port: int, path: str, method: str = "GET") -> dict[str, Any]:
+    return await asyncio.to_thread(_http, port, path, method)
+
+
+async def _wait_mode(port: int, modes: set[str], timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = await _get(port, "/status")
+        if status["mode"] in modes:
+            return status
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"mode never became {modes}: last status {status}")
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> tuple[int, str]:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    _out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    return proc.returncode or 0, err.decode()
+
+
+def _records(audit: Path) -> list[dict[str, Any]]:
+    return [r.to_dict() for r in read_audit(audit)]
+
+
+def _switch_ons(audit: Path) -> Counter[str]:
+    """Switch-on commands sent per outlet (intents), across every run that wrote the log."""
+    return Counter(r["action"]["targets"][0] for r in _records(audit)
+                   if r.get("kind") == "intent" and r["action"].get("type") == "switch_outlet"
+                   and r["action"].get("on"))
+
+
+async def test_ramps_the_rig_sheds_an_overload_and_goes_safe_when_a_meter_dies(
+        tmp_path: Path, mqtt_broker: Any) -> None:
+    config, _pdu, _meter = rig_on_free_ports(tmp_path, agent_prefix=_prefix())
+    # from plant second 500 the panel meter reads 4 times the load (the controller sees the
+    # panel above its capping threshold: an overload), and from 650 the PDU's meter is dead
+    scenario = tmp_path / "faults.toml"
+    scenario.write_text('name = "rig-e2e"\ndescription = "overload, then a dead meter"\n'
+                        'survivable = true\n'
+                        '[[faults]]\nkind = "meter-lying"\nnodes = "LAB-PANEL"\nfactor = 4.0\n'
+                        'at_s = 500\nduration_s = 400\n'
+                        '[[faults]]\nkind = "meter-dead"\nnodes = "RIG-A"\nat_s = 650\n')
+    sim, _ = await start_sim(config, "--speed", SPEED, "--mqtt", mqtt_broker.url,
+                             "--scenario", str(scenario))
+    audit = tmp_path / "audit.jsonl"
+    port = free_port()
+    run, ready = await _start_run(config, mqtt_broker.url, audit, port)
+    try:
+        assert ready["event"] == "ready" and ready["outlets"] == 8
+        assert (await _get(port, "/status"))["mode"] == "IDLE"
+        assert (await _get(port, "/ramp/start", "POST"))["accepted"] == "start"
+        steady = await _wait_mode(port, {"STEADY"}, 60)
+        assert steady["energized_servers"] == 4 and steady["outlets_on"] == 8
+        plan = await _get(port, "/plan")
+        assert plan["plan"]["servers_on"] == 4
+        shed = await _wait_mode(port, {"SHEDDING"}, 40)
+        assert shed["mode"] == "SHEDDING"
+        safe = await _wait_mode(port, {"SAFE"}, 60)
+        assert "RIG-A" in safe["safe_reason"]
+    finally:
+        rc, err = await _stop(run)
+        await stop_sim(sim)
+    assert rc == 0, err
+    records = _records(audit)
+    caps = [r for r in records if r.get("kind") == "intent"
+            and r["action"]["type"] == "set_caps"]
+    shed_caps = [r for r in caps if r["reason"]["rule"] == "shed"]
+    kinds = Counter(f'{r.get("kind")}:{(r.get("action") or {}).get("type")}' for r in records)
+    assert shed_caps, kinds
+    assert all(r["reason"]["node"] == "LAB-PANEL" for r in shed_caps)
+    results = {r["action_id"]: r for r in records if r.get("kind") == "result"}
+    # caps confirmed by the agents' acks, with the enforced read-back
+    acked = [results[r["seq"]] for r in caps if r["seq"] in results]
+    assert any(a["ok"] and a["readback"]["enforced_w"] for a in acked)
+    assert max(_switch_ons(audit).values()) == 1
+    assert any(r.get("kind") == "alarm" and r.get("node") == "RIG-A" for r in records)
+
+
+async def test_resumes_after_sigkill_mid_ramp_without_energizing_anything_twice(
+        tmp_path: Path, mqtt_broker: Any) -> None:
+    config, _pdu, _meter = rig_on_free_ports(tmp_path, agent_prefix=_prefix())
+    sim, _ = await start_sim(config, "--speed", SPEED, "--mqtt", mqtt_broker.url)
+    audit = tmp_path / "audit.jsonl"
+    port = free_port()
+    run, _ = await _start_run(config, mqtt_broker.url, audit, port)
+    try:
+        await _get(port, "/ramp/start", "POST")
+        # kill it as soon as the first outlet command is in the log: mid-ramp
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not _switch_ons(audit):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)  # polling a file another process writes
+        assert _switch_ons(audit)
+        run.kill()
+        await run.wait()
+        first = _switch_ons(audit)
+        run, _ = await _start_run(config, mqtt_broker.url, audit, port)
+        steady = await _wait_mode(port, {"STEADY"}, 90)  # resumed without a new start command
+        assert steady["outlets_on"] == 8
+    finally:
+        await _stop(run)
+        await stop_sim(sim)
+    counts = _switch_ons(audit)
+    assert sorted(counts) == sorted(f"RIG-A-{b}-{k}" for b in (1, 2) for k in range(1, 5))
+    assert max(counts.values()) == 1, counts       # no outlet energized twice
+    assert all(counts[o] == 1 for o in first)      # what the first run sent was not resent
+    records = _records(audit)
+    assert any(r.get("kind") == "ramp" and r.get("resumed") for r in records)
+    assert any(r.get("kind") == "open" for r in records[1:])  # the second run's open record
