@@ -25,16 +25,19 @@ def test_all_at_once_switches_everything_at_zero(demo: Topology) -> None:
 
 def test_fixed_delay_sequences_each_pdu_in_parallel(demo: Topology) -> None:
     s = fixed_delay(demo, 2.0)
-    # 6 used outlets per rack PDU: 0, 2, ..., 10 s on every PDU
-    assert sorted(set(s.psu_on_s.tolist())) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
-    assert s.last_switch_s == 10.0
+    # 6 used outlets per DGX rack PDU: 0, 2, ..., 10 s on every PDU; 12 per storage PDU
+    dgx = demo.server_gpus > 0
+    dgx_psu = dgx[demo.psu_server]
+    assert sorted(set(s.psu_on_s[dgx_psu].tolist())) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+    assert sorted(set(s.psu_on_s[~dgx_psu].tolist())) == [2.0 * i for i in range(12)]
+    assert s.last_switch_s == 22.0
     pdu_of = demo.parent_idx[demo.parent_idx[demo.psu_node]]  # outlet → bank → PDU
-    for pdu in np.unique(pdu_of)[:20]:
+    for pdu in np.unique(pdu_of[dgx_psu])[:20]:
         times = np.sort(s.psu_on_s[pdu_of == pdu])
         assert times.tolist() == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
     # a DGX boots on its third powered PSU
     boot = s.server_on_s(demo)
-    for server in range(0, demo.n_servers, 37):
+    for server in np.flatnonzero(dgx)[::37]:
         mine = np.sort(s.psu_on_s[demo.psu_server == server])
         assert boot[server] == mine[2]
     assert boot.max() <= s.last_switch_s
@@ -46,7 +49,7 @@ def test_fixed_rate_releases_bursts_like_slurm(demo: Topology) -> None:
     counts = np.unique(on, return_counts=True)
     assert counts[0][:3].tolist() == [0.0, 10.0, 20.0]
     assert counts[1][:-1].tolist() == [50] * (len(counts[1]) - 1)
-    assert on.max() == 100.0  # 512 servers → 11 bursts
+    assert on.max() == 120.0  # 608 servers → 13 bursts
 
 
 def test_boot_time_is_the_kth_powered_psu(rig: Topology) -> None:

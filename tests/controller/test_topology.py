@@ -77,14 +77,18 @@ def test_rig_layout(rig: Topology) -> None:
 
 def test_demo_hall_layout(demo: Topology) -> None:
     _invariants(demo)
-    assert demo.n_servers == 512 and demo.n_gpus == 4096
-    assert len(demo.rack_id) == 128 and demo.zone_id == ("Z1", "Z2")
-    # each DGX has three PSUs on each feed, and each bank carries exactly one PSU
+    assert demo.n_servers == 512 + 96 and demo.n_gpus == 4096
+    assert len(demo.rack_id) == 128 + 8 and demo.zone_id == ("Z1", "Z2")
+    # each DGX has three PSUs on each feed, and each of its banks carries exactly one PSU; a
+    # storage server one PSU per feed, four per bank
+    dgx = demo.server_gpus > 0
     per_feed = np.zeros((demo.n_servers, 2), int)
     np.add.at(per_feed, (demo.psu_server, demo.psu_feed), 1)
-    assert np.all(per_feed == 3)
+    assert np.all(per_feed[dgx] == 3) and np.all(per_feed[~dgx] == 1)
     bank_of_psu = demo.parent_idx[demo.psu_node]
-    assert len(np.unique(bank_of_psu)) == demo.n_psus
+    dgx_psu = dgx[demo.psu_server]
+    assert len(np.unique(bank_of_psu[dgx_psu])) == int(dgx_psu.sum())
+    assert set(np.bincount(bank_of_psu[~dgx_psu]).tolist()) <= {0, 4}
     # floor PDUs hang off UPSs in blocks: FPDU-A01, A02 → UPS-A01; A07, A08 → UPS-A04
     ups_of = {demo.node_id[i]: demo.node_id[demo.parent_idx[i]]
               for i in demo.nodes_of_kind("switchboard")}
@@ -101,7 +105,9 @@ def test_demo_hall_layout(demo: Topology) -> None:
     assert demo.trip_guard.thermal_tau_s[f] == pytest.approx(25.72 * 12)
     assert demo.trip.short_pickup_x[f] == pytest.approx(6.0)
     assert demo.trip.magnetic_x[f] == pytest.approx(12.0)
-    assert np.all(demo.server_zone[:256] == 0) and np.all(demo.server_zone[256:] == 1)
+    zone_of = dict(zip(demo.server_id, demo.server_zone.tolist(), strict=True))
+    assert {z for sid, z in zone_of.items() if sid.startswith(("Z1-", "ST1-"))} == {0}
+    assert {z for sid, z in zone_of.items() if sid.startswith(("Z2-", "ST2-"))} == {1}
 
 
 def test_hall_32k_layout_and_determinism(hall32k: Topology) -> None:
