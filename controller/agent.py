@@ -144,8 +144,13 @@ class NodeAgent:
         self._seq = 0
         self._drift_reported: tuple[int, ...] = ()
         self._queue: asyncio.Queue[CapCommand] = asyncio.Queue(maxsize=config.queue_size)
+        # one writer of the GPUs at a time: a reconcile must not see a command half applied
+        self._gpu_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._ready_sent = False
+        # checked by the loops too: on Python 3.11, asyncio.wait_for (inside aiomqtt's QoS 1
+        # publish) can swallow a cancellation that lands as the PUBACK arrives
+        self._stopping = False
         self.gate: CapGate
         self.spec: AgentSpec
         self.link: MqttLink
@@ -180,6 +185,7 @@ class NodeAgent:
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         tasks, self._tasks = self._tasks, []
         failure: BaseException | None = None
+        self._stopping = True
         for task in tasks:
             task.cancel()
         try:
@@ -379,18 +385,19 @@ class NodeAgent:
         loop = asyncio.get_running_loop()
         period = self.config.period_s
         next_t = loop.time()
-        while True:
+        while not self._stopping:
             next_t = max(next_t + period, loop.time())
             await asyncio.sleep(next_t - loop.time())
             await self.tick()
 
     async def tick(self, *, publish: bool = True) -> None:
         """Read the GPUs, restore any cap they lost, publish the telemetry."""
-        readings = await self._backend("read", self._read_all)
-        if readings is None:
-            return
-        readings = await self._restore(readings)
-        self._last = readings
+        async with self._gpu_lock:
+            readings = await self._backend("read", self._read_all)
+            if readings is None:
+                return
+            readings = await self._restore(readings)
+            self._last = readings
         if publish:
             await self._publish_telemetry(readings)
 
@@ -464,7 +471,7 @@ class NodeAgent:
             self.stats.ignored["overload"] = self.stats.ignored.get("overload", 0) + 1
 
     async def _command_worker(self) -> None:
-        while True:
+        while not self._stopping:
             cmd = await self._queue.get()
             await self.handle_command(cmd)
 
@@ -481,7 +488,8 @@ class NodeAgent:
             await self._save(None)
             result = CapResult(False, self._limits(readings), reason)
         else:
-            result = await self._apply(cmd, decision.caps_w)
+            async with self._gpu_lock:
+                result = await self._apply(cmd, decision.caps_w)
         if result.ok:
             self.stats.applied += 1
         else:
