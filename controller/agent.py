@@ -33,7 +33,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
@@ -49,7 +49,7 @@ from controller.agent_state import (
 )
 from controller.errors import StateFileCorrupt
 from drivers._link import Backoff, FaultLog, LinkState, stop_task
-from drivers.caps import AgentSpec, CapGate, CapResult, make_ack
+from drivers.caps import AgentSpec, CapGate, CapResult, CapStats, make_ack
 from drivers.errors import DriverError, GpuError, GpuUnavailable
 from drivers.gpus import GpuBackend, GpuInfo, GpuReading
 from drivers.mqtt import MqttConfig, MqttLink, StatusSpec, Subscription
@@ -91,15 +91,9 @@ class AgentConfig:
 
 
 @dataclass
-class AgentStats:
+class AgentStats(CapStats):
     """Monotonic counters of one agent (the link's own are in ``agent.link.counters``)."""
 
-    commands: int = 0
-    applied: int = 0
-    refused: int = 0
-    ignored: dict[str, int] = field(default_factory=dict)
-    acks: int = 0
-    ack_failures: int = 0
     telemetry_sent: int = 0
     telemetry_dropped: int = 0
     cap_restores: int = 0
@@ -468,7 +462,7 @@ class NodeAgent:
         try:
             self._queue.put_nowait(cmd)
         except asyncio.QueueFull:
-            self.stats.ignored["overload"] = self.stats.ignored.get("overload", 0) + 1
+            self.stats.count_ignored("overload")
 
     async def _command_worker(self) -> None:
         while not self._stopping:
@@ -479,7 +473,7 @@ class NodeAgent:
         """Judge, apply, read back, save and ack one command; None when it is ignored."""
         decision = self.gate.decide(cmd)
         if decision.ignore is not None:
-            self.stats.ignored[decision.ignore] = self.stats.ignored.get(decision.ignore, 0) + 1
+            self.stats.count_ignored(decision.ignore)
             return None
         self.gate.taken(cmd)                  # acked or refused, its seq cannot come back
         if decision.refuse is not None or self.config.read_only:
@@ -490,10 +484,7 @@ class NodeAgent:
         else:
             async with self._gpu_lock:
                 result = await self._apply(cmd, decision.caps_w)
-        if result.ok:
-            self.stats.applied += 1
-        else:
-            self.stats.refused += 1
+        self.stats.count_result(result)
         try:
             await self.link.publish(self.config.topics.caps_ack,
                                     make_ack(cmd, result, t=self._clock()), qos=1)
