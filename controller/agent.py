@@ -33,7 +33,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
@@ -49,7 +49,7 @@ from controller.agent_state import (
 )
 from controller.errors import StateFileCorrupt
 from drivers._link import Backoff, FaultLog, LinkState, stop_task
-from drivers.caps import AgentSpec, CapGate, CapResult, make_ack
+from drivers.caps import AgentSpec, CapGate, CapResult, CapStats, make_ack
 from drivers.errors import DriverError, GpuError, GpuUnavailable
 from drivers.gpus import GpuBackend, GpuInfo, GpuReading
 from drivers.mqtt import MqttConfig, MqttLink, StatusSpec, Subscription
@@ -91,15 +91,9 @@ class AgentConfig:
 
 
 @dataclass
-class AgentStats:
+class AgentStats(CapStats):
     """Monotonic counters of one agent (the link's own are in ``agent.link.counters``)."""
 
-    commands: int = 0
-    applied: int = 0
-    refused: int = 0
-    ignored: dict[str, int] = field(default_factory=dict)
-    acks: int = 0
-    ack_failures: int = 0
     telemetry_sent: int = 0
     telemetry_dropped: int = 0
     cap_restores: int = 0
@@ -144,8 +138,13 @@ class NodeAgent:
         self._seq = 0
         self._drift_reported: tuple[int, ...] = ()
         self._queue: asyncio.Queue[CapCommand] = asyncio.Queue(maxsize=config.queue_size)
+        # one writer of the GPUs at a time: a reconcile must not see a command half applied
+        self._gpu_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._ready_sent = False
+        # checked by the loops too: on Python 3.11, asyncio.wait_for (inside aiomqtt's QoS 1
+        # publish) can swallow a cancellation that lands as the PUBACK arrives
+        self._stopping = False
         self.gate: CapGate
         self.spec: AgentSpec
         self.link: MqttLink
@@ -180,6 +179,7 @@ class NodeAgent:
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         tasks, self._tasks = self._tasks, []
         failure: BaseException | None = None
+        self._stopping = True
         for task in tasks:
             task.cancel()
         try:
@@ -379,18 +379,19 @@ class NodeAgent:
         loop = asyncio.get_running_loop()
         period = self.config.period_s
         next_t = loop.time()
-        while True:
+        while not self._stopping:
             next_t = max(next_t + period, loop.time())
             await asyncio.sleep(next_t - loop.time())
             await self.tick()
 
     async def tick(self, *, publish: bool = True) -> None:
         """Read the GPUs, restore any cap they lost, publish the telemetry."""
-        readings = await self._backend("read", self._read_all)
-        if readings is None:
-            return
-        readings = await self._restore(readings)
-        self._last = readings
+        async with self._gpu_lock:
+            readings = await self._backend("read", self._read_all)
+            if readings is None:
+                return
+            readings = await self._restore(readings)
+            self._last = readings
         if publish:
             await self._publish_telemetry(readings)
 
@@ -461,10 +462,10 @@ class NodeAgent:
         try:
             self._queue.put_nowait(cmd)
         except asyncio.QueueFull:
-            self.stats.ignored["overload"] = self.stats.ignored.get("overload", 0) + 1
+            self.stats.count_ignored("overload")
 
     async def _command_worker(self) -> None:
-        while True:
+        while not self._stopping:
             cmd = await self._queue.get()
             await self.handle_command(cmd)
 
@@ -472,7 +473,7 @@ class NodeAgent:
         """Judge, apply, read back, save and ack one command; None when it is ignored."""
         decision = self.gate.decide(cmd)
         if decision.ignore is not None:
-            self.stats.ignored[decision.ignore] = self.stats.ignored.get(decision.ignore, 0) + 1
+            self.stats.count_ignored(decision.ignore)
             return None
         self.gate.taken(cmd)                  # acked or refused, its seq cannot come back
         if decision.refuse is not None or self.config.read_only:
@@ -481,11 +482,9 @@ class NodeAgent:
             await self._save(None)
             result = CapResult(False, self._limits(readings), reason)
         else:
-            result = await self._apply(cmd, decision.caps_w)
-        if result.ok:
-            self.stats.applied += 1
-        else:
-            self.stats.refused += 1
+            async with self._gpu_lock:
+                result = await self._apply(cmd, decision.caps_w)
+        self.stats.count_result(result)
         try:
             await self.link.publish(self.config.topics.caps_ack,
                                     make_ack(cmd, result, t=self._clock()), qos=1)

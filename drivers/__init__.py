@@ -23,13 +23,13 @@ Public API:
   :class:`ZoneTelemetry`, :class:`ControllerStatus`, :class:`MeterTelemetry`,
   :class:`AgentTopics`, :func:`parse`, :func:`dumps`
 * cap command rules (:mod:`drivers.caps`): :class:`AgentSpec`, :class:`CapGate`,
-  :class:`CapResult`, :func:`make_ack`
+  :class:`CapResult`, :class:`CapStats`, :func:`make_ack`
 * MQTT (:mod:`drivers.mqtt`): :class:`MqttConfig`, :class:`TlsConfig`, :class:`MqttLink`,
   :class:`Subscription`, :class:`StatusSpec`, :class:`MqttCounters`
 """
 
 from drivers._link import LinkState
-from drivers.caps import AgentSpec, CapDecision, CapGate, CapResult, make_ack
+from drivers.caps import AgentSpec, CapDecision, CapGate, CapResult, CapStats, make_ack
 from drivers.errors import (
     DecodeError,
     DeviceException,
@@ -105,6 +105,7 @@ __all__ = [
     "CapDecision",
     "CapGate",
     "CapResult",
+    "CapStats",
     "ControllerStatus",
     "DecodeError",
     "DeviceCounters",

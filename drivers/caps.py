@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from drivers.payloads import AgentTopics, CapAck, CapCommand
 
-__all__ = ["AgentSpec", "CapDecision", "CapGate", "CapResult", "make_ack"]
+__all__ = ["AgentSpec", "CapDecision", "CapGate", "CapResult", "CapStats", "make_ack"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +87,27 @@ class CapGate:
     def taken(self, cmd: CapCommand) -> None:
         """Record that ``cmd`` was acked (applied or refused): its seq cannot be replayed."""
         self.last_seq[cmd.issuer] = max(cmd.seq, self.last_seq.get(cmd.issuer, -1))
+
+
+@dataclass
+class CapStats:
+    """An agent's cap-command counters (the real agent's and the simulator's stand-ins')."""
+
+    commands: int = 0
+    applied: int = 0
+    refused: int = 0
+    ignored: dict[str, int] = field(default_factory=dict)
+    acks: int = 0
+    ack_failures: int = 0
+
+    def count_ignored(self, reason: str) -> None:
+        self.ignored[reason] = self.ignored.get(reason, 0) + 1
+
+    def count_result(self, result: CapResult) -> None:
+        if result.ok:
+            self.applied += 1
+        else:
+            self.refused += 1
 
 
 def make_ack(cmd: CapCommand, result: CapResult, *, t: float) -> CapAck:

@@ -35,6 +35,7 @@ __all__ = [
     "GpuInfo",
     "GpuReading",
     "NvmlBackend",
+    "map_nvml_error",
     "throttle_words",
 ]
 

@@ -15,14 +15,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Self
 
 from pydantic import ValidationError
 
 from drivers._link import stop_task
-from drivers.caps import AgentSpec, CapGate, CapResult, make_ack
+from drivers.caps import AgentSpec, CapGate, CapResult, CapStats, make_ack
 from drivers.errors import DriverError
 from drivers.mqtt import MqttConfig, MqttLink, StatusSpec, Subscription
 from drivers.payloads import (
@@ -92,16 +92,10 @@ SimClock = Callable[[], tuple[float, float]]
 
 
 @dataclass
-class MqttEndpointStats:
+class MqttEndpointStats(CapStats):
     telemetry_published: int = 0
     telemetry_dropped: int = 0
     invalid_state: int = 0
-    commands: int = 0
-    applied: int = 0
-    refused: int = 0
-    ignored: dict[str, int] = field(default_factory=dict)
-    acks: int = 0
-    ack_failures: int = 0
 
 
 class MqttEndpoints:
@@ -274,7 +268,7 @@ class MqttEndpoints:
         try:
             self._commands.put_nowait((self._by_topic[topic], cmd))
         except asyncio.QueueFull:
-            self.stats.ignored["overload"] = self.stats.ignored.get("overload", 0) + 1
+            self.stats.count_ignored("overload")
 
     async def _command_worker(self) -> None:
         while True:
@@ -286,23 +280,19 @@ class MqttEndpoints:
         gate = self._gates[server]
         agent = gate.spec
         if self._agent_state(server) is None:      # a down agent hears nothing
-            self.stats.ignored["agent_down"] = self.stats.ignored.get("agent_down", 0) + 1
+            self.stats.count_ignored("agent_down")
             return None
         decision = gate.decide(cmd)
         if decision.ignore is not None:
-            self.stats.ignored[decision.ignore] = self.stats.ignored.get(decision.ignore, 0) + 1
+            self.stats.count_ignored(decision.ignore)
             return None
         if decision.refuse is not None:
             state = self._agent_state(server)
             enforced = tuple(g.limit_w for g in state.gpus) if state else ()
             result = CapResult(ok=False, enforced_w=enforced, reason=decision.refuse)
-            self.stats.refused += 1
         else:
             result = self._apply(server, decision.caps_w)
-            if result.ok:
-                self.stats.applied += 1
-            else:
-                self.stats.refused += 1
+        self.stats.count_result(result)
         gate.taken(cmd)
         try:
             await self.link.publish(agent.topics.caps_ack, make_ack(cmd, result, t=self._clock()),
