@@ -407,8 +407,11 @@ class Service:
         now = self.clock()
         self.store.refresh()
         st = self.state
-        # rule 8: a cap in force that we did not command (after a restart) counts as commanded
-        adopt = ~np.isfinite(st.cap_cmd_w) & np.isfinite(self.store.server_cap_w)
+        # rule 8: the cap in force on a server found on that we did not command (after a
+        # restart) counts as commanded
+        on = np.zeros(self.topo.n_servers, bool)
+        np.logical_or.at(on, self.topo.psu_server, st.psu_on_s <= now)
+        adopt = on & ~np.isfinite(st.cap_cmd_w) & np.isfinite(self.store.server_cap_w)
         if adopt.any():
             cmd = st.cap_cmd_w.copy()
             cmd[adopt] = self.store.server_cap_w[adopt]

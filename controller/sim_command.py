@@ -44,6 +44,9 @@ def add_command(sub: Any) -> None:
     serve.add_argument("--scenario", metavar="NAME|FILE", default=None,
                        help="inject a fault scenario (named, or a TOML file) at its times, "
                             "counted in plant seconds from the start")
+    serve.add_argument("--external-agents", action="store_true",
+                       help="run no simulated node agents: real `rampguard agent` processes "
+                            "answer, and the plant follows the caps they acknowledge")
     serve.set_defaults(handler=_cmd_serve)
 
 
@@ -87,7 +90,8 @@ async def _serve(args: argparse.Namespace, config: Any, topo: Any) -> int:
     try:
         work = serve(config, topo, source=args.config, speed=args.speed, dt_s=args.dt_s,
                      bind=args.bind, mqtt_url=args.mqtt, seed=args.seed, ready=ready,
-                     scenario=getattr(args, "scenario_obj", None))
+                     scenario=getattr(args, "scenario_obj", None),
+                     external_agents=args.external_agents)
         if args.duration_s is not None:
             try:
                 await asyncio.wait_for(work, timeout=args.duration_s)

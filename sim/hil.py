@@ -20,7 +20,8 @@ from controller.bindings import pdu_nodes, resolve_bindings
 from controller.model import HallConfig
 from controller.topology import Topology
 from drivers.caps import CapResult
-from drivers.mqtt import MqttConfig
+from drivers.mqtt import MqttConfig, MqttLink, Subscription
+from drivers.payloads import CapAck
 from drivers.registers import BankSnapshot, MeterSnapshot, OutletSnapshot, PduSnapshot
 from sim.endpoints import AgentState, GpuState, ModbusEndpoints, MqttEndpoints, ZoneState
 from sim.faults import Scenario
@@ -114,6 +115,14 @@ class PlantView:
                          round(float(p.zone_capacity_available_w()[z]) / unit_w))
 
 
+def _follow_acks(plant: Plant, server: str) -> Callable[[str, CapAck], None]:
+    """The plant takes the cap an external agent acknowledges as applied."""
+    def handle(topic: str, ack: CapAck) -> None:
+        if ack.ok and ack.enforced_w and ack.server == server:
+            plant.set_gpu_cap(server, min(ack.enforced_w))
+    return handle
+
+
 def _three(values: Any) -> tuple[float, float, float]:
     return (float(values[0]), float(values[1]), float(values[2]))
 
@@ -130,12 +139,17 @@ async def serve(
     seed: int = 0,
     ready: Callable[[dict[str, object]], None] | None = None,
     scenario: Scenario | None = None,
+    external_agents: bool = False,
 ) -> RunnerStats:
     """Serve the plant of ``config`` until cancelled (or forever).
 
     ``scenario``: faults injected at their times in plant seconds from the start (a fault given
     ``after_bring_up_s`` counts from the start too: a served plant does not know when a
     bring-up ends), with the scenario's plant overrides.
+
+    ``external_agents``: the simulator runs no node agents of its own; real ``rampguard agent``
+    processes (fake backend) answer the controller, and the plant follows the caps they
+    acknowledge as applied (``caps/ack`` with ``ok``: the lowest enforced cap of the server).
 
     The meters' registers are refreshed and the agents' and zones' telemetry published once per
     second of plant time; ``ready`` is called once everything listens, with the bound ports.
@@ -152,8 +166,15 @@ async def serve(
             bindings.modbus, view.snapshot, view.write, bind=bind, refresh_period_s=None))
         mqtt: MqttEndpoints | None = None
         if mqtt_url is not None:
+            if external_agents:
+                await stack.enter_async_context(MqttLink(
+                    MqttConfig.from_url(mqtt_url),
+                    subscriptions=[Subscription(a.topics.caps_ack, CapAck,
+                                                _follow_acks(plant, a.server), qos=1)
+                                   for a in bindings.agents]))
             mqtt = await stack.enter_async_context(MqttEndpoints(
-                MqttConfig.from_url(mqtt_url), bindings.agents, view.agent_state,
+                MqttConfig.from_url(mqtt_url), () if external_agents else bindings.agents,
+                view.agent_state,
                 view.apply_caps, zones=topo.zone_id, zone_state=view.zone_state,
                 sim_clock=lambda: (speed, plant.t_s), period_s=None))
         steps = 0
@@ -172,7 +193,9 @@ async def serve(
                 "hall": topo.name,
                 "modbus_ports": {port: modbus.bound_port(port) for port in modbus.ports},
                 "devices": len(bindings.modbus),
-                "agents": len(bindings.agents) if mqtt is not None else 0,
+                "agents": len(bindings.agents) if mqtt is not None and not external_agents
+                else 0,
+                "external_agents": external_agents,
                 "mqtt": mqtt_url,
                 "speed": speed,
             })

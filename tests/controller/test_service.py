@@ -157,3 +157,42 @@ async def test_resumes_after_sigkill_mid_ramp_without_energizing_anything_twice(
     records = _records(audit)
     assert any(r.get("kind") == "ramp" and r.get("resumed") for r in records)
     assert any(r.get("kind") == "open" for r in records[1:])  # the second run's open record
+
+
+async def test_ramps_the_rig_with_real_node_agent_processes(tmp_path: Path,
+                                                            mqtt_broker: Any) -> None:
+    """Issue 7's must-show: real `rampguard agent` processes (fake backend) instead of the
+    simulator's agents; caps confirmed by their read-back, and the plant follows them."""
+    config, _pdu, _meter = rig_on_free_ports(tmp_path, agent_prefix=_prefix())
+    sim, info = await start_sim(config, "--speed", SPEED, "--mqtt", mqtt_broker.url,
+                                "--external-agents")
+    assert info["external_agents"] is True and info["agents"] == 0
+    agents = []
+    for k in range(1, 5):
+        proc = await start_rampguard("agent", "--backend", "fake", "--config", str(config),
+                                     "--node", f"RIG-S0{k}", "--mqtt", mqtt_broker.url,
+                                     "--state-dir", str(tmp_path / "agents"))
+        assert proc.stdout is not None
+        line = json.loads(await asyncio.wait_for(proc.stdout.readline(), timeout=60))
+        assert line["event"] == "ready"
+        agents.append(proc)
+    audit = tmp_path / "audit.jsonl"
+    port = free_port()
+    run, _ = await _start_run(config, mqtt_broker.url, audit, port)
+    try:
+        await _get(port, "/ramp/start", "POST")
+        steady = await _wait_mode(port, {"STEADY"}, 60)
+        assert steady["outlets_on"] == 8
+    finally:
+        await _stop(run)
+        for proc in agents:
+            await _stop(proc)
+        await stop_sim(sim)
+    records = _records(audit)
+    caps = {r["seq"]: r for r in records
+            if r.get("kind") == "intent" and r["action"]["type"] == "set_caps"}
+    acks = [r for r in records if r.get("kind") == "result" and r["action_id"] in caps]
+    assert acks and all(a["ok"] for a in acks)
+    for a in acks:   # the agents read back exactly what was commanded
+        assert a["readback"]["enforced_w"] == [caps[a["action_id"]]["action"]["cap_w"]] * 8
+    assert {a["readback"]["server"] for a in acks} == {f"RIG-S0{k}" for k in range(1, 5)}
