@@ -84,6 +84,9 @@ F64 = npt.NDArray[np.float64]
 
 #: How long a cap command stays valid at the agent (s).
 CAP_VALID_S = 30.0
+#: Alarms per tick written out in full in the audit log, and logged.
+MAX_ALARMS_LISTED = 1000
+MAX_ALARMS_LOGGED = 5
 #: Least time between two commands of the same cap to one server (s).
 CAP_RETRY_S = 5.0
 #: Upstream node kinds whose loads are exported as metrics (not the thousands of outlets).
@@ -133,6 +136,8 @@ class Service:
         self.settings = config.controller
         self.bindings: ResolvedBindings = resolve_bindings(config, topo, source=source)
         layout = pdu_nodes(config, topo)
+        self._layout = layout
+        self._device_cfg = {cfg.key: cfg for cfg in self.bindings.modbus}
         # outlets the controller can switch: the actuators' coils
         outlet_nodes: list[int] = []
         self._outlet_addr: list[tuple[str, int]] = []       # (device key, 1-based outlet)
@@ -144,6 +149,9 @@ class Service:
                     outlet_nodes.append(node)
                     self._outlet_addr.append((cfg.key, n))
         self._outlet_of_addr = {a: k for k, a in enumerate(self._outlet_addr)}
+        self._outlets_of_device: dict[str, list[int]] = {}
+        for k, (key, _n) in enumerate(self._outlet_addr):
+            self._outlets_of_device.setdefault(key, []).append(k)
         self.ctx = CoreContext(topo, self.settings, outlet_nodes=outlet_nodes)
         # meters: which node each device's readings belong to
         self._targets = {cfg.key: meter_targets(cfg, topo, layout) for cfg in self.bindings.modbus}
@@ -200,20 +208,17 @@ class Service:
             if k is not None:
                 self._outlet_on[k] = on
                 self._outlet_seen_s[k] = now
-        cfg = self.bindings.device(key)
+        cfg = self._device_cfg[key]
         node = self.topo.node_index.get(cfg.node_id)
         if node is not None and snap.breaker_open is not None:
             self._breaker_closed[node] = not snap.breaker_open
-        layout = pdu_nodes(self.config, self.topo).get(cfg.node_id) if snap.bank_breaker_open \
-            else None
+        layout = self._layout.get(cfg.node_id) if snap.bank_breaker_open else None
         if layout is not None:
             for bank, is_open in zip(layout.banks, snap.bank_breaker_open, strict=False):
                 self._breaker_closed[bank] = not is_open
 
     def _device_lost(self, key: str) -> None:
-        for k, (dev, _n) in enumerate(self._outlet_addr):
-            if dev == key:
-                self._outlet_seen_s[k] = -math.inf
+        self._outlet_seen_s[self._outlets_of_device.get(key, [])] = -math.inf
 
     def _on_agent(self, server: int) -> Callable[[str, Any], None]:
         def handle(topic: str, p: AgentTelemetry) -> None:
@@ -459,7 +464,14 @@ class Service:
 
     # ================================================================== acting
     async def _act(self, actions: tuple[core.CoreAction, ...]) -> None:
+        alarms = [a for a in actions if isinstance(a, core.Alarm)]
+        if alarms:
+            self._alarms(alarms)
         for a in actions:
+            if isinstance(a, core.Alarm):
+                continue
+            if self._stop.is_set():
+                return  # stopping: leave the hardware as it is
             if self.state.mode == Mode.SAFE and isinstance(a, core.Energize):
                 continue
             try:
@@ -470,21 +482,32 @@ class Service:
                                        False, a.reason)
                 elif isinstance(a, core.SetCaps):
                     await self._caps(a)
-                else:
-                    self._audit_event("alarm", code=a.code, node=a.node, message=a.message,
-                                      active=a.active)
-                    log.warning("alarm %s %s: %s", a.code, "raised" if a.active else "cleared",
-                                a.message)
             except AuditWriteError as exc:
                 log.error("audit log refused a record: %s; going SAFE, nothing sent", exc)
                 self.state = core.enter_safe(self.state, f"audit log: {exc}", self.clock())
                 return
+
+    def _alarms(self, alarms: list[core.Alarm]) -> None:
+        """One audit record and at most a few log lines per tick, however many nodes raise or
+        clear an alarm at once (a dead gateway takes thousands of metered nodes with it)."""
+        listed = [{"code": a.code, "node": a.node, "active": a.active, "message": a.message}
+                  for a in alarms[:MAX_ALARMS_LISTED]]
+        self._audit_event("alarm", count=len(alarms), alarms=listed,
+                          node=alarms[0].node, code=alarms[0].code)
+        for a in alarms[:MAX_ALARMS_LOGGED]:
+            log.warning("alarm %s %s: %s", a.code, "raised" if a.active else "cleared",
+                        a.message)
+        if len(alarms) > MAX_ALARMS_LOGGED:
+            log.warning("... and %d more alarms this tick (all in the audit log up to %d)",
+                        len(alarms) - MAX_ALARMS_LOGGED, MAX_ALARMS_LISTED)
 
     async def _switch(self, outlets: npt.NDArray[np.int32], at_s: F64, on: bool,
                       reason: core.Reason) -> None:
         assert self._audit is not None
         order = np.argsort(at_s, kind="stable")
         for k in order:
+            if self._stop.is_set():
+                return
             outlet = int(outlets[k])
             delay = float(at_s[k]) - self.clock()
             if delay > 0:
@@ -524,6 +547,8 @@ class Service:
     async def _caps(self, a: core.SetCaps) -> None:
         assert self._audit is not None
         for s, cap in zip(a.servers.tolist(), a.cap_w.tolist(), strict=True):
+            if self._stop.is_set():
+                return
             self._cap_sent_s[s] = self.clock()
             server = self.topo.server_id[s]
             spec = next((x for x in self.bindings.agents if x.server == server), None)
