@@ -331,10 +331,10 @@ class Service:
                 poller = await stack.enter_async_context(ModbusPoller(
                     meter_cfgs, period_s=min(self.settings.tick_s, 1.0) / self._speed,
                     on_snapshot=self._on_snapshot, on_error=self._on_error))
-                for cfg in self.bindings.modbus:
-                    if cfg.actuator:
-                        self._actuators[cfg.key] = await stack.enter_async_context(
-                            ModbusDevice(cfg))
+                # coil writes go through the poller's own client of each device (one client
+                # per device: its requests run one at a time)
+                self._actuators = {cfg.key: poller.devices[cfg.key]
+                                   for cfg in self.bindings.modbus if cfg.actuator}
                 if link is not None:
                     self._link = await stack.enter_async_context(link)
                 self.api = await stack.enter_async_context(

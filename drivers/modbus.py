@@ -333,6 +333,7 @@ class ModbusDevice(StatefulLink):
         self._lost = asyncio.Event()
         self._attempted = asyncio.Event()     # the first connect attempt has finished
         self._supervisor: asyncio.Task[None] | None = None
+        self._closing = False
         self._last_sequence: int | None = None
         self._sequence_since_s = 0.0
         self.last_snapshot: Snapshot | None = None
@@ -352,6 +353,7 @@ class ModbusDevice(StatefulLink):
 
     async def aclose(self) -> None:
         """Stop the supervisor and close the connection (idempotent)."""
+        self._closing = True
         task, self._supervisor = self._supervisor, None
         failure = await stop_task(task)
         if self._client is not None:
@@ -378,7 +380,9 @@ class ModbusDevice(StatefulLink):
         client = self._client
         if self._start_delay_s > 0:       # a poller spreads many devices' first connects
             await asyncio.sleep(self._start_delay_s)
-        while True:
+        # the flag as well as the cancellation: on Python 3.11 the wait_for inside pymodbus's
+        # connect can swallow a cancellation that lands as its own timeout fires
+        while not self._closing:
             if self._state is LinkState.CONNECTED:
                 await self._lost.wait()          # set by _drop after a transport failure
                 self._lost.clear()
@@ -685,8 +689,11 @@ class ModbusPoller:
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         runner, self._runner = self._runner, None
         failure = await stop_task(runner)
-        for dev in self.devices.values():
-            await dev.aclose()
+        # all at once: a thousand supervisors still reconnecting would otherwise keep the loop
+        # busy while each one is stopped in turn
+        results = await asyncio.gather(*(dev.aclose() for dev in self.devices.values()),
+                                       return_exceptions=True)
+        failure = failure or next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None and exc is None:
             raise failure
 
