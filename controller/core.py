@@ -75,6 +75,15 @@ UNPROTECTED_DEADLINE_S = 60.0
 MAX_DEADLINE_S = 900.0
 #: A per-GPU cap read back within this many W of the command counts as confirmed.
 CAP_CONFIRM_TOLERANCE_W = 1.0
+#: GPUs drawing more than their enforced cap by this fraction plus these W per GPU ignore it.
+OVERDRAW_TOLERANCE_X = 0.03
+OVERDRAW_TOLERANCE_W = 5.0
+#: Thermal shedding: a zone whose inlet is this far from its hold threshold to its allowable
+#: temperature has its servers capped to their minimum (no new heat already from the hold).
+THERMAL_CAP_FRACTION = 0.5
+#: Cap changes of shedding and unthrottling move at most this fraction of the largest load
+#: step (and of the ramp limit × one tick, for raises) per tick at every ancestor that has one.
+STEP_BUDGET_FRACTION = 0.9
 
 
 class Mode(StrEnum):
@@ -149,13 +158,16 @@ class Readbacks:
 
     ``outlet_on`` (O,) bool and ``outlet_known`` (O,) bool (False: the PDU did not answer), over
     ``CoreContext.outlet_node``; ``breaker_closed`` (n,) bool (True where unknown or no
-    breaker); ``zone_inlet_c`` (Z,) °C (NaN: unknown).
+    breaker); ``zone_inlet_c`` (Z,) °C (NaN: unknown); ``node_live`` (n,) bool, optional:
+    False where a meter reads no voltage (its feed is lost: everything below it is without
+    power, and the servers' other PSUs carry all of their load); ``None``: all live.
     """
 
     outlet_on: B
     outlet_known: B
     breaker_closed: B
     zone_inlet_c: F64
+    node_live: B | None = None
 
 
 class CoreContext:
@@ -205,6 +217,20 @@ class CoreContext:
         self.depth_levels: list[I64] = [np.flatnonzero(topo.depth == d)
                                         for d in range(int(topo.depth.max(initial=0)), 0, -1)]
         self.n_outlets = int(self.outlet_node.size)
+        #: per zone, the inlet (°C) at which its servers are capped to their minimum
+        self.thermal_cap_c: F64 = topo.zone_inlet_hold_c + THERMAL_CAP_FRACTION * (
+            topo.zone_inlet_allowable_c - topo.zone_inlet_hold_c)
+        # nodes with a largest load step or a ramp limit, and their (node, server) pairs
+        step = np.asarray(topo.max_step_w, float)
+        ramp = np.asarray(topo.ramp_limit_w_per_s, float)
+        self.step_nodes: I64 = np.flatnonzero(np.isfinite(step) | np.isfinite(ramp))
+        limited = np.zeros(topo.n_nodes, bool)
+        limited[self.step_nodes] = True
+        self.step_pairs: I64 = np.flatnonzero(limited[self.below_node])
+        self.drop_budget_w: F64 = STEP_BUDGET_FRACTION * np.where(np.isfinite(step), step,
+                                                                  np.inf)
+        self.rise_budget_w: F64 = STEP_BUDGET_FRACTION * np.minimum(
+            self.drop_budget_w / STEP_BUDGET_FRACTION, ramp * settings.tick_s)
 
     def servers_below(self, node: int) -> I64:
         return self.below_server[self.below_start[node]:self.below_start[node + 1]]
@@ -258,6 +284,8 @@ class CoreState:
     hold_reasons: tuple[str, ...] = ()
     alarms_active: frozenset[str] = frozenset()
     transitions: tuple[tuple[float, str, str, str], ...] = ()
+    #: (S,) servers seen drawing above the cap their agent reports (None: none seen yet)
+    cap_overdraw: B | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> CoreState:
@@ -363,6 +391,8 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
     psu_on_s[known & ~seen_on & (psu_on_s <= now_s)
              & ~_in_grace(st, now_s, ctx.settings.meter_stale_s)] = np.inf
     open_nodes = ~rb.breaker_closed
+    if rb.node_live is not None:
+        open_nodes = open_nodes | ~rb.node_live
     powered = psu_on_s <= now_s
     if open_nodes.any():
         dead = open_nodes[ctx.anc.clip(0)].any(axis=1) & (ctx.anc >= 0).any(axis=1)
@@ -374,6 +404,8 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
     metered_unknown = store.metered & (store.node_quality != Quality.GOOD)
     unknown_since = np.where(unknown, np.minimum(st.unknown_since_s, now_s), np.inf)
     st = st.replace(unknown_since_s=unknown_since)
+    overdraw = _cap_overdraw(ctx, store)
+    st = st.replace(cap_overdraw=overdraw)
     confirmed_cap = _confirmed_caps(ctx, store, st)
     server_w, server_wc = _worst_server_w(ctx, psu_on_s, powered, confirmed_cap,
                                           st.cap_cmd_w, now_s)
@@ -403,6 +435,13 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
             actions.append(Alarm("telemetry", f"reading of {topo.node_id[back]} trusted again",
                                  topo.node_id[back], active=False))
             alarms.discard(code)
+    if rb.node_live is not None:
+        _latch_alarms(actions, alarms, "supply", ~rb.node_live & store.metered, topo.node_id,
+                      "{} reads no voltage: its feed is lost, the other PSUs carry all",
+                      "{} has supply again")
+    _latch_alarms(actions, alarms, "cap-ignored", overdraw, topo.server_id,
+                  "{} draws more than the GPU cap its agent reports: counted at full power",
+                  "{} keeps its GPU cap again")
     lost_long = metered_unknown & (now_s - unknown_since >= ctx.settings.telemetry_safe_s)
     if lost_long.any() and st.mode != Mode.SAFE:
         lost_id = topo.node_id[int(np.flatnonzero(lost_long)[0])]
@@ -411,7 +450,12 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
         st = enter_safe(st, reason, now_s)
 
     # -- 3. shedding ------------------------------------------------------------------------
-    st, shed_actions, shedding = _shed(ctx, st, store, measured_a, server_w, psu_on_s, now_s)
+    hot_zone, _ = _zone_heat(ctx, rb.zone_inlet_c)
+    _latch_alarms(actions, alarms, "thermal", hot_zone, topo.zone_id,
+                  "zone {} inlet past its thermal threshold: GPUs capped to their minimum",
+                  "zone {} inlet below its thermal threshold")
+    st, shed_actions, shedding = _shed(ctx, st, store, measured_a, server_w, psu_on_s, now_s,
+                                       rb.zone_inlet_c)
     actions.extend(shed_actions)
 
     # -- 4. ramp ------------------------------------------------------------------------------
@@ -448,6 +492,28 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
     return Decision(tuple(actions), st, worst_a, measured_a)
 
 
+def _latch_alarms(actions: list[CoreAction], alarms: set[str], code: str, on: B,
+                  names: Sequence[str], raise_msg: str, clear_msg: str) -> None:
+    """Raise an alarm ``code`` once for each index newly ``on``; clear it when it goes off.
+    ``alarms`` holds the active ones as ``code:name``."""
+    for k in np.flatnonzero(on):
+        key = f"{code}:{names[int(k)]}"
+        if key not in alarms:
+            actions.append(Alarm(code, raise_msg.format(names[int(k)]), names[int(k)]))
+            alarms.add(key)
+    prefix = f"{code}:"
+    active = [a for a in alarms if a.startswith(prefix)]
+    if active:
+        index = {n: i for i, n in enumerate(names)} if len(active) > 8 else None
+        for key in active:
+            name = key[len(prefix):]
+            i = index.get(name) if index is not None else (
+                names.index(name) if name in names else None)
+            if i is None or not on[i]:
+                actions.append(Alarm(code, clear_msg.format(name), name, active=False))
+                alarms.discard(key)
+
+
 def _in_grace(st: CoreState, now_s: float, grace_s: float) -> B:
     """PSUs commanded on less than ``grace_s`` ago: a read-back older than the command may
     still show them off, so the command is trusted (they count as on) until the grace ends."""
@@ -467,8 +533,19 @@ def _confirmed_caps(ctx: CoreContext, store: TelemetryStore, st: CoreState) -> F
     good = store.has_agent & (store.server_quality == Quality.GOOD)
     enforced = store.server_cap_w
     ok = good & np.isfinite(enforced) & np.isfinite(st.cap_cmd_w) & (
-        enforced <= st.cap_cmd_w + CAP_CONFIRM_TOLERANCE_W)
+        enforced <= st.cap_cmd_w + CAP_CONFIRM_TOLERANCE_W) & ~_cap_overdraw(ctx, store)
     return np.where(ok, enforced, np.nan)
+
+
+def _cap_overdraw(ctx: CoreContext, store: TelemetryStore) -> B:
+    """Servers whose GPUs measurably draw more than the cap their agent says is in force (an
+    agent that ignores caps still reports them): their cap is not confirmed, whatever the
+    read-back says."""
+    gpus = np.maximum(ctx.topo.server_gpus, 1)
+    per_gpu = store.server_power_w / gpus
+    with np.errstate(invalid="ignore"):
+        return (store.server_quality == Quality.GOOD) & (
+            per_gpu > store.server_cap_w * (1 + OVERDRAW_TOLERANCE_X) + OVERDRAW_TOLERANCE_W)
 
 
 def _worst_server_w(ctx: CoreContext, psu_on_s: F64, powered: B, confirmed_cap: F64,
@@ -532,7 +609,7 @@ def _background(ctx: CoreContext, meas_a: F64, model_a: F64) -> F64:
 
 # ============================================================================== shedding
 def _shed(ctx: CoreContext, st: CoreState, store: TelemetryStore, measured_a: F64,
-          server_w: F64, psu_on_s: F64, now_s: float
+          server_w: F64, psu_on_s: F64, now_s: float, zone_inlet_c: F64 | None = None
           ) -> tuple[CoreState, list[CoreAction], bool]:
     topo, pol = ctx.topo, ctx.shed
     actions: list[CoreAction] = []
@@ -543,6 +620,7 @@ def _shed(ctx: CoreContext, st: CoreState, store: TelemetryStore, measured_a: F6
     over_since = np.where(util > 1.0 + _RTOL, np.minimum(st.over_since_s, now_s), np.inf)
     gpus = topo.server_gpus.astype(float)
     cap_now = np.where(np.isfinite(shed), np.minimum(shed, st.cap_plan_w), st.cap_plan_w)
+    cap_before = cap_now.copy()
     meas_server = np.where(store.has_agent & (store.server_quality == Quality.GOOD),
                            store.server_power_w + topo.server_other_max_w, server_w)
     draw_w = np.minimum(np.maximum(meas_server, 0.0), topo.server_max_w)
@@ -576,6 +654,22 @@ def _shed(ctx: CoreContext, st: CoreState, store: TelemetryStore, measured_a: F6
                                    now_s, psu_on_s)
         if last_resort is not None:
             actions.append(last_resort)
+    # thermal: servers of a zone whose inlet is past the thermal threshold go to their minimum
+    hot_zone, cool_zone = _zone_heat(ctx, zone_inlet_c)
+    if hot_zone.any():
+        hot = hot_zone[topo.server_zone] & (server_w > 0)
+        floor = topo.server_gpu_min_cap_w
+        sel = np.flatnonzero(hot & (cap_now > floor + 0.5))
+        if sel.size:
+            cap_now[sel] = floor[sel]
+            shed[sel] = floor[sel]
+            changed[sel] = True
+            assert zone_inlet_c is not None
+            for s in sel:
+                z = int(topo.server_zone[s])
+                reasons.setdefault(int(s), Reason(
+                    "thermal", topo.zone_id[z], float(zone_inlet_c[z]), None,
+                    float(ctx.thermal_cap_c[z]), "°C"))
     # release shed caps below nodes that are back under the uncapping threshold
     shed_servers = np.flatnonzero(np.isfinite(shed) & ~changed)
     unthrottle = st.unthrottle_at_s.copy()
@@ -583,27 +677,82 @@ def _shed(ctx: CoreContext, st: CoreState, store: TelemetryStore, measured_a: F6
         rng = np.random.default_rng([st.rng_seed, st.ticks])
         worst_util = _server_max_util(ctx, util)
         lo, hi = pol.unthrottle_delay_s
-        calm = shed_servers[(worst_util[shed_servers] < pol.uncapping_threshold)
-                            & (unthrottle[shed_servers] <= now_s)]
+        quiet = (worst_util[shed_servers] < pol.uncapping_threshold) & cool_zone[
+            topo.server_zone[shed_servers]]
+        calm = shed_servers[quiet & (unthrottle[shed_servers] <= now_s)]
         if calm.size:
             step = pol.unthrottle_step_fraction * (
                 st.cap_plan_w[calm] - topo.server_gpu_min_cap_w[calm])
             new = shed[calm] + np.maximum(step, 1.0)
             done = new >= st.cap_plan_w[calm] - 1e-9
             shed[calm] = np.where(done, np.nan, new)
+            cap_now[calm] = np.where(done, st.cap_plan_w[calm], new)
             changed[calm] = True
             for s in calm:
                 reasons[int(s)] = Reason("unthrottle", None, float(worst_util[s]), None,
                                          pol.uncapping_threshold, "x")
-        waiting = shed_servers[worst_util[shed_servers] < pol.uncapping_threshold]
+        waiting = shed_servers[quiet]
         due = waiting[unthrottle[waiting] <= now_s]
         unthrottle[due] = now_s + rng.uniform(lo, hi, due.size)
+    if changed.any():
+        # no cap change of ours may make a load step (or, raising, a ramp) beyond the limits
+        sel = np.flatnonzero(changed)
+        limited = _limit_cap_change(ctx, sel, cap_before[sel], cap_now[sel], draw_w[sel])
+        slowed = limited != cap_now[sel]
+        if slowed.any():
+            shed[sel[slowed]] = limited[slowed]
     st = st.replace(shed_cap_w=shed, over_since_s=over_since, unthrottle_at_s=unthrottle)
     if changed.any():
         st, cap_actions = _command_caps(ctx, st, np.flatnonzero(changed), reasons)
         actions.extend(cap_actions)
     shedding = bool(over.any() or np.isfinite(shed).any())
     return st, actions, shedding
+
+
+def _zone_heat(ctx: CoreContext, zone_inlet_c: F64 | None) -> tuple[B, B]:
+    """Per zone: past the thermal capping threshold (hot), and below the hold threshold
+    (cool: shed caps may be released). An unknown inlet is neither."""
+    z = len(ctx.topo.zone_id)
+    if zone_inlet_c is None:
+        return np.zeros(z, bool), np.ones(z, bool)
+    with np.errstate(invalid="ignore"):
+        return (zone_inlet_c >= ctx.thermal_cap_c,
+                zone_inlet_c < ctx.topo.zone_inlet_hold_c)
+
+
+def _limit_cap_change(ctx: CoreContext, servers: I64, old_cap_w: F64, new_cap_w: F64,
+                      draw_w: F64) -> F64:
+    """Per-GPU caps between ``old_cap_w`` and ``new_cap_w`` such that, at every node with a
+    largest load step (and a ramp limit, for raises), the load the change removes or adds in
+    one tick stays within :data:`STEP_BUDGET_FRACTION` of it; servers under a node that would
+    exceed it move by the same fraction of their change."""
+    nodes = ctx.step_nodes
+    if nodes.size == 0 or servers.size == 0:
+        return new_cap_w
+    topo = ctx.topo
+    new_w = ctx.work_w(new_cap_w, servers)
+    old_w = ctx.work_w(old_cap_w, servers)
+    drop_w = np.maximum(np.minimum(draw_w, old_w) - new_w, 0.0)
+    rise_w = np.maximum(new_w - old_w, 0.0)
+    per_server_drop = np.zeros(topo.n_servers)
+    per_server_rise = np.zeros(topo.n_servers)
+    per_server_drop[servers] = drop_w
+    per_server_rise[servers] = rise_w
+    pairs = ctx.step_pairs
+    node_of, server_of = ctx.below_node[pairs], ctx.below_server[pairs]
+    n = topo.n_nodes
+    drop_node = np.bincount(node_of, weights=per_server_drop[server_of], minlength=n)
+    rise_node = np.bincount(node_of, weights=per_server_rise[server_of], minlength=n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f_node = np.minimum(np.where(drop_node > 0, ctx.drop_budget_w / drop_node, 1.0),
+                            np.where(rise_node > 0, ctx.rise_budget_w / rise_node, 1.0))
+    f_node = np.clip(f_node, 0.0, 1.0)
+    if (f_node[nodes] >= 1.0).all():
+        return new_cap_w
+    f_server = np.ones(topo.n_servers)
+    np.minimum.at(f_server, server_of, f_node[node_of])
+    f = f_server[servers]
+    return old_cap_w + f * (new_cap_w - old_cap_w)
 
 
 def _server_max_util(ctx: CoreContext, util: F64) -> F64:
@@ -696,6 +845,8 @@ def _replan(ctx: CoreContext, st: CoreState, now_s: float, background: F64 | Non
     on = st.psu_on_s <= now_s
     rel = np.where(on, np.clip(st.psu_on_s - origin, 0.0, now_rel), np.inf)
     caps = np.where(np.isfinite(st.cap_cmd_w), st.cap_cmd_w, topo.server_gpu_max_w)
+    if st.cap_overdraw is not None:
+        caps = np.where(st.cap_overdraw, topo.server_gpu_max_w, caps)
     state = PlanState(now_s=now_rel, psu_on_s=rel, cap_w=caps, background_a=background)
     result = plan(topo, "staged", state=state, context=ctx.planner)
     sched = result.schedule
@@ -737,22 +888,31 @@ def _ramp(ctx: CoreContext, st: CoreState, store: TelemetryStore, rb: Readbacks,
         st = st.replace(replan_due=True)
         due &= ~late
     cand = np.flatnonzero(due)
+    # every PSU still to go on of the servers concerned is checked: a server's PSUs go on
+    # together or not at all (one held while its partner goes on would boot the server on one
+    # feed alone, doubling the load and the ramp on that side)
+    touched = np.zeros(topo.n_servers, bool)
+    touched[topo.psu_server[cand]] = True
+    pend = np.flatnonzero(touched[topo.psu_server] & ~st.psu_commanded
+                          & ~(st.psu_on_s <= now_s) & (ctx.psu_outlet >= 0))
     # rule 5: no new load below an unknown node; outlets we cannot read back
-    bad_tel = unknown[ctx.anc.clip(0)[cand]].any(axis=1) & True
-    bad_rb = ~rb.outlet_known[ctx.psu_outlet[cand]]
+    bad_tel = unknown[ctx.anc.clip(0)[pend]].any(axis=1)
+    bad_rb = ~rb.outlet_known[ctx.psu_outlet[pend]]
     if bad_tel.any():
         holds.append("telemetry unknown")
     if bad_rb.any():
         holds.append("outlet state unknown")
     # rule 4: zone on hold (inlet above the hold threshold, or unknown)
-    zone = topo.server_zone[topo.psu_server[cand]]
+    zone = topo.server_zone[topo.psu_server[pend]]
     inlet = rb.zone_inlet_c[zone]
     hot = ~(inlet < topo.zone_inlet_hold_c[zone])
     if hot.any():
         holds.append("zone inlet at hold" if np.isfinite(inlet[hot]).all()
                      else "zone inlet unknown")
-    ok = ~(bad_tel | bad_rb | hot)
-    cand = cand[ok]
+    held = np.zeros(topo.n_servers, bool)
+    held[topo.psu_server[pend[bad_tel | bad_rb | hot]]] = True
+    held[topo.psu_server[late]] = True
+    cand = cand[~held[topo.psu_server[cand]]]
     if cand.size == 0 and ev.size == 0:
         if due.any():
             st = st.replace(full_hold=True)
@@ -795,9 +955,9 @@ def _ramp(ctx: CoreContext, st: CoreState, store: TelemetryStore, rb: Readbacks,
             idx = np.flatnonzero(under)
             order = idx[np.argsort(planned_at[accepted_cand[idx]], kind="stable")]
             drop = order[len(order) // 2:]
-            keep = np.ones(accepted_cand.size, bool)
-            keep[drop] = False
-            accepted_cand = accepted_cand[keep]
+            dropped = np.zeros(topo.n_servers, bool)
+            dropped[topo.psu_server[accepted_cand[drop]]] = True   # whole servers
+            accepted_cand = accepted_cand[~dropped[topo.psu_server[accepted_cand]]]
         elif accepted_ev.any():
             srv_anc = np.zeros(ev.size, bool)
             for j in np.flatnonzero(accepted_ev):
