@@ -187,6 +187,8 @@ class CoreContext:
         #: outlet index of every PSU (-1: the outlet is not switchable by the controller)
         self.psu_outlet: I64 = self.outlet_of_node[topo.psu_node]
         self.anc: I64 = ancestor_table(topo)                       # (K, D)
+        #: the ancestor table with its -1 padding pointing at an extra index n
+        self.anc_pad: I64 = np.where(self.anc >= 0, self.anc, topo.n_nodes)
         self.planner = planner or PlannerContext(
             topo, PlannerSettings.from_controller(settings))
         lim = topo.limit_a * (1.0 - settings.admission_margin)
@@ -231,6 +233,12 @@ class CoreContext:
                                                                   np.inf)
         self.rise_budget_w: F64 = STEP_BUDGET_FRACTION * np.minimum(
             self.drop_budget_w / STEP_BUDGET_FRACTION, ramp * settings.tick_s)
+
+    def under(self, node_mask: B, psus: I64 | None = None) -> B:
+        """Per PSU (default: all, else ``psus``), whether any node above it is in
+        ``node_mask`` (n,)."""
+        padded = np.append(node_mask, False)
+        return padded[self.anc_pad if psus is None else self.anc_pad[psus]].any(axis=1)
 
     def servers_below(self, node: int) -> I64:
         return self.below_server[self.below_start[node]:self.below_start[node + 1]]
@@ -284,6 +292,8 @@ class CoreState:
     hold_reasons: tuple[str, ...] = ()
     alarms_active: frozenset[str] = frozenset()
     transitions: tuple[tuple[float, str, str, str], ...] = ()
+    #: (S,) W per GPU: the ramp guard's cap after the bring-up (NaN or None: none)
+    guard_cap_w: F64 | None = None
     #: (S,) servers seen drawing above the cap their agent reports (None: none seen yet)
     cap_overdraw: B | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -395,7 +405,7 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
         open_nodes = open_nodes | ~rb.node_live
     powered = psu_on_s <= now_s
     if open_nodes.any():
-        dead = open_nodes[ctx.anc.clip(0)].any(axis=1) & (ctx.anc >= 0).any(axis=1)
+        dead = ctx.under(open_nodes)
         powered &= ~dead
     st = st.replace(psu_on_s=psu_on_s)
 
@@ -421,7 +431,11 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
 
     # telemetry alarms and SAFE after a long loss
     alarms = set(st.alarms_active)
-    for k in np.flatnonzero(metered_unknown):
+    # a meter that has not answered yet is not alarmed before its first reading is overdue
+    # (it holds the ramp all the same)
+    overdue = metered_unknown & ((store.node_quality != Quality.MISSING)
+                                 | (now_s - unknown_since >= ctx.settings.meter_stale_s))
+    for k in np.flatnonzero(overdue):
         node = int(k)
         code = f"telemetry:{topo.node_id[node]}"
         if code not in alarms:
@@ -458,6 +472,17 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
                                        rb.zone_inlet_c)
     actions.extend(shed_actions)
 
+    # -- 3b. ramp guard after the bring-up: GPUs far below their caps could all step up at
+    # once (a workload starting together); caps follow the load up at the ramp limit
+    if not st.ramp_active or ramp_complete(ctx, st, now_s):
+        st, guard_actions = _ramp_guard(ctx, st, store, server_w, now_s)
+        actions.extend(guard_actions)
+    elif st.guard_cap_w is not None and np.isfinite(st.guard_cap_w).any():
+        st = st.replace(guard_cap_w=None)
+        st, guard_actions = _command_caps(ctx, st, np.arange(topo.n_servers, dtype=np.int64),
+                                          {})
+        actions.extend(guard_actions)
+
     # -- 4. ramp ------------------------------------------------------------------------------
     holds: list[str] = []
     if st.ramp_active and st.full_hold and math.isfinite(st.last_tick_s):
@@ -481,7 +506,7 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
                 st = _replan(ctx, st, now_s, background)
             st, ramp_actions, ramp_holds = _ramp(ctx, st, store, rb, unknown, worst_a,
                                                  background, server_w, server_wc, powered,
-                                                 confirmed_cap, now_s)
+                                                 confirmed_cap, now_s, open_nodes)
             actions.extend(ramp_actions)
             holds.extend(ramp_holds)
     if st.ramp_active and servers_left_off(st):
@@ -709,6 +734,41 @@ def _shed(ctx: CoreContext, st: CoreState, store: TelemetryStore, measured_a: F6
     return st, actions, shedding
 
 
+def _ramp_guard(ctx: CoreContext, st: CoreState, store: TelemetryStore, server_w: F64,
+                now_s: float) -> tuple[CoreState, list[CoreAction]]:
+    """Keep the load the GPUs could add at once (their caps less what they draw) within the
+    rise budget (:data:`STEP_BUDGET_FRACTION` of the largest load step and of the ramp limit ×
+    one tick) at every node that has one: where it is not, the caps of the servers below come
+    down to what they draw plus their share of the budget, and follow the load up tick by tick.
+    Servers without a trusted agent reading are left alone (their draw is not known)."""
+    topo = ctx.topo
+    if ctx.step_nodes.size == 0:
+        return st, []
+    gpus = np.maximum(topo.server_gpus, 1).astype(float)
+    plan_cap = np.where(np.isfinite(st.shed_cap_w), np.minimum(st.shed_cap_w, st.cap_plan_w),
+                        st.cap_plan_w)
+    plan_cap = np.clip(plan_cap, topo.server_gpu_min_cap_w, topo.server_gpu_max_w)
+    draw = store.server_power_w / gpus
+    known = (store.server_quality == Quality.GOOD) & np.isfinite(draw) & (server_w > 0)
+    base = np.clip(np.where(known, draw, plan_cap), topo.server_gpu_min_cap_w, plan_cap)
+    servers = np.flatnonzero(known)
+    guard = np.full(topo.n_servers, np.nan)
+    if servers.size:
+        limited = _limit_cap_change(ctx, servers, base[servers], plan_cap[servers],
+                                    base[servers] * gpus[servers])
+        below = limited < plan_cap[servers] - 0.5
+        guard[servers[below]] = limited[below]
+    prev = st.guard_cap_w
+    if prev is None and not np.isfinite(guard).any():
+        return st, []
+    st = st.replace(guard_cap_w=guard if np.isfinite(guard).any() else None)
+    touched = np.isfinite(guard) | (np.isfinite(prev) if prev is not None else False)
+    if not np.any(touched):
+        return st, []
+    return _command_caps(ctx, st, np.flatnonzero(touched).astype(np.int64),
+                         {int(s): Reason("ramp-guard") for s in np.flatnonzero(touched)})
+
+
 def _zone_heat(ctx: CoreContext, zone_inlet_c: F64 | None) -> tuple[B, B]:
     """Per zone: past the thermal capping threshold (hot), and below the hold threshold
     (cool: shed caps may be released). An unknown inlet is neither."""
@@ -819,6 +879,9 @@ def _command_caps(ctx: CoreContext, st: CoreState, servers: I64,
     eff = np.where(np.isfinite(st.shed_cap_w[servers]),
                    np.minimum(st.shed_cap_w[servers], st.cap_plan_w[servers]),
                    st.cap_plan_w[servers])
+    if st.guard_cap_w is not None:
+        guard = st.guard_cap_w[servers]
+        eff = np.where(np.isfinite(guard), np.minimum(eff, guard), eff)
     eff = np.clip(eff, ctx.topo.server_gpu_min_cap_w[servers], ctx.topo.server_gpu_max_w[servers])
     prev = st.cap_cmd_w[servers]
     diff = ~(np.abs(eff - prev) <= 0.5)
@@ -862,7 +925,7 @@ def _replan(ctx: CoreContext, st: CoreState, now_s: float, background: F64 | Non
 
 def _ramp(ctx: CoreContext, st: CoreState, store: TelemetryStore, rb: Readbacks,
           unknown: B, worst_a: F64, background: F64, server_w: F64, server_wc: F64,
-          powered: B, confirmed_cap: F64, now_s: float
+          powered: B, confirmed_cap: F64, now_s: float, dead_nodes: B | None = None
           ) -> tuple[CoreState, list[CoreAction], list[str]]:
     topo, s = ctx.topo, ctx.settings
     actions: list[CoreAction] = []
@@ -896,8 +959,13 @@ def _ramp(ctx: CoreContext, st: CoreState, store: TelemetryStore, rb: Readbacks,
     pend = np.flatnonzero(touched[topo.psu_server] & ~st.psu_commanded
                           & ~(st.psu_on_s <= now_s) & (ctx.psu_outlet >= 0))
     # rule 5: no new load below an unknown node; outlets we cannot read back
-    bad_tel = unknown[ctx.anc.clip(0)[pend]].any(axis=1)
+    bad_tel = ctx.under(unknown, pend)
     bad_rb = ~rb.outlet_known[ctx.psu_outlet[pend]]
+    if dead_nodes is not None and dead_nodes.any():
+        no_supply = ctx.under(dead_nodes, pend)
+        if no_supply.any():
+            holds.append("supply lost")
+            bad_rb = bad_rb | no_supply
     if bad_tel.any():
         holds.append("telemetry unknown")
     if bad_rb.any():
@@ -949,7 +1017,7 @@ def _ramp(ctx: CoreContext, st: CoreState, store: TelemetryStore, rb: Readbacks,
             break
         node = int(np.flatnonzero(bad_node)[0])
         holds.append(f"headroom at {topo.node_id[node]}")
-        under = bad_node[ctx.anc.clip(0)[accepted_cand]].any(axis=1)
+        under = ctx.under(bad_node, accepted_cand)
         if under.any():
             # keep the earliest-planned half of those under a violated node
             idx = np.flatnonzero(under)
@@ -963,7 +1031,7 @@ def _ramp(ctx: CoreContext, st: CoreState, store: TelemetryStore, rb: Readbacks,
             for j in np.flatnonzero(accepted_ev):
                 psus = ctx.server_psu_order[ctx.server_psu_start[ev_servers[j]]:
                                             ctx.server_psu_start[ev_servers[j] + 1]]
-                srv_anc[j] = bad_node[ctx.anc.clip(0)[psus]].any()
+                srv_anc[j] = ctx.under(bad_node, psus).any()
             if not srv_anc.any():
                 break
             # events apply in order: keep the prefix before the first one that does not fit

@@ -110,7 +110,7 @@ class CoreStrategy:
         """False at metered nodes whose fresh reading shows no voltage on any phase (below
         :data:`DEAD_VOLTAGE_FRACTION` of the nominal line-to-neutral voltage): a lost feed."""
         live = np.ones(self.topo.n_nodes, bool)
-        fresh = obs.meter_quality == 0
+        fresh = (obs.meter_quality == 0) & np.isfinite(obs.meter_t_sample_s)
         if fresh.any():
             nodes = obs.meter_node[fresh]
             v = np.asarray(obs.meter_v_v)[fresh]
