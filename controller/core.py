@@ -238,7 +238,8 @@ class CoreContext:
         """Per PSU (default: all, else ``psus``), whether any node above it is in
         ``node_mask`` (n,)."""
         padded = np.append(node_mask, False)
-        return np.asarray(padded[self.anc_pad if psus is None else self.anc_pad[psus]].any(axis=1), bool)
+        rows = self.anc_pad if psus is None else self.anc_pad[psus]
+        return np.asarray(padded[rows].any(axis=1), bool)
 
     def servers_below(self, node: int) -> I64:
         return self.below_server[self.below_start[node]:self.below_start[node + 1]]
