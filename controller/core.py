@@ -57,6 +57,7 @@ from controller.schedule import Schedule
 from controller.telemetry import Quality, TelemetryStore
 from controller.topology import Topology
 from kernels import feed_loss_current_a, time_to_trip_s
+from kernels.aggregate import _feed_loss_current_into, _tree_current_into
 
 F64 = npt.NDArray[np.float64]
 I32 = npt.NDArray[np.int32]
@@ -219,6 +220,22 @@ class CoreContext:
         self.depth_levels: list[I64] = [np.flatnonzero(topo.depth == d)
                                         for d in range(int(topo.depth.max(initial=0)), 0, -1)]
         self.n_outlets = int(self.outlet_node.size)
+        # the topology arrays of the worst-case kernels, checked once by the checked wrapper
+        feed_loss_current_a(np.zeros(topo.n_servers), topo.server_pf, topo.psu_server,
+                            topo.psu_node, topo.psu_phase, topo.psu_feed,
+                            np.ones(topo.n_psus, bool), topo.parent_idx, topo.v_ln_v)
+        self.kernel_args = (
+            np.ascontiguousarray(topo.server_pf, np.float64),
+            np.ascontiguousarray(topo.psu_server, np.int32),
+            np.ascontiguousarray(topo.psu_node, np.int32),
+            np.ascontiguousarray(topo.psu_phase, np.int8),
+            np.ascontiguousarray(topo.psu_feed, np.int8),
+            np.ascontiguousarray(topo.parent_idx, np.int32),
+            np.ascontiguousarray(np.broadcast_to(topo.v_ln_v, (topo.n_nodes,)), np.float64))
+        self._times_key: F64 | None = None
+        self._times_val: F64 = np.zeros((0, 5))
+        #: unexplained load (A) beyond which the plan is recomputed: 2 % of the limit, >= 1 A
+        self.departure_a: F64 = np.maximum(0.02 * topo.limit_a, 1.0)
         #: per zone, the inlet (°C) at which its servers are capped to their minimum
         self.thermal_cap_c: F64 = topo.zone_inlet_hold_c + THERMAL_CAP_FRACTION * (
             topo.zone_inlet_allowable_c - topo.zone_inlet_hold_c)
@@ -233,6 +250,17 @@ class CoreContext:
                                                                   np.inf)
         self.rise_budget_w: F64 = STEP_BUDGET_FRACTION * np.minimum(
             self.drop_budget_w / STEP_BUDGET_FRACTION, ramp * settings.tick_s)
+
+    def server_times(self, psu_on_s: F64) -> F64:
+        """:func:`controller.prediction.server_times_s`, remembered for the last input (the
+        switch-on times change only when something is switched)."""
+        key = self._times_key
+        if key is not None and np.array_equal(key, psu_on_s):
+            return self._times_val
+        val = server_times_s(self.topo, psu_on_s)
+        val.setflags(write=False)
+        self._times_key, self._times_val = psu_on_s.copy(), val
+        return val
 
     def under(self, node_mask: B, psus: I64 | None = None) -> B:
         """Per PSU (default: all, else ``psus``), whether any node above it is in
@@ -548,7 +576,7 @@ def _in_grace(st: CoreState, now_s: float, grace_s: float) -> B:
 
 def _departure_a(ctx: CoreContext) -> F64:
     """Unexplained load (A) beyond which the plan is recomputed: 2 % of the limit, >= 1 A."""
-    return np.maximum(0.02 * ctx.topo.limit_a, 1.0)
+    return ctx.departure_a
 
 
 def _confirmed_caps(ctx: CoreContext, store: TelemetryStore, st: CoreState) -> F64:
@@ -585,7 +613,7 @@ def _worst_server_w(ctx: CoreContext, psu_on_s: F64, powered: B, confirmed_cap: 
     controller keeps every *single* failure survivable (docs/controller.md)."""
     topo = ctx.topo
     on_s = np.where(powered, psu_on_s, np.inf)
-    times = server_times_s(topo, np.where(np.isinf(on_s) & (on_s < 0), -1e12, on_s))
+    times = ctx.server_times(np.where(np.isinf(on_s) & (on_s < 0), -1e12, on_s))
     t_first, e4 = times[:, 0], times[:, 4]
     energized = np.isfinite(t_first)
     full = topo.server_max_w.astype(float)
@@ -601,13 +629,25 @@ def _worst_server_w(ctx: CoreContext, psu_on_s: F64, powered: B, confirmed_cap: 
 
 def _worst_currents_a(ctx: CoreContext, w_normal: F64, w_contingency: F64, alive: B) -> F64:
     """(3, n, 3) A: scenario 0 from ``w_normal``, the feed-loss scenarios from
-    ``w_contingency`` (one kernel run when they agree)."""
-    t = ctx.topo
-    args = (t.server_pf, t.psu_server, t.psu_node, t.psu_phase, t.psu_feed, alive,
-            t.parent_idx, t.v_ln_v)
-    out = feed_loss_current_a(w_contingency, *args)
-    if not np.array_equal(w_normal, w_contingency):
-        out[0] = feed_loss_current_a(w_normal, *args)[0]
+    ``w_contingency`` (scenario 0 recomputed alone when they differ).
+
+    The raw kernels run on the topology arrays checked once in :class:`CoreContext`; only the
+    per-tick inputs are checked here (finite, non-negative powers) and the output after."""
+    k = ctx.kernel_args
+    wn = np.ascontiguousarray(w_normal, np.float64)
+    wc = np.ascontiguousarray(w_contingency, np.float64)
+    al = np.ascontiguousarray(alive, np.bool_)
+    if not (np.isfinite(wc).all() and (wc >= 0).all() and np.isfinite(wn).all()
+            and (wn >= 0).all()):
+        raise ValueError("server powers must be finite and non-negative")
+    out = np.empty((3, ctx.topo.n_nodes, 3))
+    scratch_va = np.empty((ctx.topo.n_nodes, 3))
+    _feed_loss_current_into(wc, k[0], k[1], k[2], k[3], k[4], al, k[5], k[6], scratch_va,
+                            np.empty(al.shape[0], np.bool_), out)
+    if not np.array_equal(wn, wc):
+        _tree_current_into(wn, k[0], k[1], k[2], k[3], al, k[5], k[6], scratch_va, out[0])
+    if not math.isfinite(float(out.sum())):
+        raise ValueError("worst-case currents are not finite")
     return out
 
 
