@@ -479,7 +479,7 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
                                  topo.node_id[back], active=False))
             alarms.discard(code)
     if rb.node_live is not None:
-        _latch_alarms(actions, alarms, "supply", ~rb.node_live & store.metered, topo.node_id,
+        _latch_alarms(actions, alarms, "supply", ~rb.node_live, topo.node_id,
                       "{} reads no voltage: its feed is lost, the other PSUs carry all",
                       "{} has supply again")
     _latch_alarms(actions, alarms, "cap-ignored", overdraw, topo.server_id,
