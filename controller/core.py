@@ -57,6 +57,7 @@ from controller.schedule import Schedule
 from controller.telemetry import Quality, TelemetryStore
 from controller.topology import Topology
 from kernels import feed_loss_current_a, time_to_trip_s
+from kernels.aggregate import _feed_loss_current_into, _tree_current_into
 
 F64 = npt.NDArray[np.float64]
 I32 = npt.NDArray[np.int32]
@@ -75,6 +76,15 @@ UNPROTECTED_DEADLINE_S = 60.0
 MAX_DEADLINE_S = 900.0
 #: A per-GPU cap read back within this many W of the command counts as confirmed.
 CAP_CONFIRM_TOLERANCE_W = 1.0
+#: GPUs drawing more than their enforced cap by this fraction plus these W per GPU ignore it.
+OVERDRAW_TOLERANCE_X = 0.03
+OVERDRAW_TOLERANCE_W = 5.0
+#: Thermal shedding: a zone whose inlet is this far from its hold threshold to its allowable
+#: temperature has its servers capped to their minimum (no new heat already from the hold).
+THERMAL_CAP_FRACTION = 0.5
+#: Cap changes of shedding and unthrottling move at most this fraction of the largest load
+#: step (and of the ramp limit × one tick, for raises) per tick at every ancestor that has one.
+STEP_BUDGET_FRACTION = 0.9
 
 
 class Mode(StrEnum):
@@ -149,13 +159,16 @@ class Readbacks:
 
     ``outlet_on`` (O,) bool and ``outlet_known`` (O,) bool (False: the PDU did not answer), over
     ``CoreContext.outlet_node``; ``breaker_closed`` (n,) bool (True where unknown or no
-    breaker); ``zone_inlet_c`` (Z,) °C (NaN: unknown).
+    breaker); ``zone_inlet_c`` (Z,) °C (NaN: unknown); ``node_live`` (n,) bool, optional:
+    False where a meter reads no voltage (its feed is lost: everything below it is without
+    power, and the servers' other PSUs carry all of their load); ``None``: all live.
     """
 
     outlet_on: B
     outlet_known: B
     breaker_closed: B
     zone_inlet_c: F64
+    node_live: B | None = None
 
 
 class CoreContext:
@@ -175,6 +188,8 @@ class CoreContext:
         #: outlet index of every PSU (-1: the outlet is not switchable by the controller)
         self.psu_outlet: I64 = self.outlet_of_node[topo.psu_node]
         self.anc: I64 = ancestor_table(topo)                       # (K, D)
+        #: the ancestor table with its -1 padding pointing at an extra index n
+        self.anc_pad: I64 = np.where(self.anc >= 0, self.anc, topo.n_nodes)
         self.planner = planner or PlannerContext(
             topo, PlannerSettings.from_controller(settings))
         lim = topo.limit_a * (1.0 - settings.admission_margin)
@@ -205,6 +220,54 @@ class CoreContext:
         self.depth_levels: list[I64] = [np.flatnonzero(topo.depth == d)
                                         for d in range(int(topo.depth.max(initial=0)), 0, -1)]
         self.n_outlets = int(self.outlet_node.size)
+        # the topology arrays of the worst-case kernels, checked once by the checked wrapper
+        feed_loss_current_a(np.zeros(topo.n_servers), topo.server_pf, topo.psu_server,
+                            topo.psu_node, topo.psu_phase, topo.psu_feed,
+                            np.ones(topo.n_psus, bool), topo.parent_idx, topo.v_ln_v)
+        self.kernel_args = (
+            np.ascontiguousarray(topo.server_pf, np.float64),
+            np.ascontiguousarray(topo.psu_server, np.int32),
+            np.ascontiguousarray(topo.psu_node, np.int32),
+            np.ascontiguousarray(topo.psu_phase, np.int8),
+            np.ascontiguousarray(topo.psu_feed, np.int8),
+            np.ascontiguousarray(topo.parent_idx, np.int32),
+            np.ascontiguousarray(np.broadcast_to(topo.v_ln_v, (topo.n_nodes,)), np.float64))
+        self._times_key: F64 | None = None
+        self._times_val: F64 = np.zeros((0, 5))
+        #: unexplained load (A) beyond which the plan is recomputed: 2 % of the limit, >= 1 A
+        self.departure_a: F64 = np.maximum(0.02 * topo.limit_a, 1.0)
+        #: per zone, the inlet (°C) at which its servers are capped to their minimum
+        self.thermal_cap_c: F64 = topo.zone_inlet_hold_c + THERMAL_CAP_FRACTION * (
+            topo.zone_inlet_allowable_c - topo.zone_inlet_hold_c)
+        # nodes with a largest load step or a ramp limit, and their (node, server) pairs
+        step = np.asarray(topo.max_step_w, float)
+        ramp = np.asarray(topo.ramp_limit_w_per_s, float)
+        self.step_nodes: I64 = np.flatnonzero(np.isfinite(step) | np.isfinite(ramp))
+        limited = np.zeros(topo.n_nodes, bool)
+        limited[self.step_nodes] = True
+        self.step_pairs: I64 = np.flatnonzero(limited[self.below_node])
+        self.drop_budget_w: F64 = STEP_BUDGET_FRACTION * np.where(np.isfinite(step), step,
+                                                                  np.inf)
+        self.rise_budget_w: F64 = STEP_BUDGET_FRACTION * np.minimum(
+            self.drop_budget_w / STEP_BUDGET_FRACTION, ramp * settings.tick_s)
+
+    def server_times(self, psu_on_s: F64) -> F64:
+        """:func:`controller.prediction.server_times_s`, remembered for the last input (the
+        switch-on times change only when something is switched)."""
+        key = self._times_key
+        if key is not None and np.array_equal(key, psu_on_s):
+            return self._times_val
+        val = server_times_s(self.topo, psu_on_s)
+        val.setflags(write=False)
+        self._times_key, self._times_val = psu_on_s.copy(), val
+        return val
+
+    def under(self, node_mask: B, psus: I64 | None = None) -> B:
+        """Per PSU (default: all, else ``psus``), whether any node above it is in
+        ``node_mask`` (n,)."""
+        padded = np.append(node_mask, False)
+        rows = self.anc_pad if psus is None else self.anc_pad[psus]
+        return np.asarray(padded[rows].any(axis=1), bool)
 
     def servers_below(self, node: int) -> I64:
         return self.below_server[self.below_start[node]:self.below_start[node + 1]]
@@ -258,6 +321,10 @@ class CoreState:
     hold_reasons: tuple[str, ...] = ()
     alarms_active: frozenset[str] = frozenset()
     transitions: tuple[tuple[float, str, str, str], ...] = ()
+    #: (S,) W per GPU: the ramp guard's cap after the bring-up (NaN or None: none)
+    guard_cap_w: F64 | None = None
+    #: (S,) servers seen drawing above the cap their agent reports (None: none seen yet)
+    cap_overdraw: B | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> CoreState:
@@ -363,9 +430,11 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
     psu_on_s[known & ~seen_on & (psu_on_s <= now_s)
              & ~_in_grace(st, now_s, ctx.settings.meter_stale_s)] = np.inf
     open_nodes = ~rb.breaker_closed
+    if rb.node_live is not None:
+        open_nodes = open_nodes | ~rb.node_live
     powered = psu_on_s <= now_s
     if open_nodes.any():
-        dead = open_nodes[ctx.anc.clip(0)].any(axis=1) & (ctx.anc >= 0).any(axis=1)
+        dead = ctx.under(open_nodes)
         powered &= ~dead
     st = st.replace(psu_on_s=psu_on_s)
 
@@ -374,6 +443,8 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
     metered_unknown = store.metered & (store.node_quality != Quality.GOOD)
     unknown_since = np.where(unknown, np.minimum(st.unknown_since_s, now_s), np.inf)
     st = st.replace(unknown_since_s=unknown_since)
+    overdraw = _cap_overdraw(ctx, store)
+    st = st.replace(cap_overdraw=overdraw)
     confirmed_cap = _confirmed_caps(ctx, store, st)
     server_w, server_wc = _worst_server_w(ctx, psu_on_s, powered, confirmed_cap,
                                           st.cap_cmd_w, now_s)
@@ -389,7 +460,11 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
 
     # telemetry alarms and SAFE after a long loss
     alarms = set(st.alarms_active)
-    for k in np.flatnonzero(metered_unknown):
+    # a meter that has not answered yet is not alarmed before its first reading is overdue
+    # (it holds the ramp all the same)
+    overdue = metered_unknown & ((store.node_quality != Quality.MISSING)
+                                 | (now_s - unknown_since >= ctx.settings.meter_stale_s))
+    for k in np.flatnonzero(overdue):
         node = int(k)
         code = f"telemetry:{topo.node_id[node]}"
         if code not in alarms:
@@ -403,6 +478,13 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
             actions.append(Alarm("telemetry", f"reading of {topo.node_id[back]} trusted again",
                                  topo.node_id[back], active=False))
             alarms.discard(code)
+    if rb.node_live is not None:
+        _latch_alarms(actions, alarms, "supply", ~rb.node_live, topo.node_id,
+                      "{} reads no voltage: its feed is lost, the other PSUs carry all",
+                      "{} has supply again")
+    _latch_alarms(actions, alarms, "cap-ignored", overdraw, topo.server_id,
+                  "{} draws more than the GPU cap its agent reports: counted at full power",
+                  "{} keeps its GPU cap again")
     lost_long = metered_unknown & (now_s - unknown_since >= ctx.settings.telemetry_safe_s)
     if lost_long.any() and st.mode != Mode.SAFE:
         lost_id = topo.node_id[int(np.flatnonzero(lost_long)[0])]
@@ -411,8 +493,24 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
         st = enter_safe(st, reason, now_s)
 
     # -- 3. shedding ------------------------------------------------------------------------
-    st, shed_actions, shedding = _shed(ctx, st, store, measured_a, server_w, psu_on_s, now_s)
+    hot_zone, _ = _zone_heat(ctx, rb.zone_inlet_c)
+    _latch_alarms(actions, alarms, "thermal", hot_zone, topo.zone_id,
+                  "zone {} inlet past its thermal threshold: GPUs capped to their minimum",
+                  "zone {} inlet below its thermal threshold")
+    st, shed_actions, shedding = _shed(ctx, st, store, measured_a, server_w, psu_on_s, now_s,
+                                       rb.zone_inlet_c)
     actions.extend(shed_actions)
+
+    # -- 3b. ramp guard after the bring-up: GPUs far below their caps could all step up at
+    # once (a workload starting together); caps follow the load up at the ramp limit
+    if not st.ramp_active or ramp_complete(ctx, st, now_s):
+        st, guard_actions = _ramp_guard(ctx, st, store, server_w, now_s)
+        actions.extend(guard_actions)
+    elif st.guard_cap_w is not None and np.isfinite(st.guard_cap_w).any():
+        st = st.replace(guard_cap_w=None)
+        st, guard_actions = _command_caps(ctx, st, np.arange(topo.n_servers, dtype=np.int64),
+                                          {})
+        actions.extend(guard_actions)
 
     # -- 4. ramp ------------------------------------------------------------------------------
     holds: list[str] = []
@@ -437,7 +535,7 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
                 st = _replan(ctx, st, now_s, background)
             st, ramp_actions, ramp_holds = _ramp(ctx, st, store, rb, unknown, worst_a,
                                                  background, server_w, server_wc, powered,
-                                                 confirmed_cap, now_s)
+                                                 confirmed_cap, now_s, open_nodes)
             actions.extend(ramp_actions)
             holds.extend(ramp_holds)
     if st.ramp_active and servers_left_off(st):
@@ -448,6 +546,28 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
     return Decision(tuple(actions), st, worst_a, measured_a)
 
 
+def _latch_alarms(actions: list[CoreAction], alarms: set[str], code: str, on: B,
+                  names: Sequence[str], raise_msg: str, clear_msg: str) -> None:
+    """Raise an alarm ``code`` once for each index newly ``on``; clear it when it goes off.
+    ``alarms`` holds the active ones as ``code:name``."""
+    for k in np.flatnonzero(on):
+        key = f"{code}:{names[int(k)]}"
+        if key not in alarms:
+            actions.append(Alarm(code, raise_msg.format(names[int(k)]), names[int(k)]))
+            alarms.add(key)
+    prefix = f"{code}:"
+    active = [a for a in alarms if a.startswith(prefix)]
+    if active:
+        index = {n: i for i, n in enumerate(names)} if len(active) > 8 else None
+        for key in active:
+            name = key[len(prefix):]
+            i = index.get(name) if index is not None else (
+                names.index(name) if name in names else None)
+            if i is None or not on[i]:
+                actions.append(Alarm(code, clear_msg.format(name), name, active=False))
+                alarms.discard(key)
+
+
 def _in_grace(st: CoreState, now_s: float, grace_s: float) -> B:
     """PSUs commanded on less than ``grace_s`` ago: a read-back older than the command may
     still show them off, so the command is trusted (they count as on) until the grace ends."""
@@ -456,7 +576,7 @@ def _in_grace(st: CoreState, now_s: float, grace_s: float) -> B:
 
 def _departure_a(ctx: CoreContext) -> F64:
     """Unexplained load (A) beyond which the plan is recomputed: 2 % of the limit, >= 1 A."""
-    return np.maximum(0.02 * ctx.topo.limit_a, 1.0)
+    return ctx.departure_a
 
 
 def _confirmed_caps(ctx: CoreContext, store: TelemetryStore, st: CoreState) -> F64:
@@ -467,8 +587,19 @@ def _confirmed_caps(ctx: CoreContext, store: TelemetryStore, st: CoreState) -> F
     good = store.has_agent & (store.server_quality == Quality.GOOD)
     enforced = store.server_cap_w
     ok = good & np.isfinite(enforced) & np.isfinite(st.cap_cmd_w) & (
-        enforced <= st.cap_cmd_w + CAP_CONFIRM_TOLERANCE_W)
+        enforced <= st.cap_cmd_w + CAP_CONFIRM_TOLERANCE_W) & ~_cap_overdraw(ctx, store)
     return np.where(ok, enforced, np.nan)
+
+
+def _cap_overdraw(ctx: CoreContext, store: TelemetryStore) -> B:
+    """Servers whose GPUs measurably draw more than the cap their agent says is in force (an
+    agent that ignores caps still reports them): their cap is not confirmed, whatever the
+    read-back says."""
+    gpus = np.maximum(ctx.topo.server_gpus, 1)
+    per_gpu = store.server_power_w / gpus
+    with np.errstate(invalid="ignore"):
+        return (store.server_quality == Quality.GOOD) & (
+            per_gpu > store.server_cap_w * (1 + OVERDRAW_TOLERANCE_X) + OVERDRAW_TOLERANCE_W)
 
 
 def _worst_server_w(ctx: CoreContext, psu_on_s: F64, powered: B, confirmed_cap: F64,
@@ -482,7 +613,7 @@ def _worst_server_w(ctx: CoreContext, psu_on_s: F64, powered: B, confirmed_cap: 
     controller keeps every *single* failure survivable (docs/controller.md)."""
     topo = ctx.topo
     on_s = np.where(powered, psu_on_s, np.inf)
-    times = server_times_s(topo, np.where(np.isinf(on_s) & (on_s < 0), -1e12, on_s))
+    times = ctx.server_times(np.where(np.isinf(on_s) & (on_s < 0), -1e12, on_s))
     t_first, e4 = times[:, 0], times[:, 4]
     energized = np.isfinite(t_first)
     full = topo.server_max_w.astype(float)
@@ -498,13 +629,25 @@ def _worst_server_w(ctx: CoreContext, psu_on_s: F64, powered: B, confirmed_cap: 
 
 def _worst_currents_a(ctx: CoreContext, w_normal: F64, w_contingency: F64, alive: B) -> F64:
     """(3, n, 3) A: scenario 0 from ``w_normal``, the feed-loss scenarios from
-    ``w_contingency`` (one kernel run when they agree)."""
-    t = ctx.topo
-    args = (t.server_pf, t.psu_server, t.psu_node, t.psu_phase, t.psu_feed, alive,
-            t.parent_idx, t.v_ln_v)
-    out = feed_loss_current_a(w_contingency, *args)
-    if not np.array_equal(w_normal, w_contingency):
-        out[0] = feed_loss_current_a(w_normal, *args)[0]
+    ``w_contingency`` (scenario 0 recomputed alone when they differ).
+
+    The raw kernels run on the topology arrays checked once in :class:`CoreContext`; only the
+    per-tick inputs are checked here (finite, non-negative powers) and the output after."""
+    k = ctx.kernel_args
+    wn = np.ascontiguousarray(w_normal, np.float64)
+    wc = np.ascontiguousarray(w_contingency, np.float64)
+    al = np.ascontiguousarray(alive, np.bool_)
+    if not (np.isfinite(wc).all() and (wc >= 0).all() and np.isfinite(wn).all()
+            and (wn >= 0).all()):
+        raise ValueError("server powers must be finite and non-negative")
+    out = np.empty((3, ctx.topo.n_nodes, 3))
+    scratch_va = np.empty((ctx.topo.n_nodes, 3))
+    _feed_loss_current_into(wc, k[0], k[1], k[2], k[3], k[4], al, k[5], k[6], scratch_va,
+                            np.empty(al.shape[0], np.bool_), out)
+    if not np.array_equal(wn, wc):
+        _tree_current_into(wn, k[0], k[1], k[2], k[3], al, k[5], k[6], scratch_va, out[0])
+    if not math.isfinite(float(out.sum())):
+        raise ValueError("worst-case currents are not finite")
     return out
 
 
@@ -532,7 +675,7 @@ def _background(ctx: CoreContext, meas_a: F64, model_a: F64) -> F64:
 
 # ============================================================================== shedding
 def _shed(ctx: CoreContext, st: CoreState, store: TelemetryStore, measured_a: F64,
-          server_w: F64, psu_on_s: F64, now_s: float
+          server_w: F64, psu_on_s: F64, now_s: float, zone_inlet_c: F64 | None = None
           ) -> tuple[CoreState, list[CoreAction], bool]:
     topo, pol = ctx.topo, ctx.shed
     actions: list[CoreAction] = []
@@ -543,6 +686,7 @@ def _shed(ctx: CoreContext, st: CoreState, store: TelemetryStore, measured_a: F6
     over_since = np.where(util > 1.0 + _RTOL, np.minimum(st.over_since_s, now_s), np.inf)
     gpus = topo.server_gpus.astype(float)
     cap_now = np.where(np.isfinite(shed), np.minimum(shed, st.cap_plan_w), st.cap_plan_w)
+    cap_before = cap_now.copy()
     meas_server = np.where(store.has_agent & (store.server_quality == Quality.GOOD),
                            store.server_power_w + topo.server_other_max_w, server_w)
     draw_w = np.minimum(np.maximum(meas_server, 0.0), topo.server_max_w)
@@ -576,6 +720,22 @@ def _shed(ctx: CoreContext, st: CoreState, store: TelemetryStore, measured_a: F6
                                    now_s, psu_on_s)
         if last_resort is not None:
             actions.append(last_resort)
+    # thermal: servers of a zone whose inlet is past the thermal threshold go to their minimum
+    hot_zone, cool_zone = _zone_heat(ctx, zone_inlet_c)
+    if hot_zone.any():
+        hot = hot_zone[topo.server_zone] & (server_w > 0)
+        floor = topo.server_gpu_min_cap_w
+        sel = np.flatnonzero(hot & (cap_now > floor + 0.5))
+        if sel.size:
+            cap_now[sel] = floor[sel]
+            shed[sel] = floor[sel]
+            changed[sel] = True
+            assert zone_inlet_c is not None
+            for s in sel:
+                z = int(topo.server_zone[s])
+                reasons.setdefault(int(s), Reason(
+                    "thermal", topo.zone_id[z], float(zone_inlet_c[z]), None,
+                    float(ctx.thermal_cap_c[z]), "°C"))
     # release shed caps below nodes that are back under the uncapping threshold
     shed_servers = np.flatnonzero(np.isfinite(shed) & ~changed)
     unthrottle = st.unthrottle_at_s.copy()
@@ -583,27 +743,117 @@ def _shed(ctx: CoreContext, st: CoreState, store: TelemetryStore, measured_a: F6
         rng = np.random.default_rng([st.rng_seed, st.ticks])
         worst_util = _server_max_util(ctx, util)
         lo, hi = pol.unthrottle_delay_s
-        calm = shed_servers[(worst_util[shed_servers] < pol.uncapping_threshold)
-                            & (unthrottle[shed_servers] <= now_s)]
+        quiet = (worst_util[shed_servers] < pol.uncapping_threshold) & cool_zone[
+            topo.server_zone[shed_servers]]
+        calm = shed_servers[quiet & (unthrottle[shed_servers] <= now_s)]
         if calm.size:
             step = pol.unthrottle_step_fraction * (
                 st.cap_plan_w[calm] - topo.server_gpu_min_cap_w[calm])
             new = shed[calm] + np.maximum(step, 1.0)
             done = new >= st.cap_plan_w[calm] - 1e-9
             shed[calm] = np.where(done, np.nan, new)
+            cap_now[calm] = np.where(done, st.cap_plan_w[calm], new)
             changed[calm] = True
             for s in calm:
                 reasons[int(s)] = Reason("unthrottle", None, float(worst_util[s]), None,
                                          pol.uncapping_threshold, "x")
-        waiting = shed_servers[worst_util[shed_servers] < pol.uncapping_threshold]
+        waiting = shed_servers[quiet]
         due = waiting[unthrottle[waiting] <= now_s]
         unthrottle[due] = now_s + rng.uniform(lo, hi, due.size)
+    if changed.any():
+        # no cap change of ours may make a load step (or, raising, a ramp) beyond the limits
+        sel = np.flatnonzero(changed)
+        limited = _limit_cap_change(ctx, sel, cap_before[sel], cap_now[sel], draw_w[sel])
+        slowed = limited != cap_now[sel]
+        if slowed.any():
+            shed[sel[slowed]] = limited[slowed]
     st = st.replace(shed_cap_w=shed, over_since_s=over_since, unthrottle_at_s=unthrottle)
     if changed.any():
         st, cap_actions = _command_caps(ctx, st, np.flatnonzero(changed), reasons)
         actions.extend(cap_actions)
     shedding = bool(over.any() or np.isfinite(shed).any())
     return st, actions, shedding
+
+
+def _ramp_guard(ctx: CoreContext, st: CoreState, store: TelemetryStore, server_w: F64,
+                now_s: float) -> tuple[CoreState, list[CoreAction]]:
+    """Keep the load the GPUs could add at once (their caps less what they draw) within the
+    rise budget (:data:`STEP_BUDGET_FRACTION` of the largest load step and of the ramp limit ×
+    one tick) at every node that has one: where it is not, the caps of the servers below come
+    down to what they draw plus their share of the budget, and follow the load up tick by tick.
+    Servers without a trusted agent reading are left alone (their draw is not known)."""
+    topo = ctx.topo
+    if ctx.step_nodes.size == 0:
+        return st, []
+    gpus = np.maximum(topo.server_gpus, 1).astype(float)
+    plan_cap = np.where(np.isfinite(st.shed_cap_w), np.minimum(st.shed_cap_w, st.cap_plan_w),
+                        st.cap_plan_w)
+    plan_cap = np.clip(plan_cap, topo.server_gpu_min_cap_w, topo.server_gpu_max_w)
+    draw = store.server_power_w / gpus
+    known = (store.server_quality == Quality.GOOD) & np.isfinite(draw) & (server_w > 0)
+    base = np.clip(np.where(known, draw, plan_cap), topo.server_gpu_min_cap_w, plan_cap)
+    servers = np.flatnonzero(known)
+    guard = np.full(topo.n_servers, np.nan)
+    if servers.size:
+        limited = _limit_cap_change(ctx, servers, base[servers], plan_cap[servers],
+                                    base[servers] * gpus[servers])
+        below = limited < plan_cap[servers] - 0.5
+        guard[servers[below]] = limited[below]
+    prev = st.guard_cap_w
+    if prev is None and not np.isfinite(guard).any():
+        return st, []
+    st = st.replace(guard_cap_w=guard if np.isfinite(guard).any() else None)
+    touched = np.isfinite(guard) | (np.isfinite(prev) if prev is not None else False)
+    if not np.any(touched):
+        return st, []
+    return _command_caps(ctx, st, np.flatnonzero(touched).astype(np.int64),
+                         {int(s): Reason("ramp-guard") for s in np.flatnonzero(touched)})
+
+
+def _zone_heat(ctx: CoreContext, zone_inlet_c: F64 | None) -> tuple[B, B]:
+    """Per zone: past the thermal capping threshold (hot), and below the hold threshold
+    (cool: shed caps may be released). An unknown inlet is neither."""
+    z = len(ctx.topo.zone_id)
+    if zone_inlet_c is None:
+        return np.zeros(z, bool), np.ones(z, bool)
+    with np.errstate(invalid="ignore"):
+        return (zone_inlet_c >= ctx.thermal_cap_c,
+                zone_inlet_c < ctx.topo.zone_inlet_hold_c)
+
+
+def _limit_cap_change(ctx: CoreContext, servers: I64, old_cap_w: F64, new_cap_w: F64,
+                      draw_w: F64) -> F64:
+    """Per-GPU caps between ``old_cap_w`` and ``new_cap_w`` such that, at every node with a
+    largest load step (and a ramp limit, for raises), the load the change removes or adds in
+    one tick stays within :data:`STEP_BUDGET_FRACTION` of it; servers under a node that would
+    exceed it move by the same fraction of their change."""
+    nodes = ctx.step_nodes
+    if nodes.size == 0 or servers.size == 0:
+        return new_cap_w
+    topo = ctx.topo
+    new_w = ctx.work_w(new_cap_w, servers)
+    old_w = ctx.work_w(old_cap_w, servers)
+    drop_w = np.maximum(np.minimum(draw_w, old_w) - new_w, 0.0)
+    rise_w = np.maximum(new_w - old_w, 0.0)
+    per_server_drop = np.zeros(topo.n_servers)
+    per_server_rise = np.zeros(topo.n_servers)
+    per_server_drop[servers] = drop_w
+    per_server_rise[servers] = rise_w
+    pairs = ctx.step_pairs
+    node_of, server_of = ctx.below_node[pairs], ctx.below_server[pairs]
+    n = topo.n_nodes
+    drop_node = np.bincount(node_of, weights=per_server_drop[server_of], minlength=n)
+    rise_node = np.bincount(node_of, weights=per_server_rise[server_of], minlength=n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f_node = np.minimum(np.where(drop_node > 0, ctx.drop_budget_w / drop_node, 1.0),
+                            np.where(rise_node > 0, ctx.rise_budget_w / rise_node, 1.0))
+    f_node = np.clip(f_node, 0.0, 1.0)
+    if (f_node[nodes] >= 1.0).all():
+        return new_cap_w
+    f_server = np.ones(topo.n_servers)
+    np.minimum.at(f_server, server_of, f_node[node_of])
+    f = f_server[servers]
+    return old_cap_w + f * (new_cap_w - old_cap_w)
 
 
 def _server_max_util(ctx: CoreContext, util: F64) -> F64:
@@ -670,6 +920,9 @@ def _command_caps(ctx: CoreContext, st: CoreState, servers: I64,
     eff = np.where(np.isfinite(st.shed_cap_w[servers]),
                    np.minimum(st.shed_cap_w[servers], st.cap_plan_w[servers]),
                    st.cap_plan_w[servers])
+    if st.guard_cap_w is not None:
+        guard = st.guard_cap_w[servers]
+        eff = np.where(np.isfinite(guard), np.minimum(eff, guard), eff)
     eff = np.clip(eff, ctx.topo.server_gpu_min_cap_w[servers], ctx.topo.server_gpu_max_w[servers])
     prev = st.cap_cmd_w[servers]
     diff = ~(np.abs(eff - prev) <= 0.5)
@@ -696,6 +949,8 @@ def _replan(ctx: CoreContext, st: CoreState, now_s: float, background: F64 | Non
     on = st.psu_on_s <= now_s
     rel = np.where(on, np.clip(st.psu_on_s - origin, 0.0, now_rel), np.inf)
     caps = np.where(np.isfinite(st.cap_cmd_w), st.cap_cmd_w, topo.server_gpu_max_w)
+    if st.cap_overdraw is not None:
+        caps = np.where(st.cap_overdraw, topo.server_gpu_max_w, caps)
     state = PlanState(now_s=now_rel, psu_on_s=rel, cap_w=caps, background_a=background)
     result = plan(topo, "staged", state=state, context=ctx.planner)
     sched = result.schedule
@@ -711,7 +966,7 @@ def _replan(ctx: CoreContext, st: CoreState, now_s: float, background: F64 | Non
 
 def _ramp(ctx: CoreContext, st: CoreState, store: TelemetryStore, rb: Readbacks,
           unknown: B, worst_a: F64, background: F64, server_w: F64, server_wc: F64,
-          powered: B, confirmed_cap: F64, now_s: float
+          powered: B, confirmed_cap: F64, now_s: float, dead_nodes: B | None = None
           ) -> tuple[CoreState, list[CoreAction], list[str]]:
     topo, s = ctx.topo, ctx.settings
     actions: list[CoreAction] = []
@@ -737,22 +992,36 @@ def _ramp(ctx: CoreContext, st: CoreState, store: TelemetryStore, rb: Readbacks,
         st = st.replace(replan_due=True)
         due &= ~late
     cand = np.flatnonzero(due)
+    # every PSU still to go on of the servers concerned is checked: a server's PSUs go on
+    # together or not at all (one held while its partner goes on would boot the server on one
+    # feed alone, doubling the load and the ramp on that side)
+    touched = np.zeros(topo.n_servers, bool)
+    touched[topo.psu_server[cand]] = True
+    pend = np.flatnonzero(touched[topo.psu_server] & ~st.psu_commanded
+                          & ~(st.psu_on_s <= now_s) & (ctx.psu_outlet >= 0))
     # rule 5: no new load below an unknown node; outlets we cannot read back
-    bad_tel = unknown[ctx.anc.clip(0)[cand]].any(axis=1) & True
-    bad_rb = ~rb.outlet_known[ctx.psu_outlet[cand]]
+    bad_tel = ctx.under(unknown, pend)
+    bad_rb = ~rb.outlet_known[ctx.psu_outlet[pend]]
+    if dead_nodes is not None and dead_nodes.any():
+        no_supply = ctx.under(dead_nodes, pend)
+        if no_supply.any():
+            holds.append("supply lost")
+            bad_rb = bad_rb | no_supply
     if bad_tel.any():
         holds.append("telemetry unknown")
     if bad_rb.any():
         holds.append("outlet state unknown")
     # rule 4: zone on hold (inlet above the hold threshold, or unknown)
-    zone = topo.server_zone[topo.psu_server[cand]]
+    zone = topo.server_zone[topo.psu_server[pend]]
     inlet = rb.zone_inlet_c[zone]
     hot = ~(inlet < topo.zone_inlet_hold_c[zone])
     if hot.any():
         holds.append("zone inlet at hold" if np.isfinite(inlet[hot]).all()
                      else "zone inlet unknown")
-    ok = ~(bad_tel | bad_rb | hot)
-    cand = cand[ok]
+    held = np.zeros(topo.n_servers, bool)
+    held[topo.psu_server[pend[bad_tel | bad_rb | hot]]] = True
+    held[topo.psu_server[late]] = True
+    cand = cand[~held[topo.psu_server[cand]]]
     if cand.size == 0 and ev.size == 0:
         if due.any():
             st = st.replace(full_hold=True)
@@ -789,21 +1058,21 @@ def _ramp(ctx: CoreContext, st: CoreState, store: TelemetryStore, rb: Readbacks,
             break
         node = int(np.flatnonzero(bad_node)[0])
         holds.append(f"headroom at {topo.node_id[node]}")
-        under = bad_node[ctx.anc.clip(0)[accepted_cand]].any(axis=1)
+        under = ctx.under(bad_node, accepted_cand)
         if under.any():
             # keep the earliest-planned half of those under a violated node
             idx = np.flatnonzero(under)
             order = idx[np.argsort(planned_at[accepted_cand[idx]], kind="stable")]
             drop = order[len(order) // 2:]
-            keep = np.ones(accepted_cand.size, bool)
-            keep[drop] = False
-            accepted_cand = accepted_cand[keep]
+            dropped = np.zeros(topo.n_servers, bool)
+            dropped[topo.psu_server[accepted_cand[drop]]] = True   # whole servers
+            accepted_cand = accepted_cand[~dropped[topo.psu_server[accepted_cand]]]
         elif accepted_ev.any():
             srv_anc = np.zeros(ev.size, bool)
             for j in np.flatnonzero(accepted_ev):
                 psus = ctx.server_psu_order[ctx.server_psu_start[ev_servers[j]]:
                                             ctx.server_psu_start[ev_servers[j] + 1]]
-                srv_anc[j] = bad_node[ctx.anc.clip(0)[psus]].any()
+                srv_anc[j] = ctx.under(bad_node, psus).any()
             if not srv_anc.any():
                 break
             # events apply in order: keep the prefix before the first one that does not fit

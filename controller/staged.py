@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 F64 = npt.NDArray[np.float64]
 
+#: A meter reading below this fraction of the nominal voltage on every phase: no supply.
+DEAD_VOLTAGE_FRACTION = 0.5
+
 
 class CoreStrategy:
     """The closed-loop controller as a dry-run strategy (``--strategy staged``)."""
@@ -100,7 +103,23 @@ class CoreStrategy:
         closed[obs.breaker_node] = obs.breaker_closed
         return Readbacks(outlet_on=np.asarray(obs.outlet_on, bool),
                          outlet_known=np.asarray(obs.outlet_reachable, bool),
-                         breaker_closed=closed, zone_inlet_c=np.asarray(obs.zone_inlet_c))
+                         breaker_closed=closed, zone_inlet_c=np.asarray(obs.zone_inlet_c),
+                         node_live=self._live(obs))
+
+    def _live(self, obs: Observation) -> npt.NDArray[np.bool_]:
+        """False at metered nodes whose fresh reading shows no voltage on any phase (below
+        :data:`DEAD_VOLTAGE_FRACTION` of the nominal line-to-neutral voltage): a lost feed."""
+        live = np.ones(self.topo.n_nodes, bool)
+        fresh = (obs.meter_quality == 0) & np.isfinite(obs.meter_t_sample_s)
+        if fresh.any():
+            nodes = obs.meter_node[fresh]
+            v = np.asarray(obs.meter_v_v)[fresh]
+            nominal = np.asarray(self.topo.v_ln_v)[nodes]
+            with np.errstate(invalid="ignore"):
+                dead = np.nanmax(np.where(np.isfinite(v), v, 0.0), axis=1) < (
+                    DEAD_VOLTAGE_FRACTION * nominal)
+            live[nodes[dead]] = False
+        return live
 
     # -- core actions → plant actions -------------------------------------------------------------
     def _to_plant(self, actions: Sequence[core.CoreAction], t_s: float) -> list[Action]:
