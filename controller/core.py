@@ -70,6 +70,8 @@ _RTOL = 1e-9
 #: reading plus this many A (class 1 meters, 3σ of the simulator's default noise, quantization).
 METER_TOLERANCE_X = 0.02
 METER_TOLERANCE_A = 0.5
+#: A meter reading below this fraction of the nominal voltage on every phase: no supply.
+DEAD_VOLTAGE_FRACTION = 0.5
 #: Shed deadline of an overloaded node without a breaker of its own (UPS, PDU inlet), and the
 #: longest deadline (an overload the trip curve would carry for ever); as the simulator's.
 UNPROTECTED_DEADLINE_S = 60.0

@@ -54,7 +54,13 @@ from controller.bindings import (
     resolve_bindings,
     target_currents,
 )
-from controller.core import CoreContext, CoreState, Mode, Readbacks
+from controller.core import (
+    DEAD_VOLTAGE_FRACTION,
+    CoreContext,
+    CoreState,
+    Mode,
+    Readbacks,
+)
 from controller.errors import AuditWriteError
 from controller.metrics import ServiceMetrics
 from controller.model import HallConfig
@@ -170,6 +176,7 @@ class Service:
         self._outlet_on = np.zeros(n_out, bool)
         self._outlet_seen_s = np.full(n_out, -math.inf)
         self._breaker_closed = np.ones(topo.n_nodes, bool)
+        self._node_live = np.ones(topo.n_nodes, bool)
         self._zone_inlet_c = np.full(len(topo.zone_id), math.nan)
         self._zone_t_s = np.full(len(topo.zone_id), -math.inf)
         self._pending: list[Callable[[], object]] = []
@@ -210,6 +217,13 @@ class Service:
                 self._outlet_seen_s[k] = now
         cfg = self._device_cfg[key]
         node = self.topo.node_index.get(cfg.node_id)
+        if node is not None and snap.quality.value == 0 and "voltage_l1" in snap:
+            # a lost feed shows as no voltage on any phase (as in the dry run)
+            volts = [snap[n].value for n in ("voltage_l1", "voltage_l2", "voltage_l3")
+                     if n in snap]
+            nominal = float(self.topo.v_ln_v[node])
+            self._node_live[node] = max(volts, default=nominal) >= (
+                DEAD_VOLTAGE_FRACTION * nominal)
         if node is not None and snap.breaker_open is not None:
             self._breaker_closed[node] = not snap.breaker_open
         layout = self._layout.get(cfg.node_id) if snap.bank_breaker_open else None
@@ -404,7 +418,8 @@ class Service:
         known = now - self._outlet_seen_s <= self.settings.meter_stale_s
         inlet = np.where(now - self._zone_t_s <= self.settings.meter_stale_s,
                          self._zone_inlet_c, math.nan)
-        return Readbacks(self._outlet_on.copy(), known, self._breaker_closed.copy(), inlet)
+        return Readbacks(self._outlet_on.copy(), known, self._breaker_closed.copy(), inlet,
+                         node_live=self._node_live.copy())
 
     async def tick(self) -> None:
         """One control step: drain, refresh, decide (off the loop), act."""

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller import core
-from controller.core import CoreContext, CoreState, Readbacks
+from controller.core import DEAD_VOLTAGE_FRACTION, CoreContext, CoreState, Readbacks
 from controller.model import HallConfig
 from controller.planner import plan
 from controller.telemetry import TelemetryStore
@@ -29,8 +29,6 @@ log = logging.getLogger(__name__)
 
 F64 = npt.NDArray[np.float64]
 
-#: A meter reading below this fraction of the nominal voltage on every phase: no supply.
-DEAD_VOLTAGE_FRACTION = 0.5
 
 
 class CoreStrategy:
