@@ -403,9 +403,20 @@ def _plan_staged_into(
         # 0: servers already on; 1: switch-ons in priority order; 2: cap raises
         for j in range(n_servers):
             s = order[j]
+            # phase 0 also commits the partly-on servers whose POST is certain (psus_to_boot
+            # PSUs on): they are completed as soon as the inrush rules allow, in a zone on hold
+            # too (no heat added); and, as they are, the partly-on servers of a zone on hold
+            complete = False
             if phase == 0 and mode[s] != MODE_FIXED:
-                continue
-            if phase == 1 and mode[s] != MODE_PLAN:
+                n_known = 0
+                for q in range(server_psu_start[s], server_psu_start[s + 1]):
+                    if psu_known_s[server_psu[q]] < np.inf:
+                        n_known += 1
+                ptb = min(max(psus_to_boot[s], 1), server_psu_start[s + 1] - server_psu_start[s])
+                complete = n_known >= ptb and mode[s] == MODE_PLAN
+                if n_known == 0 or not (complete or zone_hold[server_zone[s]]):
+                    continue
+            if phase == 1 and (mode[s] != MODE_PLAN or out_status[s] != STATUS_OFF):
                 continue
             if phase == 2 and not (
                 (out_status[s] == STATUS_PLACED or out_status[s] == STATUS_FIXED)
@@ -616,7 +627,9 @@ def _plan_staged_into(
                         if on_pole and psu_inrush_a[k] > mag_alone_a[a, p]:
                             impossible = True
                     a = parent_idx[a]
-            if impossible:
+            if impossible and phase == 0:
+                complete = False  # kept as it is
+            elif impossible:
                 out_status[s] = STATUS_UNPLACEABLE
                 continue
 
@@ -643,8 +656,8 @@ def _plan_staged_into(
                 n_cur = 0
                 for jj in range(m):
                     k = k_psu[jj]
-                    if psu_known_s[k] < np.inf:
-                        t_psu[jj] = psu_known_s[k]
+                    if psu_known_s[k] < np.inf or (phase == 0 and not complete):
+                        t_psu[jj] = psu_known_s[k]  # +inf: stays off
                         continue
                     code = psu_phase[k]
                     slot = math.ceil(t0 / micro_s - 1e-9)
@@ -754,7 +767,7 @@ def _plan_staged_into(
                 # ever carried by fewer PSUs than the server has (kernels.caps counts it)
                 t_last = -np.inf
                 for jj in range(m):
-                    if t_psu[jj] > t_last:
+                    if t_last < t_psu[jj] < np.inf:
                         t_last = t_psu[jj]
                 spread_fail = phase == 1 and t_last > t_post and not partial
                 # -- rises of the upper envelope at the zone and at each ramp node -----------
@@ -771,7 +784,7 @@ def _plan_staged_into(
                     n_prev_r[x] = 0
                 for ib in range(nbp):
                     t = bps[ib]
-                    if t == last_t or spread_fail:
+                    if t == last_t or spread_fail or t == np.inf:  # inf: a PSU that stays off
                         continue
                     w_t = work_first_w[s]
                     for h in range(h0, h1):
@@ -994,7 +1007,12 @@ def _plan_staged_into(
             if not placed:
                 out_status[s] = status
                 continue
-            out_status[s] = STATUS_FIXED if phase == 0 else STATUS_PLACED
+            if mode[s] == MODE_FIXED:
+                out_status[s] = STATUS_FIXED
+            elif zone_hold[z]:
+                out_status[s] = STATUS_HELD  # partly on, as it is or completed
+            else:
+                out_status[s] = STATUS_PLACED
             srv_t[s, 0] = t_first
             srv_t[s, 1] = t_post
             srv_t[s, 2] = e2

@@ -493,9 +493,16 @@ def plan_staged(**kw: Any) -> tuple[
 
     for phase in range(3):
         for s in order:
+            # phase 0 also: partly-on servers whose POST is certain, completed (in a zone on
+            # hold too), and the other partly-on servers of a zone on hold, as they are
+            complete = False
             if phase == 0 and mode[s] != 1:
-                continue
-            if phase == 1 and mode[s] != 0:
+                n_known = sum(1 for k in members[start[s]:start[s + 1]] if known[k] < _INF)
+                complete = n_known >= min(max(ptb_l[s], 1), start[s + 1] - start[s]) \
+                    and mode[s] == 0
+                if n_known == 0 or not (complete or hold[zone_of[s]]):
+                    continue
+            if phase == 1 and (mode[s] != 0 or status[s] != 0):
                 continue
             if phase == 2 and not (status[s] in (1, 2) and w_final[s] > w_now[s]
                                    and not hold[zone_of[s]]):
@@ -594,7 +601,9 @@ def plan_staged(**kw: Any) -> tuple[
                         if _on_pole(code_of[k], p) and inrush_a[k] > alone[a][p]:
                             impossible = True
                     a = parent[a]
-            if impossible:
+            if impossible and phase == 0:
+                complete = False  # kept as it is
+            elif impossible:
                 status[s] = 3
                 continue
             partial = any(known[k] < _INF for k in mine)
@@ -615,8 +624,8 @@ def plan_staged(**kw: Any) -> tuple[
                 cursors: list[tuple[int, float, int, list[float]]] = []
                 t_psu = []
                 for k in mine:
-                    if known[k] < _INF:
-                        t_psu.append(known[k])
+                    if known[k] < _INF or (phase == 0 and not complete):
+                        t_psu.append(known[k])  # inf: stays off
                         continue
                     code = code_of[k]
                     slot = math.ceil(t0 / micro - 1e-9)
@@ -670,11 +679,11 @@ def plan_staged(**kw: Any) -> tuple[
                 e4 = t_post + (post_r[s][0] + boot_r[s][0])
                 e5 = t_post + (post_r[s][1] + boot_r[s][1])
                 times = (t_first, t_post, e2, e3, e4, e5)
-                t_last = max(t_psu)
+                t_last = max((t for t in t_psu if t < _INF), default=-_INF)
                 spread_fail = phase == 1 and t_last > t_post and not partial
                 rises = []
                 if not spread_fail:
-                    bps = sorted({*t_psu, t_post, e2, e3, e4, e5})
+                    bps = sorted({*t_psu, t_post, e2, e3, e4, e5} - {_INF})
                     hist = list(zip(h_t[h_start[s]:h_start[s + 1]],
                                     h_w[h_start[s]:h_start[s + 1]], strict=True))
                     last_t = -_INF
@@ -751,7 +760,7 @@ def plan_staged(**kw: Any) -> tuple[
             if not placed:
                 status[s] = result
                 continue
-            status[s] = 2 if phase == 0 else 1
+            status[s] = 2 if mode[s] == 1 else 5 if hold[z] else 1
             srv_t[s] = times
 
     events.sort(key=lambda e: e[0])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from controller.planner import PlannerContext, PlannerSettings, PlanState, plan
@@ -67,6 +67,7 @@ def test_replanning_after_partial_execution_keeps_every_rule(seed, cut):
 
 
 @given(seed=seeds, cut=st.floats(0.0, 1.0), hold=st.integers(0, 1))
+@example(seed=6324, cut=0.0, hold=0)  # a held zone's servers at cut 0 (see docs/planner.md)
 @cases
 def test_replanning_with_a_zone_on_hold(seed, cut, hold):
     topo, s, ctx = _setup(seed)
@@ -77,10 +78,16 @@ def test_replanning_with_a_zone_on_hold(seed, cut, hold):
     second = plan(topo, "staged", context=ctx,
                   state=PlanState(now_s=now, history=first.schedule, zone_hold=zone_hold))
     _check(topo, s, ctx, second)
-    # no server of the held zone is switched on after now, and no cap there rises after now
+    # no server of the held zone is switched on after now, and no cap there rises after now;
+    # only a server partly on whose POST is certain already (psus_to_boot PSUs on) gets its
+    # other PSUs (no heat added: its load is only shared by more PSUs)
     held = zone_hold[topo.server_zone]
+    on_now = np.bincount(topo.psu_server, weights=first.schedule.psu_on_s <= now,
+                         minlength=topo.n_servers)
+    posting = on_now >= np.minimum(np.maximum(topo.server_psus_to_boot, 1),
+                                   np.bincount(topo.psu_server, minlength=topo.n_servers))
     new_on = (second.schedule.psu_on_s > now) & np.isfinite(second.schedule.psu_on_s)
-    assert not held[topo.psu_server[new_on]].any()
+    assert not (held & ~posting)[topo.psu_server[new_on]].any()
     sched = second.schedule
     later = sched.cap_t_s > now
     assert not held[sched.cap_server[later]].any()
