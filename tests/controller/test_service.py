@@ -85,6 +85,11 @@ def _energized(audit: Path) -> Counter[str]:
                    and r["readback"].get("on"))
 
 
+def _acked_servers(audit: Path) -> set[str]:
+    return {r["readback"]["server"] for r in _records(audit)
+            if r.get("kind") == "result" and "server" in r.get("readback", {})}
+
+
 def _switch_ons(audit: Path) -> Counter[str]:
     """Switch-on commands sent per outlet (intents), across every run that wrote the log."""
     return Counter(r["action"]["targets"][0] for r in _records(audit)
@@ -204,6 +209,10 @@ async def test_ramps_the_rig_with_real_node_agent_processes(tmp_path: Path,
         await _get(port, "/ramp/start", "POST")
         steady = await _wait_mode(port, {"STEADY"}, 60)
         assert steady["outlets_on"] == 8
+        # the acks come over the broker after the commands: give the last ones time to land
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(_acked_servers(audit)) < 4:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)  # polling a file another process writes
     finally:
         await _stop(run)
         for proc in agents:
