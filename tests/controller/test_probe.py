@@ -5,6 +5,7 @@ loopback TCP and the real broker throughout; each test has agent topics of its o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -456,10 +457,14 @@ async def test_mqtt_meter_is_heard_and_judged(tmp_path: Path, mqtt_broker: Any,
                           "current_a": [current_a, 0.0, 0.0], "voltage_v": [230.0] * 3,
                           "power_w": [230.0 * current_a, 0.0, 0.0]}).encode()
 
+    stop = asyncio.Event()
+
     async def publish(client: aiomqtt.Client) -> None:
-        while True:
+        # stopped by a flag, not a cancellation (aiomqtt's wait_for on 3.11 can swallow one)
+        while not stop.is_set():
             await client.publish(f"{prefix}/meters/LAB-PANEL", reading)
-            await asyncio.sleep(0.1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)
 
     async with _strict_server(path, lambda n: _pdu()), \
             aiomqtt.Client(mqtt_broker.host, mqtt_broker.port,
@@ -469,8 +474,8 @@ async def test_mqtt_meter_is_heard_and_judged(tmp_path: Path, mqtt_broker: Any,
             report = await probe(config, topo, bindings, timeout_s=2.0,
                                  mqtt_url=mqtt_broker.url)
         finally:
-            publisher.cancel()
-            await asyncio.gather(publisher, return_exceptions=True)
+            stop.set()
+            await asyncio.wait_for(publisher, timeout=10)
     (meter,) = report.mqtt_meters
     assert meter.heard and meter.current_a == (current_a, 0.0, 0.0)
     assert meter.problems == ([] if problem is None else [problem])
