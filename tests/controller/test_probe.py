@@ -109,6 +109,9 @@ async def test_probe_against_sim_serve_then_stopped(tmp_path: Path, mqtt_broker:
                 assert info["devices"] == 2 and info["agents"] == 4
                 # `serving` is printed before the agents' statuses reach the broker
                 await asyncio.wait_for(all_online.wait(), timeout=30)
+                # the simulated meters take their first sample one plant second after start
+                # (at speed 1: one second); before it their registers read zero
+                await asyncio.sleep(1.5)
                 code, out, err, _ = await _probe_cli(config, "--json", "--mqtt",
                                                      mqtt_broker.url)
             finally:
