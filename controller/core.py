@@ -87,6 +87,19 @@ THERMAL_CAP_FRACTION = 0.5
 #: Cap changes of shedding and unthrottling move at most this fraction of the largest load
 #: step (and of the ramp limit × one tick, for raises) per tick at every ancestor that has one.
 STEP_BUDGET_FRACTION = 0.9
+#: the ramp guard's cap grid (W per GPU) and the margin above a whole step before it raises
+GUARD_STEP_W = 25.0
+GUARD_RAISE_HYSTERESIS_W = 5.0
+#: POST power calibration: a server counts as surely in POST from this long after its POST
+#: can start until this long before its boot can start (s)
+CALIBRATION_GUARD_S = 0.5
+#: the least POST current (A, on one phase of one meter) a calibration is judged on, and the
+#: factors a meter may show and be believed (outside: a meter that lies, or a model that is
+#: wrong beyond what a factor can fix; that meter is not used)
+CALIBRATION_MIN_A = 5.0
+CALIBRATION_RANGE_X = (0.5, 3.0)
+#: a measured POST factor above this raises the ``post-power-above-model`` alarm
+POST_ALARM_X = 1.1
 
 
 class Mode(StrEnum):
@@ -173,6 +186,17 @@ class Readbacks:
     node_live: B | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ServerModel:
+    """The hall as the core plans it: ``topo`` with the servers' POST power × ``post_x``, its
+    planner context, and each server's largest power before it can work (W)."""
+
+    post_x: float
+    topo: Topology
+    planner: PlannerContext
+    floor_w: F64
+
+
 class CoreContext:
     """What does not change while the controller runs: the hall's arrays and derived tables."""
 
@@ -234,6 +258,8 @@ class CoreContext:
             np.ascontiguousarray(topo.psu_feed, np.int8),
             np.ascontiguousarray(topo.parent_idx, np.int32),
             np.ascontiguousarray(np.broadcast_to(topo.v_ln_v, (topo.n_nodes,)), np.float64))
+        self._models: dict[float, ServerModel] = {
+            1.0: ServerModel(1.0, topo, self.planner, self.floor_w)}
         self._times_key: F64 | None = None
         self._times_val: F64 = np.zeros((0, 5))
         #: unexplained load (A) beyond which the plan is recomputed: 2 % of the limit, >= 1 A
@@ -252,6 +278,22 @@ class CoreContext:
                                                                   np.inf)
         self.rise_budget_w: F64 = STEP_BUDGET_FRACTION * np.minimum(
             self.drop_budget_w / STEP_BUDGET_FRACTION, ramp * settings.tick_s)
+
+    def model(self, post_x: float) -> ServerModel:
+        """The hall with its servers' POST power scaled by ``post_x`` (what the planner and the
+        worst case use while the POST draw is uncertain, or after it was measured above the
+        model); built once per factor (a planner context costs about 0.1 s on a 32k hall)."""
+        key = round(float(post_x), 4)
+        found = self._models.get(key)
+        if found is None:
+            topo = dataclasses.replace(self.topo, server_post_w=self.topo.server_post_w * key)
+            planner = PlannerContext(topo, self.planner.settings)
+            floor = np.maximum.reduce([topo.server_standby_w, topo.server_post_w,
+                                       topo.server_boot_w])
+            if len(self._models) > 8:   # a factor changes once or twice per ramp
+                self._models = {1.0: self._models[1.0]}
+            found = self._models[key] = ServerModel(key, topo, planner, floor)
+        return found
 
     def server_times(self, psu_on_s: F64) -> F64:
         """:func:`controller.prediction.server_times_s`, remembered for the last input (the
@@ -327,6 +369,10 @@ class CoreState:
     guard_cap_w: F64 | None = None
     #: (S,) servers seen drawing above the cap their agent reports (None: none seen yet)
     cap_overdraw: B | None = None
+    #: the factor on the servers' POST power the core plans with, and whether the meters
+    #: have measured it yet (until then: 1 + ``boot_power_margin``)
+    post_x: float = 1.0
+    post_measured: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> CoreState:
@@ -345,6 +391,7 @@ def initial_state(ctx: CoreContext, *, seed: int = 0, now_s: float = 0.0) -> Cor
         shed_cap_w=np.full(t.n_servers, np.nan), unthrottle_at_s=np.full(t.n_servers, -np.inf),
         over_since_s=np.full(t.n_nodes, np.inf), unknown_since_s=np.full(t.n_nodes, np.inf),
         next_cap_event=0, replan_due=False, last_replan_s=-np.inf, rng_seed=seed,
+        post_x=1.0 + float(ctx.settings.boot_power_margin),
     )
 
 
@@ -448,8 +495,11 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
     overdraw = _cap_overdraw(ctx, store)
     st = st.replace(cap_overdraw=overdraw)
     confirmed_cap = _confirmed_caps(ctx, store, st)
+    st, post_actions = _calibrate_post(ctx, st, store, psu_on_s, powered)
+    actions.extend(post_actions)
+    model = ctx.model(st.post_x)
     server_w, server_wc = _worst_server_w(ctx, psu_on_s, powered, confirmed_cap,
-                                          st.cap_cmd_w, now_s)
+                                          st.cap_cmd_w, now_s, model.floor_w)
     model_a = _worst_currents_a(ctx, server_w, server_wc, powered)
     meas = np.where(store.metered[:, None] & (store.node_quality == Quality.GOOD)[:, None],
                     store.node_i_a, np.nan)
@@ -605,14 +655,15 @@ def _cap_overdraw(ctx: CoreContext, store: TelemetryStore) -> B:
 
 
 def _worst_server_w(ctx: CoreContext, psu_on_s: F64, powered: B, confirmed_cap: F64,
-                    cap_cmd_w: F64, now_s: float) -> tuple[F64, F64]:
+                    cap_cmd_w: F64, now_s: float, floor_w: F64) -> tuple[F64, F64]:
     """The most each server can draw now (W), normally and in the feed-loss contingency.
 
     Normally (module docstring, step 2): POST/boot power before the earliest moment it can
     work, full power from then until its cap is confirmed, the confirmed cap after. In the
     contingency of a lost feed, a server whose cap was commanded counts at that cap even before
     the read-back: a feed loss and a failed node agent together are two failures, and the
-    controller keeps every *single* failure survivable (docs/controller.md)."""
+    controller keeps every *single* failure survivable (docs/controller.md). ``floor_w``: each
+    server's largest power before it can work, from the model the core plans with."""
     topo = ctx.topo
     on_s = np.where(powered, psu_on_s, np.inf)
     times = ctx.server_times(np.where(np.isinf(on_s) & (on_s < 0), -1e12, on_s))
@@ -620,11 +671,11 @@ def _worst_server_w(ctx: CoreContext, psu_on_s: F64, powered: B, confirmed_cap: 
     energized = np.isfinite(t_first)
     full = topo.server_max_w.astype(float)
     conf = np.isfinite(confirmed_cap)
-    capped = np.maximum(ctx.work_w(np.where(conf, confirmed_cap, 0.0)), ctx.floor_w)
+    capped = np.maximum(ctx.work_w(np.where(conf, confirmed_cap, 0.0)), floor_w)
     booting = now_s < e4
-    w = np.where(booting, ctx.floor_w, np.where(conf, capped, full))
+    w = np.where(booting, floor_w, np.where(conf, capped, full))
     cmd = np.isfinite(cap_cmd_w)
-    commanded = np.maximum(ctx.work_w(np.where(cmd, cap_cmd_w, 0.0)), ctx.floor_w)
+    commanded = np.maximum(ctx.work_w(np.where(cmd, cap_cmd_w, 0.0)), floor_w)
     wc = np.where(booting | conf, w, np.where(cmd, np.minimum(commanded, full), full))
     return np.where(energized, w, 0.0), np.where(energized, wc, 0.0)
 
@@ -650,6 +701,76 @@ def _worst_currents_a(ctx: CoreContext, w_normal: F64, w_contingency: F64, alive
         _tree_current_into(wn, k[0], k[1], k[2], k[3], al, k[5], k[6], scratch_va, out[0])
     if not math.isfinite(float(out.sum())):
         raise ValueError("worst-case currents are not finite")
+    return out
+
+
+def _calibrate_post(ctx: CoreContext, st: CoreState, store: TelemetryStore, psu_on_s: F64,
+                    powered: B) -> tuple[CoreState, list[CoreAction]]:
+    """Measure the servers' POST draw against their model, once per ramp.
+
+    The first servers switched on reach POST a BMC delay later; by then the waves after them are
+    on (in standby), so a POST draw above the model would break the ramp limit of every wave
+    before a meter could show it. Until it is measured the core plans POST at
+    1 + ``boot_power_margin`` times the model. At the first tick at which some trusted meter
+    sees only servers whose state is certain at its sample time (off, standby before POST, or
+    surely in POST), and their POST current is at least :data:`CALIBRATION_MIN_A` on a phase,
+    the factor is measured there: (measured − standby of the others) / modelled POST, the
+    largest over such meters whose factor is within :data:`CALIBRATION_RANGE_X`. From then on the core plans with that factor (at least 1) and
+    re-plans; above :data:`POST_ALARM_X` it alarms.
+    """
+    if st.post_measured or not st.ramp_active or not powered.any():
+        return st, []
+    topo = ctx.topo
+    good = store.metered & (store.node_quality == Quality.GOOD) & np.isfinite(store.node_t_s)
+    if not good.any():
+        return st, []
+    on_s = np.where(powered, psu_on_s, np.inf)
+    times = ctx.server_times(np.where(np.isinf(on_s) & (on_s < 0), -1e12, on_s))
+    t_first, t_post, e2 = times[:, 0], times[:, 1], times[:, 2]
+    sampled = store.node_t_s[good]
+    lo, hi, g = float(sampled.min()), float(sampled.max()), CALIBRATION_GUARD_S
+    off = ~(t_first <= hi + g)
+    pre = (t_first < lo - g) & (hi < t_post - g)
+    in_post = (lo >= t_post + g) & (hi < e2 - g)
+    if not in_post.any():
+        return st, []
+    unsure = np.bincount(ctx.below_node, weights=~(off | pre | in_post)[ctx.below_server],
+                         minlength=topo.n_nodes)
+    usable = good & (unsure == 0)
+    if not usable.any():
+        return st, []
+    base_a = _tree_a(ctx, np.where(pre, topo.server_standby_w, 0.0), powered)
+    post_a = _tree_a(ctx, np.where(in_post, topo.server_post_w, 0.0), powered)
+    rows = np.flatnonzero(usable & (post_a.max(axis=1) >= CALIBRATION_MIN_A))
+    if rows.size == 0:
+        return st, []
+    phase = np.argmax(post_a[rows], axis=1)
+    factor = (store.node_i_a[rows, phase] - base_a[rows, phase]) / post_a[rows, phase]
+    plausible = (factor >= CALIBRATION_RANGE_X[0]) & (factor <= CALIBRATION_RANGE_X[1])
+    if not plausible.any():
+        return st, []
+    rows, factor = rows[plausible], factor[plausible]
+    worst = int(np.argmax(factor))
+    measured_x = float(factor[worst])
+    post_x = max(1.0, measured_x)
+    actions: list[CoreAction] = []
+    node = topo.node_id[int(rows[worst])]
+    if measured_x > POST_ALARM_X:
+        actions.append(Alarm("post-power-above-model",
+                             f"servers draw {measured_x:.2f}x their model's POST power "
+                             f"(measured at {node}); planning with {post_x:.2f}x", node))
+    extra = dict(st.extra, post_measured_x=measured_x, post_measured_at=node)
+    return st.replace(post_x=post_x, post_measured=True, extra=extra,
+                      replan_due=st.replan_due or abs(post_x - st.post_x) > 1e-6), actions
+
+
+def _tree_a(ctx: CoreContext, server_w: F64, alive: B) -> F64:
+    """(n, 3) A: the per-phase currents of ``server_w`` up the tree, every feed live."""
+    k = ctx.kernel_args
+    out = np.empty((ctx.topo.n_nodes, 3))
+    _tree_current_into(np.ascontiguousarray(server_w, np.float64), k[0], k[1], k[2], k[3],
+                       np.ascontiguousarray(alive, np.bool_), k[5], k[6],
+                       np.empty((ctx.topo.n_nodes, 3)), out)
     return out
 
 
@@ -800,6 +921,8 @@ def _ramp_guard(ctx: CoreContext, st: CoreState, store: TelemetryStore, server_w
         limited = _limit_cap_change(ctx, servers, base[servers], plan_cap[servers],
                                     base[servers] * gpus[servers])
         below = limited < plan_cap[servers] - 0.5
+        limited = _guard_steps(limited, None if st.guard_cap_w is None
+                               else st.guard_cap_w[servers], base[servers])
         guard[servers[below]] = limited[below]
     prev = st.guard_cap_w
     if prev is None and not np.isfinite(guard).any():
@@ -810,6 +933,22 @@ def _ramp_guard(ctx: CoreContext, st: CoreState, store: TelemetryStore, server_w
         return st, []
     return _command_caps(ctx, st, np.flatnonzero(touched).astype(np.int64),
                          {int(s): Reason("ramp-guard") for s in np.flatnonzero(touched)})
+
+
+def _guard_steps(guard_w: F64, prev_w: F64 | None, floor_w: F64) -> F64:
+    """The ramp guard's caps on a grid of :data:`GUARD_STEP_W`, rounded down (never above what
+    the budget allows, never below ``floor_w``: what the GPUs draw, or their minimum cap), and
+    raised only once the budget allows a whole step more than the cap in force plus
+    :data:`GUARD_RAISE_HYSTERESIS_W`: a draw that wobbles does not send a cap command every
+    tick."""
+    q = np.maximum(np.floor(guard_w / GUARD_STEP_W) * GUARD_STEP_W, floor_w)
+    q = np.minimum(q, np.maximum(guard_w, floor_w))
+    if prev_w is None:
+        return q
+    with np.errstate(invalid="ignore"):
+        hold = np.isfinite(prev_w) & (q > prev_w) & (
+            guard_w < prev_w + GUARD_STEP_W + GUARD_RAISE_HYSTERESIS_W)
+    return np.where(hold, prev_w, q)
 
 
 def _zone_heat(ctx: CoreContext, zone_inlet_c: F64 | None) -> tuple[B, B]:
@@ -954,7 +1093,8 @@ def _replan(ctx: CoreContext, st: CoreState, now_s: float, background: F64 | Non
     if st.cap_overdraw is not None:
         caps = np.where(st.cap_overdraw, topo.server_gpu_max_w, caps)
     state = PlanState(now_s=now_rel, psu_on_s=rel, cap_w=caps, background_a=background)
-    result = plan(topo, "staged", state=state, context=ctx.planner)
+    model = ctx.model(st.post_x)
+    result = plan(model.topo, "staged", state=state, context=model.planner)
     sched = result.schedule
     plan_cap = sched.gpu_cap_w.astype(np.float64).copy()
     # servers already on keep their commanded caps until a cap event raises them
@@ -971,6 +1111,7 @@ def _ramp(ctx: CoreContext, st: CoreState, store: TelemetryStore, rb: Readbacks,
           powered: B, confirmed_cap: F64, now_s: float, dead_nodes: B | None = None
           ) -> tuple[CoreState, list[CoreAction], list[str]]:
     topo, s = ctx.topo, ctx.settings
+    floor_w = ctx.model(st.post_x).floor_w
     actions: list[CoreAction] = []
     holds: list[str] = []
     if st.plan is None:
@@ -1018,6 +1159,11 @@ def _ramp(ctx: CoreContext, st: CoreState, store: TelemetryStore, rb: Readbacks,
     inlet = rb.zone_inlet_c[zone]
     hot = ~(inlet < topo.zone_inlet_hold_c[zone])
     if hot.any():
+        # the missing PSUs of a server that already has enough powered to boot add no heat:
+        # they only share its load (and keep it on if a feed is lost)
+        n_on = np.bincount(topo.psu_server[powered], minlength=topo.n_servers)
+        hot &= ~(n_on >= np.maximum(topo.server_psus_to_boot, 1))[topo.psu_server[pend]]
+    if hot.any():
         holds.append("zone inlet at hold" if np.isfinite(inlet[hot]).all()
                      else "zone inlet unknown")
     held = np.zeros(topo.n_servers, bool)
@@ -1043,13 +1189,13 @@ def _ramp(ctx: CoreContext, st: CoreState, store: TelemetryStore, rb: Readbacks,
         newly = np.zeros(topo.n_servers, bool)
         newly[topo.psu_server[accepted_cand]] = True
         newly &= server_w == 0
-        trial_w[newly] = ctx.floor_w[newly]
-        trial_wc[newly] = ctx.floor_w[newly]
+        trial_w[newly] = floor_w[newly]
+        trial_wc[newly] = floor_w[newly]
         if accepted_ev.any():
             srv = ev_servers[accepted_ev]
             raised = np.maximum(ctx.work_w(ev_caps[accepted_ev], srv.astype(np.int64)),
-                                ctx.floor_w[srv])
-            up = server_w[srv] > ctx.floor_w[srv]   # working (or able to): the raise counts
+                                floor_w[srv])
+            up = server_w[srv] > floor_w[srv]   # working (or able to): the raise counts
             conf = np.isfinite(confirmed_cap[srv]) & up
             trial_w[srv[conf]] = np.maximum(trial_w[srv[conf]], raised[conf])
             trial_wc[srv[up]] = np.maximum(trial_wc[srv[up]], raised[up])

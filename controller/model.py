@@ -653,6 +653,9 @@ class ControllerSettings(_Frozen):
     telemetry_safe_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     # the least time between two re-plans (s); starting and resuming re-plan at once
     replan_min_s: Annotated[float, Field(ge=0, le=600)] = 5.0
+    # POST power above the server model assumed until the meters have measured it (0.4: the
+    # first servers are planned at 1.4x their model's POST draw; docs/controller.md)
+    boot_power_margin: Annotated[float, Field(ge=0, le=2)] = 0.4
     fixed_delay_s: NonNegFloat = 2.0
     fixed_rate_per_min: PositiveFloat = 300.0
     shedding: SheddingPolicy = Field(default_factory=SheddingPolicy)

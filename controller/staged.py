@@ -157,4 +157,11 @@ class CoreStrategy:
             "alarms": [{"t_s": round(t, 3), "code": a.code, "node": a.node,
                         "message": a.message, "active": a.active} for t, a in self.alarms[:200]],
             "ticks": st.ticks,
+            "post_power": {"planned_x": round(st.post_x, 4),
+                           "measured_x": _rounded(st.extra.get("post_measured_x")),
+                           "measured_at": st.extra.get("post_measured_at")},
         }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)

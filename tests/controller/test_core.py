@@ -437,3 +437,107 @@ def test_shed_cap_changes_stay_within_the_largest_load_step_per_tick() -> None:
     assert got == pytest.approx(300.0 - 100.0 * 900.0 / 3200.0)
     up = core._limit_cap_change(ctx, servers, new, old, np.full(4, 8 * 200.0 + 400.0))
     assert up == pytest.approx(200.0 + 100.0 * 900.0 / 3200.0)
+
+
+# ---------------------------------------------------------------------- POST calibration
+def _post_meters(rig: Rig, factor: float) -> None:
+    """Meter readings of every powered server in POST at ``factor`` × its model's POST power
+    (the aggregation kernel carries them up the tree, as the plant's meters see them)."""
+    from kernels import tree_current_a
+    t = rig.topo
+    powered = rig.state.psu_on_s <= rig.now
+    p_w = np.full(t.n_servers, t.server_post_w * factor)
+    i_a = tree_current_a(p_w, t.server_pf, t.psu_server, t.psu_node, t.psu_phase, powered,
+                         t.parent_idx, t.v_ln_v)
+    for m in rig.meters:
+        rig.store.ingest_node(m, i_a[m], rig.now)
+
+
+def _energize_all_then_reach_post(rig: Rig) -> None:
+    from controller.prediction import server_times_s
+    rig.start()
+    for _ in range(15):   # every outlet within the BMC delay: nobody in POST yet
+        rig.tick()
+    assert (rig.state.psu_on_s <= rig.now).all()
+    assert not rig.state.post_measured
+    times = server_times_s(rig.topo, rig.state.psu_on_s)
+    lo, hi = times[:, 1].max() + 1.0, times[:, 2].min() - 1.0
+    assert lo < hi
+    rig.now = lo
+
+
+def test_post_power_is_planned_with_a_margin_until_the_meters_measure_it() -> None:
+    rig = Rig(boot_power_margin=0.4)
+    assert rig.state.post_x == pytest.approx(1.4)
+    assert rig.ctx.model(1.4).floor_w.max() == pytest.approx(1.4 * rig.topo.server_post_w.max())
+    _energize_all_then_reach_post(rig)
+    _post_meters(rig, 1.3)
+    rig.store.refresh()
+    d = core.decide(rig.ctx, rig.store, rig.readbacks(), rig.state, rig.now)
+    st = d.state
+    assert st.post_measured and st.post_x == pytest.approx(1.3, rel=1e-3)
+    alarms = [a for a in d.actions if isinstance(a, core.Alarm)]
+    assert [a.code for a in alarms] == ["post-power-above-model"]
+    assert "1.30x" in alarms[0].message
+    # measured once: a later, different reading changes nothing
+    rig.state = st
+    rig.now += 1.0
+    _post_meters(rig, 2.0)
+    rig.store.refresh()
+    assert core.decide(rig.ctx, rig.store, rig.readbacks(), rig.state,
+                       rig.now).state.post_x == pytest.approx(1.3, rel=1e-3)
+
+
+def test_post_power_below_the_model_is_planned_at_the_model_and_a_lying_meter_is_ignored(
+) -> None:
+    rig = Rig(boot_power_margin=0.4)
+    _energize_all_then_reach_post(rig)
+    _post_meters(rig, 0.2)   # far below any real POST draw: not believed, still unmeasured
+    rig.store.refresh()
+    d = core.decide(rig.ctx, rig.store, rig.readbacks(), rig.state, rig.now)
+    assert not d.state.post_measured and d.state.post_x == pytest.approx(1.4)
+    rig.state = d.state
+    rig.now += 1.0
+    _post_meters(rig, 0.9)
+    rig.store.refresh()
+    d = core.decide(rig.ctx, rig.store, rig.readbacks(), rig.state, rig.now)
+    assert d.state.post_measured and d.state.post_x == 1.0
+    assert not [a for a in d.actions if isinstance(a, core.Alarm)
+                and a.code == "post-power-above-model"]
+
+
+def test_ramp_guard_caps_move_in_steps_and_a_wobbling_draw_sends_no_command_per_tick() -> None:
+    rng = np.random.default_rng(0)
+    min_cap = np.full(64, 200.0)
+    allowed = 412.0 + rng.uniform(-4.0, 4.0, size=(200, 64))   # the budget wobbles with the draw
+    prev = None
+    changes = 0
+    for row in allowed:
+        cap = core._guard_steps(row, prev, min_cap)
+        assert (cap <= np.maximum(row, min_cap) + 1e-9).all()   # never above what is allowed
+        assert np.allclose(cap % core.GUARD_STEP_W, 0.0) or (cap == min_cap).any()
+        if prev is not None:
+            changes += int((cap != prev).sum())
+        prev = cap
+    # 200 ticks × 64 servers: the grid and the hysteresis leave only the crossings down
+    assert changes <= 64 * 3
+    # a real rise is followed, a step at a time, and a fall at once
+    up = core._guard_steps(np.full(64, 470.0), prev, min_cap)
+    assert (up == 450.0).all()
+    down = core._guard_steps(np.full(64, 330.0), up, min_cap)
+    assert (down == 325.0).all()
+    assert (core._guard_steps(np.full(64, 150.0), down, min_cap) == 200.0).all()
+
+
+def test_rule_4_a_hot_zone_still_gets_the_missing_psus_of_a_server_already_booting() -> None:
+    rig = Rig()
+    t = rig.topo
+    first = np.flatnonzero(t.psu_server == 0)
+    assert first.size == 2 and t.server_psus_to_boot[0] == 1
+    rig.outlet_on[rig.ctx.psu_outlet[first[0]]] = True   # found on: server 0 boots on it
+    rig.start()
+    rig.inlet_c = float(t.zone_inlet_hold_c[0]) + 0.5
+    sent = np.concatenate([energized(d) for d in run_ramp(rig, 10)])
+    # its other PSU adds no heat and goes on; nothing else does
+    assert sent.tolist() == [int(rig.ctx.psu_outlet[first[1]])]
+    assert "zone inlet at hold" in rig.state.hold_reasons
