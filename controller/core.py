@@ -715,8 +715,9 @@ def _calibrate_post(ctx: CoreContext, st: CoreState, store: TelemetryStore, psu_
     sees only servers whose state is certain at its sample time (off, standby before POST, or
     surely in POST), and their POST current is at least :data:`CALIBRATION_MIN_A` on a phase,
     the factor is measured there: (measured − standby of the others) / modelled POST, the
-    largest over such meters whose factor is within :data:`CALIBRATION_RANGE_X`. From then on the core plans with that factor (at least 1) and
-    re-plans; above :data:`POST_ALARM_X` it alarms.
+    largest over such meters whose factor is within :data:`CALIBRATION_RANGE_X`. From then on
+    the core plans with that factor (at least 1) and re-plans; above :data:`POST_ALARM_X` it
+    alarms.
     """
     if st.post_measured or not st.ramp_active or not powered.any():
         return st, []
