@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,29 @@ def _err(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
+#: Test-only hook (docs/campaign-hil.md): the name of a file holding a number of seconds
+#: (signed) added to the service's wall clock, re-read whenever the file changes; a test steps
+#: the wall clock as NTP would by rewriting it. The monotonic clock (ticks, deadlines,
+#: staleness) is untouched. Read here and nowhere else.
+WALL_OFFSET_ENV = "RAMPGUARD_TEST_WALL_OFFSET_FILE"
+
+
+def _wall_clock(path: str) -> Callable[[], float]:
+    """``time.time()`` plus the offset in ``path`` (0 while it is missing or unreadable)."""
+    seen: list[Any] = [None, 0.0]      # (mtime_ns, size), offset
+
+    def wall() -> float:
+        try:
+            st = os.stat(path)
+            key = (st.st_mtime_ns, st.st_size)
+            if key != seen[0]:
+                seen[0], seen[1] = key, float(Path(path).read_text().strip() or 0.0)
+        except (OSError, ValueError):
+            pass
+        return time.time() + seen[1]
+    return wall
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from controller.config import load_hall_config
     from controller.errors import AuditError
@@ -113,6 +137,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return _err(f"--token-file {args.token_file}: {exc}")
         if not token:
             return _err(f"--token-file {args.token_file} is empty")
+    wall_clock = _wall_clock(os.environ[WALL_OFFSET_ENV]) if os.environ.get(
+        WALL_OFFSET_ENV) else time.time
     config = load_hall_config(args.config)
     topo = compile_hall(config, source=args.config)
     handler = logging.StreamHandler(sys.stderr)
@@ -131,7 +157,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     def ready(info: dict[str, Any]) -> None:
         print(ready_line(info), flush=True)
 
-    service = Service(config, topo, options, source=args.config, on_ready=ready)
+    service = Service(config, topo, options, source=args.config, wall_clock=wall_clock,
+                      on_ready=ready)
+    if wall_clock is not time.time:
+        logging.getLogger(__name__).warning("test hook %s=%r: the wall clock may step",
+                                            WALL_OFFSET_ENV, os.environ[WALL_OFFSET_ENV])
 
     async def main() -> None:
         install_signal_handlers(service)

@@ -65,7 +65,7 @@ from controller.errors import AuditWriteError
 from controller.metrics import ServiceMetrics
 from controller.model import HallConfig
 from controller.operator_api import CommandRefused, OperatorApi
-from controller.telemetry import TelemetryStore
+from controller.telemetry import Quality, TelemetryStore
 from controller.topology import KIND_CODE, Topology
 from drivers import (
     AgentTelemetry,
@@ -126,6 +126,7 @@ class Service:
 
     def __init__(self, config: HallConfig, topo: Topology, options: ServiceOptions, *,
                  source: str = "<config>", clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time,
                  on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.config = config
         self.topo = topo
@@ -138,6 +139,9 @@ class Service:
             origin = clock()
             self.clock = lambda: origin + (clock() - origin) * speed
         self._speed = speed
+        #: unix time: audit timestamps, cap commands' ``t`` (their expiry at the agent), the
+        #: status payload and the MQTT receiver's future-timestamp check; never a deadline
+        self.wall_clock = wall_clock
         self.on_ready = on_ready
         self.settings = config.controller
         self.bindings: ResolvedBindings = resolve_bindings(config, topo, source=source)
@@ -189,6 +193,7 @@ class Service:
         self._last: core.Decision | None = None
         self._stop = asyncio.Event()
         self._reconciled = False
+        self._telemetry_alarms: set[str] = set()    # raised by the service (rule 5), below
         self.ticks = 0
         self.api: OperatorApi | None = None
         self.exporter: Any = None
@@ -286,7 +291,8 @@ class Service:
         return {
             "mode": st.mode.value, "reason": st.mode_reason, "ramp_active": st.ramp_active,
             "paused": st.paused, "safe_reason": st.safe_reason or None,
-            "hold_reasons": list(st.hold_reasons), "alarms": sorted(st.alarms_active),
+            "hold_reasons": list(st.hold_reasons),
+            "alarms": sorted(st.alarms_active | self._telemetry_alarms),
             "energized_servers": energized, "total_servers": t.n_servers,
             "outlets_on": int(self._outlet_on.sum()), "outlets": self.ctx.n_outlets,
             "ticks": self.ticks, "hall": t.name, "config": self.source,
@@ -332,7 +338,8 @@ class Service:
         """Run until :meth:`stop` (SIGTERM, Ctrl-C) or a driver failure."""
         o = self.options
         meter_cfgs = [c for c in self.bindings.modbus]
-        with AuditLog.open(o.audit_path, fsync=o.fsync, clock=self.clock) as audit:
+        with AuditLog.open(o.audit_path, fsync=o.fsync, clock=self.clock,
+                           wall_clock=self.wall_clock) as audit:
             self._audit = audit
             link = None
             if o.mqtt_url is not None:
@@ -340,7 +347,8 @@ class Service:
                                 subscriptions=self._subscriptions(),
                                 status=StatusSpec(CONTROLLER_STATUS_TOPIC,
                                                   lambda: self._status_payload(),
-                                                  lambda: self._status_payload("OFFLINE")))
+                                                  lambda: self._status_payload("OFFLINE")),
+                                clock=self.wall_clock)
             async with contextlib.AsyncExitStack() as stack:
                 poller = await stack.enter_async_context(ModbusPoller(
                     meter_cfgs, period_s=min(self.settings.tick_s, 1.0) / self._speed,
@@ -455,9 +463,41 @@ class Service:
                                           "reason": self.state.mode_reason})
             if self._link is not None:
                 await self._link.publish_status()
-        await self._act(decision.actions)
+        await self._act(decision.actions + self._lost_telemetry_alarms(now))
         await self._act(self._reissue_caps(now))
         self._export(decision)
+
+    def _lost_telemetry_alarms(self, now: float) -> tuple[core.Alarm, ...]:
+        """Rule 5 for what comes over MQTT (the core alarms the meters): node agents of
+        energized servers, and zone inlets, that reported and went silent (a lost broker, a
+        dead agent). The core already counts such servers at full power and holds the ramp on
+        an unknown inlet; this says so, once per fault, until the readings come back."""
+        on = np.zeros(self.topo.n_servers, bool)
+        np.logical_or.at(on, self.topo.psu_server, self.state.psu_on_s <= now)
+        silent = on & self.store.has_agent & (self.store.server_quality == Quality.STALE)
+        zone_lost = np.isfinite(self._zone_t_s) & (now - self._zone_t_s
+                                                   > self.settings.meter_stale_s)
+        want = {f"telemetry:zone:{z}" for z, lost in zip(self.topo.zone_id, zone_lost,
+                                                         strict=True) if lost}
+        if silent.any():
+            want.add("telemetry:agents")
+        out = []
+        for code in sorted(want - self._telemetry_alarms):
+            if code == "telemetry:agents":
+                names = [self.topo.server_id[k] for k in np.flatnonzero(silent)]
+                out.append(core.Alarm("telemetry", f"{len(names)} node agent(s) silent "
+                                      f"({', '.join(names[:5])}): their servers count at full "
+                                      "power", names[0]))
+            else:
+                zone = code.rsplit(":", 1)[1]
+                out.append(core.Alarm("telemetry", f"zone {zone} inlet reading lost: no heat "
+                                      "added to it", zone))
+        for code in sorted(self._telemetry_alarms - want):
+            what = "node agents report" if code == "telemetry:agents" else (
+                f"zone {code.rsplit(':', 1)[1]} inlet reads")
+            out.append(core.Alarm("telemetry", f"{what} again", None, active=False))
+        self._telemetry_alarms = want
+        return tuple(out)
 
     def _reissue_caps(self, now: float) -> tuple[core.CoreAction, ...]:
         """Reconcile desired against observed: a cap the agent reads back other than the one
@@ -574,7 +614,7 @@ class Service:
                 self.metrics.count_action("set_caps", "failed")
                 continue
             cmd_id = f"{self.options.issuer}:{action_id:06d}"
-            payload = CapCommand(v=1, t=time.time(), id=cmd_id, issuer=self.options.issuer,
+            payload = CapCommand(v=1, t=self.wall_clock(), id=cmd_id, issuer=self.options.issuer,
                                  seq=action_id, server=server, cap_w=[float(cap)],
                                  valid_s=CAP_VALID_S)
             try:
@@ -638,7 +678,7 @@ class Service:
     # ================================================================== outputs
     def _status_payload(self, state: str | None = None) -> ControllerStatus:
         return ControllerStatus.model_validate(
-            {"v": 1, "t": time.time(), "state": state or self.state.mode.value,
+            {"v": 1, "t": self.wall_clock(), "state": state or self.state.mode.value,
              "issuer": self.options.issuer})
 
     def _audit_event(self, kind: str, **fields: Any) -> None:

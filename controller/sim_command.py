@@ -47,6 +47,13 @@ def add_command(sub: Any) -> None:
     serve.add_argument("--external-agents", action="store_true",
                        help="run no simulated node agents: real `rampguard agent` processes "
                             "answer, and the plant follows the caps they acknowledge")
+    serve.add_argument("--scenario-on-signal", action="store_true",
+                       help="count the scenario's times from when the simulator receives "
+                            "SIGUSR1, not from the start (inject faults mid-ramp)")
+    serve.add_argument("--record", metavar="PATH", default=None,
+                       help="append what the plant was made to do to PATH, one JSON line "
+                            "each: every coil write, every cap command applied, and a summary "
+                            "(trips, violations, open breakers) when it stops")
     serve.set_defaults(handler=_cmd_serve)
 
 
@@ -73,11 +80,27 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     config = load_hall_config(args.config)
     topo = compile_hall(config, source=args.config)
-    return asyncio.run(_serve(args, config, topo))
+    record_file = None
+    if args.record is not None:
+        try:
+            record_file = open(args.record, "a", encoding="utf-8")
+        except OSError as exc:
+            print(f"rampguard: --record {args.record}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    try:
+        return asyncio.run(_serve(args, config, topo, record_file))
+    finally:
+        if record_file is not None:
+            record_file.close()
 
 
-async def _serve(args: argparse.Namespace, config: Any, topo: Any) -> int:
+async def _serve(args: argparse.Namespace, config: Any, topo: Any,
+                 record_file: Any = None) -> int:
     from sim.hil import serve
+
+    def record(event: dict[str, Any]) -> None:
+        record_file.write(json.dumps(event) + "\n")
+        record_file.flush()     # each line reaches the file as it happens (a test reads it)
 
     def ready(info: dict[str, object]) -> None:
         print(json.dumps({"event": "serving", **info}), flush=True)
@@ -87,11 +110,16 @@ async def _serve(args: argparse.Namespace, config: Any, topo: Any) -> int:
     assert task is not None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
+    armed = asyncio.Event() if args.scenario_on_signal else None
+    if armed is not None:
+        loop.add_signal_handler(signal.SIGUSR1, armed.set)
     try:
         work = serve(config, topo, source=args.config, speed=args.speed, dt_s=args.dt_s,
                      bind=args.bind, mqtt_url=args.mqtt, seed=args.seed, ready=ready,
                      scenario=getattr(args, "scenario_obj", None),
-                     external_agents=args.external_agents)
+                     external_agents=args.external_agents,
+                     record=record if record_file is not None else None,
+                     scenario_armed=armed)
         if args.duration_s is not None:
             try:
                 await asyncio.wait_for(work, timeout=args.duration_s)
@@ -107,7 +135,7 @@ async def _serve(args: argparse.Namespace, config: Any, topo: Any) -> int:
         print(f"rampguard: cannot serve: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
     print(json.dumps({"event": "stopped"}), flush=True)
     return EXIT_OK

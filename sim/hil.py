@@ -10,6 +10,7 @@ stand-ins for node agents and zone sensors, until cancelled.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -19,9 +20,10 @@ from typing import Any
 from controller.bindings import pdu_nodes, resolve_bindings
 from controller.model import HallConfig
 from controller.topology import Topology
+from drivers._link import stop_task
 from drivers.caps import CapResult
 from drivers.mqtt import MqttConfig, MqttLink, Subscription
-from drivers.payloads import CapAck
+from drivers.payloads import CapAck, CapCommand
 from drivers.registers import BankSnapshot, MeterSnapshot, OutletSnapshot, PduSnapshot
 from sim.endpoints import AgentState, GpuState, ModbusEndpoints, MqttEndpoints, ZoneState
 from sim.faults import Scenario
@@ -66,8 +68,11 @@ class PlantView:
                                    o.meter_e_wh[m], o.meter_t_sample_s[m])
         t_s = float(t) if t is not None else math.nan
         seq = int(t_s / self.meter_period_s) if math.isfinite(t_s) else 0  # frozen when stale
+        # before its first sample a meter has measured nothing: it says its data are not valid
+        # (zeros with good quality would read as an idle, unloaded node)
         inlet = MeterSnapshot(_three(cur), _three(volt), _three(pw), energy_wh=float(e),
-                              breaker_open=not r.closed[n], sequence=seq)
+                              breaker_open=not r.closed[n], sequence=seq,
+                              data_valid=math.isfinite(t_s))
         if node_id not in self.pdus:
             return inlet
         banks, outlets = self.pdus[node_id]
@@ -123,6 +128,36 @@ def _follow_acks(plant: Plant, server: str) -> Callable[[str, CapAck], None]:
     return handle
 
 
+def _recording(view: PlantView, record: Callable[[dict[str, Any]], None]) -> tuple[
+        Callable[[str, int, bool], bool], Callable[[str, CapCommand, CapResult], None]]:
+    """The view's coil writer and a cap-result sink that also record what they did."""
+    def write(pdu_id: str, outlet: int, on: bool) -> bool:
+        node = view.pdus[pdu_id][1][outlet - 1]
+        was_on = bool(view.plant.outlet_on()[node]) if node >= 0 else False
+        ok = view.write(pdu_id, outlet, on)
+        record({"event": "write", "t_plant_s": round(view.plant.t_s, 3), "pdu": pdu_id,
+                "outlet": outlet, "on": on, "was_on": was_on, "ok": ok})
+        return ok
+
+    def on_result(server: str, cmd: CapCommand, result: CapResult) -> None:
+        record({"event": "caps", "t_plant_s": round(view.plant.t_s, 3), "server": server,
+                "id": cmd.id, "seq": cmd.seq, "issuer": cmd.issuer, "cap_w": list(cmd.cap_w),
+                "ok": result.ok})
+    return write, on_result
+
+
+def summary(plant: Plant) -> dict[str, Any]:
+    """What the plant suffered, for a campaign's verdict: its trips, its violations (closed at
+    the present time: call once, at the end) and the breakers open now."""
+    plant.finish()
+    closed = plant.breaker_closed()
+    return {"event": "summary", "t_plant_s": round(plant.t_s, 3),
+            "trips": [t.to_dict() for t in plant.trips],
+            "violations": [v.to_dict() for v in plant.violations],
+            "breakers_open": [plant.topo.node_id[int(n)] for n in plant.breaker_nodes
+                              if not closed[int(n)]]}
+
+
 def _three(values: Any) -> tuple[float, float, float]:
     return (float(values[0]), float(values[1]), float(values[2]))
 
@@ -140,6 +175,8 @@ async def serve(
     ready: Callable[[dict[str, object]], None] | None = None,
     scenario: Scenario | None = None,
     external_agents: bool = False,
+    record: Callable[[dict[str, Any]], None] | None = None,
+    scenario_armed: asyncio.Event | None = None,
 ) -> RunnerStats:
     """Serve the plant of ``config`` until cancelled (or forever).
 
@@ -151,19 +188,36 @@ async def serve(
     processes (fake backend) answer the controller, and the plant follows the caps they
     acknowledge as applied (``caps/ack`` with ``ok``: the lowest enforced cap of the server).
 
+    ``scenario_armed``: when given, the scenario's times count from the moment this event is
+    set (``rampguard sim serve --scenario-on-signal``: SIGUSR1), not from the start, so that a
+    campaign can inject its faults mid-ramp.
+
+    ``record``: called with one plain dict per thing the plant was made to do (a fault
+    campaign's ground truth): ``{"event": "write", "t_plant_s", "pdu", "outlet", "on",
+    "was_on", "ok"}`` for every coil write, ``{"event": "caps", "t_plant_s", "server", "id",
+    "seq", "issuer", "cap_w", "ok"}`` for every cap command applied or refused, and once, when
+    the serving ends, ``{"event": "summary", "t_plant_s", "trips", "violations",
+    "breakers_open"}`` (:func:`summary`).
+
     The meters' registers are refreshed and the agents' and zones' telemetry published once per
     second of plant time; ``ready`` is called once everything listens, with the bound ports.
     """
     bindings = resolve_bindings(config, topo, source=source)
     plant = Plant(config, topo, seed=seed,
                   options=scenario.plant if scenario is not None else None)
-    for fault in scenario.faults if scenario is not None else ():
-        plant.schedule_fault(fault, fault.offset_s)
+    faults = scenario.faults if scenario is not None else ()
+    if scenario_armed is None:
+        for fault in faults:
+            plant.schedule_fault(fault, fault.offset_s)
     view = PlantView(plant)
+    write: Callable[[str, int, bool], bool] = view.write
+    on_result: Callable[[str, CapCommand, CapResult], None] | None = None
+    if record is not None:
+        write, on_result = _recording(view, record)
     every = max(1, round(1.0 / dt_s))
     async with contextlib.AsyncExitStack() as stack:
         modbus = await stack.enter_async_context(ModbusEndpoints(
-            bindings.modbus, view.snapshot, view.write, bind=bind, refresh_period_s=None))
+            bindings.modbus, view.snapshot, write, bind=bind, refresh_period_s=None))
         mqtt: MqttEndpoints | None = None
         if mqtt_url is not None:
             if external_agents:
@@ -176,7 +230,7 @@ async def serve(
                 MqttConfig.from_url(mqtt_url), () if external_agents else bindings.agents,
                 view.agent_state,
                 view.apply_caps, zones=topo.zone_id, zone_state=view.zone_state,
-                sim_clock=lambda: (speed, plant.t_s), period_s=None))
+                sim_clock=lambda: (speed, plant.t_s), period_s=None, on_result=on_result))
         steps = 0
 
         async def on_step() -> None:
@@ -188,6 +242,16 @@ async def serve(
                     await mqtt.publish_telemetry()
 
         runner = RealTimeRunner(plant, dt_s=dt_s, speed=speed, on_step=on_step)
+        if scenario_armed is not None and faults:
+            async def arm() -> None:
+                await scenario_armed.wait()
+                t0_s = plant.t_s
+                for fault in faults:
+                    plant.schedule_fault(fault, t0_s + fault.offset_s)
+                log.info("scenario armed at plant time %.1f s", t0_s)
+                if record is not None:
+                    record({"event": "scenario_armed", "t_plant_s": round(t0_s, 3)})
+            stack.push_async_callback(stop_task, asyncio.create_task(arm(), name="arm faults"))
         if ready is not None:
             ready({
                 "hall": topo.name,
@@ -202,5 +266,7 @@ async def serve(
         try:
             return await runner.run()
         finally:
+            if record is not None:
+                record(summary(plant))
             log.info("simulator stopping at plant time %.1f s after %d steps (%d overruns)",
                      plant.t_s, runner.stats.steps, runner.stats.overruns)

@@ -44,6 +44,7 @@ __all__ = [
     "GpuState",
     "MqttEndpointStats",
     "MqttEndpoints",
+    "ResultSink",
     "SimClock",
     "ZoneProvider",
     "ZoneState",
@@ -89,6 +90,9 @@ CapApplier = Callable[[str, tuple[float, ...]], CapResult]
 ZoneProvider = Callable[[str], ZoneState | None]
 #: ``sim_clock()`` → ``(speed, sim_t_s)``: the pace against the wall clock and virtual time.
 SimClock = Callable[[], tuple[float, float]]
+#: ``on_result(server_id, command, result)``: called for every command judged and applied or
+#: refused (before its ack goes out); must not block. ``rampguard sim serve --record`` logs it.
+ResultSink = Callable[[str, CapCommand, CapResult], None]
 
 
 @dataclass
@@ -110,6 +114,7 @@ class MqttEndpoints:
     ``period_s``: telemetry period (``None``: only when :meth:`publish_telemetry` is called,
     e.g. by a virtual-time runner). ``clock``: the wall clock of the payloads (Unix s).
     ``status_topic`` is ``rampguard/sim/status`` (tests move it to keep a shared broker clean).
+    ``on_result``: see :data:`ResultSink`.
     """
 
     def __init__(
@@ -126,6 +131,7 @@ class MqttEndpoints:
         clock: Callable[[], float] = time.time,
         backend: str = "sim",
         status_topic: str = SIM_STATUS_TOPIC,
+        on_result: ResultSink | None = None,
     ) -> None:
         servers = [a.server for a in agents]
         if len(set(servers)) != len(servers):
@@ -141,6 +147,7 @@ class MqttEndpoints:
         self._period = period_s
         self._clock = clock
         self._backend = backend
+        self._on_result = on_result
         self.stats = MqttEndpointStats()
         self._commands: asyncio.Queue[tuple[str, CapCommand]] = asyncio.Queue(maxsize=10_000)
         self._by_topic = {a.topics.caps_set: a.server for a in agents}
@@ -294,6 +301,8 @@ class MqttEndpoints:
             result = self._apply(server, decision.caps_w)
         self.stats.count_result(result)
         gate.taken(cmd)
+        if self._on_result is not None:
+            self._on_result(server, cmd, result)
         try:
             await self.link.publish(agent.topics.caps_ack, make_ack(cmd, result, t=self._clock()),
                                     qos=1)

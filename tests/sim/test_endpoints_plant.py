@@ -104,3 +104,15 @@ async def test_mqtt_endpoints_on_the_plant(rig: tuple[Any, Any, Any], mqtt_broke
     ack = got["ack"][0]
     assert ack.ok and ack.enforced_w == [200.0] * 8
     assert plant.server_cap_w[0] == 200.0
+
+
+def test_a_meter_before_its_first_sample_says_its_data_are_not_valid(
+        rig: tuple[Any, Any, Any]) -> None:
+    """Zeros with good quality would read as an idle node: the controller would admit load on
+    a reading nobody took (found by the HIL campaign, docs/campaign-hil.md)."""
+    _config, plant, view = rig
+    before = view.snapshot("LAB-PANEL")
+    assert before is not None and before.data_valid is False
+    plant.run_until(1.5, dt_s=0.5)
+    after = view.snapshot("LAB-PANEL")
+    assert after is not None and after.data_valid is True and after.voltage_v[0] > 200
