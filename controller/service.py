@@ -194,6 +194,7 @@ class Service:
         self._stop = asyncio.Event()
         self._reconciled = False
         self._telemetry_alarms: set[str] = set()    # raised by the service (rule 5), below
+        self._started_s = self.clock()
         self.ticks = 0
         self.api: OperatorApi | None = None
         self.exporter: Any = None
@@ -388,7 +389,7 @@ class Service:
 
     async def _loop(self) -> None:
         tick = self.settings.tick_s
-        started = self.clock()
+        started = self._started_s = self.clock()
         # rule 8: wait for every actuator's outlet states before the first decision
         while self.options.startup_wait_s > 0 and self.ctx.n_outlets:
             self._drain()
@@ -469,14 +470,16 @@ class Service:
 
     def _lost_telemetry_alarms(self, now: float) -> tuple[core.Alarm, ...]:
         """Rule 5 for what comes over MQTT (the core alarms the meters): node agents of
-        energized servers, and zone inlets, that reported and went silent (a lost broker, a
-        dead agent). The core already counts such servers at full power and holds the ramp on
-        an unknown inlet; this says so, once per fault, until the readings come back."""
+        energized servers that reported and went silent, and zone inlets silent for longer
+        than ``meter_stale_s`` (a lost broker, a dead agent or sensor). The core already counts
+        such servers at full power and holds the ramp on an unknown inlet; this says so, once
+        per fault, until the readings come back."""
         on = np.zeros(self.topo.n_servers, bool)
         np.logical_or.at(on, self.topo.psu_server, self.state.psu_on_s <= now)
         silent = on & self.store.has_agent & (self.store.server_quality == Quality.STALE)
-        zone_lost = np.isfinite(self._zone_t_s) & (now - self._zone_t_s
-                                                   > self.settings.meter_stale_s)
+        # a zone sensor that never reported is as unknown as one gone silent
+        stale_s = self.settings.meter_stale_s
+        zone_lost = now - np.maximum(self._zone_t_s, self._started_s) > stale_s
         want = {f"telemetry:zone:{z}" for z, lost in zip(self.topo.zone_id, zone_lost,
                                                          strict=True) if lost}
         if silent.any():

@@ -678,6 +678,10 @@ class ModbusPoller:
         self.stats: dict[str, PollStats] = {k: PollStats() for k in self.devices}
         self.latest: dict[str, Snapshot] = {}
         self._runner: asyncio.Task[None] | None = None
+        # the flag as well as the cancellation (as in the device's supervisor): on Python 3.11
+        # pymodbus's wait_for can swallow the cancellation of a read that is timing out, and a
+        # poll loop that only waits to be cancelled would then never stop
+        self._closing = False
 
     async def __aenter__(self) -> Self:
         for dev in self.devices.values():
@@ -688,6 +692,7 @@ class ModbusPoller:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         runner, self._runner = self._runner, None
+        self._closing = True
         failure = await stop_task(runner)
         # all at once: a thousand supervisors still reconnecting would otherwise keep the loop
         # busy while each one is stopped in turn
@@ -728,7 +733,7 @@ class ModbusPoller:
         stats = self.stats[dev.key]
         period = self.period_s
         await dev.wait_first_attempt()       # no NotConnected just because we started
-        while True:
+        while not self._closing:
             delay = next_s - self._clock()
             if delay > 0:
                 await asyncio.sleep(delay)

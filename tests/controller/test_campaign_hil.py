@@ -36,6 +36,8 @@ async def test_broker_restart_mid_ramp_holds_then_resumes(tmp_path: Path,
     # the ramp was active and nothing was admitted: the lost zone inlet held it (rule 4)
     assert out.observed["mode_while_down"] == "HOLDING", out.observed
     assert "zone inlet unknown" in out.observed["hold"]
+    assert "telemetry:zone:LAB" in out.observed["alarms_while_down"]     # rule 5, alarmed
+    assert not out.observed["alarms_after"]
     assert out.observed["switch_ons_while_down"] == 0
     assert out.observed["steady"] and out.expected, out.observed
 

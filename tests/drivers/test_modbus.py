@@ -10,6 +10,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -26,7 +27,7 @@ from drivers.errors import (
     NotConnected,
     WriteNotConfirmed,
 )
-from drivers.modbus import ModbusDevice, ModbusDeviceConfig, ModbusPoller
+from drivers.modbus import ModbusDevice, ModbusDeviceConfig, ModbusPoller, pymodbus_client
 from drivers.registers import (
     PROFILE_METER,
     PROFILE_PDU,
@@ -376,3 +377,37 @@ def test_register_reply_decoder_survives_hostile_bytes(data: bytes) -> None:
     assert len(reply.registers) == data[0] // 2
     assert all(0 <= r <= 0xFFFF for r in reply.registers)
     str(reply)
+
+
+async def test_poller_stops_when_a_read_swallows_its_cancellation(rig: Rig) -> None:
+    """Python 3.11's wait_for inside pymodbus can swallow the cancellation of a request that
+    is timing out: the request returns and the poll loop carries on. The poller must stop all
+    the same (found by the HIL campaign: `rampguard run` hung on SIGTERM behind a hung
+    gateway, docs/campaign-hil.md)."""
+    swallowed: list[int] = []
+
+    def factory(config: ModbusDeviceConfig) -> Any:
+        client = pymodbus_client(config)
+        real = client.read_input_registers
+
+        async def read(*args: Any, **kwargs: Any) -> Any:
+            try:
+                await asyncio.sleep(0.02)           # most of the poll loop's time is here
+                return await real(*args, **kwargs)
+            except asyncio.CancelledError:
+                swallowed.append(1)               # what the 3.11 race does
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                return await real(*args, **kwargs)
+        client.read_input_registers = read
+        return client
+
+    poller = ModbusPoller([rig.cfg(METER)], period_s=0.001, client_factory=factory)
+    await poller.__aenter__()
+    try:
+        await poller.wait_connected(2.0)
+        while poller.stats[rig.cfg(METER).key].ok < 5:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    finally:
+        async with asyncio.timeout(5):
+            await poller.__aexit__(None, None, None)
+    assert swallowed, "the test never landed a cancellation inside a read"
