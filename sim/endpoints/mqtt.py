@@ -158,6 +158,10 @@ class MqttEndpoints:
         self.link = MqttLink(config, subscriptions=subs, status=status, clock=clock,
                              on_connect=self._announce)
         self._tasks: list[asyncio.Task[None]] = []
+        # the flag as well as the cancellation: on Python 3.11 aiomqtt's wait_for can swallow
+        # the cancellation of a publish (an ack) that is completing, and a loop that only waits
+        # to be cancelled would never stop
+        self._closing = False
 
     # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -170,14 +174,22 @@ class MqttEndpoints:
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
+        # a stop driven by cancellation (SIGTERM in `sim serve`) runs this in a cancelling
+        # task, where stop_task raises the cancellation again: the agents say offline first,
+        # and the link is closed whatever happens
+        self._closing = True
         tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
         failure: BaseException | None = None
-        for task in tasks:                 # a failure here is a bug in a provider: raise it
-            failure = failure or await stop_task(task)
-        if self.link.connected:
-            await self._publish_batch([(a.topics.status, self._agent_status(a, "offline"))
-                                       for a in self._agents.values()], qos=1, retain=True)
-        link_failure = await self.link.aclose()
+        try:
+            if self.link.connected:
+                await self._publish_batch([(a.topics.status, self._agent_status(a, "offline"))
+                                           for a in self._agents.values()], qos=1, retain=True)
+            for task in tasks:             # a failure here is a bug in a provider: raise it
+                failure = failure or await stop_task(task)
+        finally:
+            link_failure = await self.link.aclose()
         failure = failure or link_failure
         if failure is not None and exc is None:
             raise failure
@@ -219,7 +231,7 @@ class MqttEndpoints:
     async def _telemetry_loop(self, period_s: float) -> None:
         loop = asyncio.get_running_loop()
         next_s = loop.time()
-        while True:
+        while not self._closing:
             next_s += period_s
             await asyncio.sleep(max(0.0, next_s - loop.time()))
             await self.publish_telemetry()
@@ -278,7 +290,7 @@ class MqttEndpoints:
             self.stats.count_ignored("overload")
 
     async def _command_worker(self) -> None:
-        while True:
+        while not self._closing:
             server, cmd = await self._commands.get()
             await self.handle_command(server, cmd)
 

@@ -4,6 +4,7 @@ the real broker; a plain pymodbus client and a plain MQTT client on the other si
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import struct
 from pathlib import Path
@@ -61,3 +62,27 @@ async def test_sim_serve_over_real_modbus_and_mqtt(tmp_path: Path, mqtt_broker: 
             code, out = await stop_sim(proc)
     assert code == 0
     assert '"event": "stopped"' in out
+
+
+async def test_sim_serve_says_its_agents_are_offline_after_sigterm(tmp_path: Path,
+                                                                  mqtt_broker: Any) -> None:
+    """A clean stop sets every simulated agent's retained status offline (it used to leave
+    them online: the stop is a cancellation, and the cleanup gave up at its first wait)."""
+    prefix = f"rampguard-test/{os.urandom(4).hex()}"
+    config, _pdu, _meter = rig_on_free_ports(tmp_path, agent_prefix=prefix)
+    proc, _info = await start_sim(config, "--speed", "20", "--mqtt", mqtt_broker.url)
+    async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port,
+                              identifier=f"test-offline-{os.getpid()}") as client:
+        await client.subscribe(f"{prefix}/+/status")
+        states: dict[str, str] = {}
+
+        async def until(state: str) -> None:
+            async for message in client.messages:
+                states[str(message.topic)] = json.loads(message.payload)["state"]
+                if len(states) == 4 and set(states.values()) == {state}:
+                    return
+
+        await asyncio.wait_for(until("online"), timeout=30)
+        code, _out = await stop_sim(proc)
+        await asyncio.wait_for(until("offline"), timeout=30)
+    assert code == 0 and set(states.values()) == {"offline"}
