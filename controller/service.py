@@ -195,6 +195,7 @@ class Service:
         self._reconciled = False
         self._telemetry_alarms: set[str] = set()    # raised by the service (rule 5), below
         self._started_s = self.clock()
+        self._audit_failed = False      # the audit log refused a record: alarm "audit:log"
         self.ticks = 0
         self.api: OperatorApi | None = None
         self.exporter: Any = None
@@ -293,7 +294,8 @@ class Service:
             "mode": st.mode.value, "reason": st.mode_reason, "ramp_active": st.ramp_active,
             "paused": st.paused, "safe_reason": st.safe_reason or None,
             "hold_reasons": list(st.hold_reasons),
-            "alarms": sorted(st.alarms_active | self._telemetry_alarms),
+            "alarms": sorted(st.alarms_active | self._telemetry_alarms
+                             | ({"audit:log"} if self._audit_failed else set())),
             "energized_servers": energized, "total_servers": t.n_servers,
             "outlets_on": int(self._outlet_on.sum()), "outlets": self.ctx.n_outlets,
             "ticks": self.ticks, "hall": t.name, "config": self.source,
@@ -543,6 +545,7 @@ class Service:
             except AuditWriteError as exc:
                 log.error("audit log refused a record: %s; going SAFE, nothing sent", exc)
                 self.state = core.enter_safe(self.state, f"audit log: {exc}", self.clock())
+                self._audit_failed = True   # alarmed in the status: the log cannot say it
                 return
 
     def _alarms(self, alarms: list[core.Alarm]) -> None:
@@ -692,6 +695,7 @@ class Service:
         except AuditWriteError as exc:
             log.error("audit log refused an event: %s", exc)
             self.state = core.enter_safe(self.state, f"audit log: {exc}", self.clock())
+            self._audit_failed = True
 
     def _export(self, d: core.Decision) -> None:
         m = self.metrics

@@ -89,5 +89,6 @@ async def test_full_audit_disk_stops_actuation_and_keeps_what_was_written(
     _assert_safe(out)       # every write the relay saw has its durable intent
     assert "audit" in out.observed["safe_reason"], out.observed
     assert out.observed["writes_after_safe"] == 0
+    assert "audit:log" in out.observed["alarms"]        # alarmed where it can be: the status
     assert out.observed["audit_exit"] == 0 and out.observed["audit_size_bytes"] <= 2600
     assert out.expected
