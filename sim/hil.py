@@ -232,14 +232,23 @@ async def serve(
                 view.apply_caps, zones=topo.zone_id, zone_state=view.zone_state,
                 sim_clock=lambda: (speed, plant.t_s), period_s=None, on_result=on_result))
         steps = 0
+        # the plant is never paced by the broker: a round of telemetry is published in a task
+        # of its own (the next round is skipped while one is still out), so a broker that is
+        # down, restarting or slow cannot freeze the meters (found by the HIL campaign)
+        publishing: asyncio.Task[int] | None = None
 
         async def on_step() -> None:
-            nonlocal steps
+            nonlocal steps, publishing
             steps += 1
             if steps % every == 0:
                 modbus.refresh()
-                if mqtt is not None:
-                    await mqtt.publish_telemetry()
+                if publishing is not None and publishing.done():
+                    done, publishing = publishing, None
+                    if not done.cancelled() and done.exception() is not None:
+                        raise done.exception()  # type: ignore[misc]  # a provider's bug
+                if mqtt is not None and publishing is None:
+                    publishing = asyncio.create_task(mqtt.publish_telemetry(),
+                                                     name="sim telemetry round")
 
         runner = RealTimeRunner(plant, dt_s=dt_s, speed=speed, on_step=on_step)
         if scenario_armed is not None and faults:
@@ -268,5 +277,8 @@ async def serve(
         finally:
             if record is not None:
                 record(summary(plant))
+            if publishing is not None:
+                publishing.cancel()
+                await asyncio.gather(publishing, return_exceptions=True)
             log.info("simulator stopping at plant time %.1f s after %d steps (%d overruns)",
                      plant.t_s, runner.stats.steps, runner.stats.overruns)
