@@ -65,6 +65,9 @@ def loads_hall_config(data: bytes | str, source: str = "<config>") -> HallConfig
         raise ConfigError(source, [ConfigIssue("", f"not valid TOML: {exc}")]) from None
     except RecursionError:
         raise ConfigError(source, [ConfigIssue("", "not usable TOML: nested too deeply")]) from None
+    except ValueError as exc:  # tomllib's int(): a literal over Python's 4300-digit limit
+        raise ConfigError(source, [ConfigIssue(
+            "", f"not usable TOML: {str(exc).partition(';')[0]}")]) from None
     return validate_hall_dict(raw, source=source)
 
 
@@ -93,8 +96,8 @@ def issues_from_validation(exc: ValidationError) -> list[ConfigIssue]:
         elif err["type"] == "missing":
             message = "required field is missing"
         elif "input" in err:
-            shown = repr(err["input"])
-            if len(shown) <= 60 and not isinstance(err["input"], dict) and shown not in message:
+            shown = short_repr(err["input"])
+            if shown is not None and not isinstance(err["input"], dict) and shown not in message:
                 message = f"{message} (got {shown})"
         loc = _user_loc(err["loc"])
         union_branch = len(loc) < len(err["loc"]) and not _only_tags_dropped(err["loc"])
@@ -110,6 +113,18 @@ def issues_from_validation(exc: ValidationError) -> list[ConfigIssue]:
         if message not in messages:
             messages.append(message)
     return [ConfigIssue(path, "; or ".join(messages)) for path, messages in merged.items()]
+
+
+def short_repr(value: Any, limit: int = 60) -> str | None:
+    """``repr(value)`` when it is at most ``limit`` characters, else None. An int too long for
+    ``repr`` (over Python's 4300-digit limit: a hex literal in TOML) is None too, not a crash."""
+    if isinstance(value, int) and value.bit_length() > 4 * limit:
+        return None
+    try:
+        shown = repr(value)
+    except ValueError:
+        return None
+    return shown if len(shown) <= limit else None
 
 
 def _only_tags_dropped(loc: tuple[str | int, ...]) -> bool:

@@ -41,6 +41,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from controller.config import short_repr
 from controller.errors import ConfigIssue, RampguardError
 from controller.model import format_loc
 from sim.options import PlantOptions
@@ -323,6 +324,9 @@ def loads_scenario(data: bytes | str, source: str = "<scenario>") -> Scenario:
         raise ScenarioError(source, [ConfigIssue("", f"not valid TOML: {exc}")]) from None
     except RecursionError:
         raise ScenarioError(source, [ConfigIssue("", "nested too deeply")]) from None
+    except ValueError as exc:  # tomllib's int(): a literal over Python's 4300-digit limit
+        raise ScenarioError(source, [ConfigIssue(
+            "", f"not usable TOML: {str(exc).partition(';')[0]}")]) from None
     try:
         return Scenario.model_validate(raw)
     except ValidationError as exc:
@@ -345,8 +349,8 @@ def _issues(exc: ValidationError) -> list[ConfigIssue]:
         elif err["type"] == "union_tag_invalid":
             message = "unknown fault kind; expected one of: " + ", ".join(FAULT_KINDS)
         elif "input" in err:
-            shown = repr(err["input"])
-            if len(shown) <= 60 and not isinstance(err["input"], dict):
+            shown = short_repr(err["input"])
+            if shown is not None and not isinstance(err["input"], dict):
                 message = f"{message} (got {shown})"
         key = (format_loc(loc), message)
         if key not in seen:
