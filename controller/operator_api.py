@@ -24,6 +24,8 @@ as sent: no decoding, no normalization, a query string is ignored); 405 a wrong 
 refused (``{"error": reason}``); 413 a body over :data:`MAX_BODY_BYTES`; 431 a header line, the
 head or the header count over its limit; 500 the command raised (logged; the server goes on);
 501 ``Transfer-Encoding``; 503 too many connections; 505 an HTTP version other than 1.0/1.1.
+Every error answer is counted by status in :attr:`OperatorApi.rejected` (the service exports it
+as ``rampguard_inputs_rejected_total{source="http"}``).
 
 The command methods are called on the event loop thread, one at a time, so they see the
 controller's state between ticks: they must be quick and must not block.
@@ -36,6 +38,7 @@ import contextlib
 import hmac
 import logging
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -242,6 +245,9 @@ class OperatorApi:
         self.max_connections = max_connections
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
+        #: requests answered with an error, by status code (``"400"``, ``"401"``, ...), and
+        #: ``"incomplete"``: the client left inside its body (monotonic; for metrics)
+        self.rejected: Counter[str] = Counter()
 
     @property
     def port(self) -> int:
@@ -289,12 +295,15 @@ class OperatorApi:
             self._connections.add(task)
         try:
             if len(self._connections) > self.max_connections:
+                self.rejected["503"] += 1
                 await self._send(writer, 503, {"error": "too many connections"})
             else:
                 try:
                     status, body, headers = await self._answer(reader)
                 except _ClientGoneError:
                     return
+                if status >= 400:
+                    self.rejected[str(status)] += 1
                 await self._send(writer, status, body, headers)
             await self._linger(reader, writer)
         finally:
@@ -323,6 +332,7 @@ class OperatorApi:
                 except TimeoutError:
                     raise HttpError(408, "request body not received in time") from None
                 except asyncio.IncompleteReadError:
+                    self.rejected["incomplete"] += 1
                     raise _ClientGoneError from None
             status, body, headers = self._dispatch(request)
         except HttpError as exc:

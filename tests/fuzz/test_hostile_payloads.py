@@ -238,7 +238,7 @@ def test_bombs_and_huge_payloads_are_rejected_by_reason() -> None:
 # Through the link's dispatch: every message counted, handlers see only valid ones
 # ============================================================================================
 @settings(FUZZ, max_examples=60)
-@given(st.lists(st.tuples(st.sampled_from(MODELS + [None]), st.data()), min_size=1,
+@given(st.lists(st.tuples(st.sampled_from([*MODELS, None]), st.data()), min_size=1,
                 max_size=20))
 def test_the_link_counts_every_message(messages: list[tuple[type[Payload] | None, Any]]) -> None:
     seen: list[Any] = []
