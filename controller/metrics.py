@@ -6,25 +6,27 @@ that holds a snapshot of the arrays the caller passes: a tick costs one copy of 
 text is built in the exporter's thread when Prometheus scrapes, and nodes that are no longer
 passed disappear from the output.
 
-================================================  =============================================
-metric                                            meaning
-================================================  =============================================
-``rampguard_mode{mode}``                          1 for the controller's current mode, 0 for the
-                                                  others (IDLE, RAMPING, HOLDING, STEADY,
-                                                  SHEDDING, SAFE, and any other seen)
-``rampguard_tick_seconds``                        histogram of control tick durations
-``rampguard_node_load_a{node,phase}``             measured load per phase (L1, L2, L3) of each
-                                                  watched node, A; NaN when unknown
-``rampguard_node_limit_a{node}``                  its continuous limit, A
-``rampguard_node_headroom_a{node}``               its headroom, A; NaN when unknown
-``rampguard_max_utilization{kind}``               highest load / continuous limit per node kind
-``rampguard_stale_readings``                      readings stale or unknown now
-``rampguard_telemetry_rejected_total{reason}``    telemetry rejected by the drivers, by reason
-``rampguard_actions_total{type,outcome}``         actions by type and outcome
-``rampguard_alarms_active``                       alarms active now
-``rampguard_servers_energized``                   servers energized
-``rampguard_servers_total``                       servers in the hall
-================================================  =============================================
+====================================================  =============================================
+metric                                                meaning
+====================================================  =============================================
+``rampguard_mode{mode}``                              1 for the controller's current mode, 0 for the
+                                                      others (IDLE, RAMPING, HOLDING, STEADY,
+                                                      SHEDDING, SAFE, and any other seen)
+``rampguard_tick_seconds``                            histogram of control tick durations
+``rampguard_node_load_a{node,phase}``                 measured load per phase (L1, L2, L3) of each
+                                                      watched node, A; NaN when unknown
+``rampguard_node_limit_a{node}``                      its continuous limit, A
+``rampguard_node_headroom_a{node}``                   its headroom, A; NaN when unknown
+``rampguard_max_utilization{kind}``                   highest load / continuous limit per node kind
+``rampguard_stale_readings``                          readings stale or unknown now
+``rampguard_telemetry_rejected_total{reason}``        telemetry rejected by the drivers, by reason
+``rampguard_inputs_rejected_total{source,reason}``    every input refused, by where it came from
+                                                      (mqtt, telemetry, modbus, http) and why
+``rampguard_actions_total{type,outcome}``             actions by type and outcome
+``rampguard_alarms_active``                           alarms active now
+``rampguard_servers_energized``                       servers energized
+``rampguard_servers_total``                           servers in the hall
+====================================================  =============================================
 
 Values that are not finite (NaN, ±inf) in loads, limits, headrooms and utilizations are
 exported as NaN: "unknown" (Prometheus accepts NaN samples; comparisons with NaN are false, so
@@ -74,17 +76,19 @@ class _SnapshotCollector(Collector):
         self.nodes = _NodeSnapshot((), np.zeros((0, 3)), np.zeros(0), np.zeros(0))
         self.utilization: Mapping[str, float] = {}
         self.rejected: Mapping[str, int] = {}
+        self.inputs_rejected: Mapping[tuple[str, str], int] = {}
 
     def describe(self) -> Iterable[Metric]:
         return self._families(_NodeSnapshot((), np.zeros((0, 3)), np.zeros(0), np.zeros(0)),
-                              {}, {})
+                              {}, {}, {})
 
     def collect(self) -> Iterable[Metric]:
-        return self._families(self.nodes, self.utilization, self.rejected)
+        return self._families(self.nodes, self.utilization, self.rejected, self.inputs_rejected)
 
     @staticmethod
     def _families(nodes: _NodeSnapshot, utilization: Mapping[str, float],
-                  rejected: Mapping[str, int]) -> list[Metric]:
+                  rejected: Mapping[str, int],
+                  inputs_rejected: Mapping[tuple[str, str], int]) -> list[Metric]:
         load = GaugeMetricFamily("rampguard_node_load_a",
                                  "Measured load per phase of a watched node, A (NaN: unknown)",
                                  labels=["node", "phase"])
@@ -111,7 +115,12 @@ class _SnapshotCollector(Collector):
                                       labels=["reason"])
         for reason, count in sorted(rejected.items()):
             rejects.add_metric([reason], count)
-        return [load, limit, headroom, util, rejects]
+        inputs = CounterMetricFamily("rampguard_inputs_rejected",
+                                     "Inputs refused, by source (mqtt, telemetry, modbus, http) "
+                                     "and reason", labels=["source", "reason"])
+        for (source, reason), count in sorted(inputs_rejected.items()):
+            inputs.add_metric([source, reason], count)
+        return [load, limit, headroom, util, rejects, inputs]
 
 
 class ServiceMetrics:
@@ -191,6 +200,19 @@ class ServiceMetrics:
                 raise ValueError(f"a rejection counter is never negative: {reason}={count}")
             counts[str(reason)] = value
         self._snapshot.rejected = counts
+
+    def set_input_rejections(self, rejected: Mapping[tuple[str, str], int]) -> None:
+        """Every input refused so far by ``(source, reason)`` (monotonic counts kept by their
+        owners: the MQTT link, the telemetry store, the poller, the operator API; replaces the
+        set)."""
+        counts: dict[tuple[str, str], int] = {}
+        for (source, reason), count in rejected.items():
+            value = int(count)
+            if value < 0:
+                raise ValueError(f"a rejection counter is never negative: "
+                                 f"{source}/{reason}={count}")
+            counts[(str(source), str(reason))] = value
+        self._snapshot.inputs_rejected = counts
 
     def count_action(self, kind: str, outcome: str, n: int = 1) -> None:
         """``n`` more actions of type ``kind`` (switch_outlet, set_caps, ...) that ended with

@@ -37,6 +37,7 @@ import logging
 import math
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +200,10 @@ class Service:
         self.ticks = 0
         self.api: OperatorApi | None = None
         self.exporter: Any = None
+        self._poller: ModbusPoller | None = None
+        #: inputs the service itself refuses, by (source, reason): a valid payload on the
+        #: topic of another server or zone than the one it names
+        self._rejected: Counter[tuple[str, str]] = Counter()
 
     # ================================================================== driver callbacks
     def _on_snapshot(self, dev: ModbusDevice, snap: Snapshot) -> None:
@@ -242,7 +247,12 @@ class Service:
         self._outlet_seen_s[self._outlets_of_device.get(key, [])] = -math.inf
 
     def _on_agent(self, server: int) -> Callable[[str, Any], None]:
+        name = self.topo.server_id[server]
+
         def handle(topic: str, p: AgentTelemetry) -> None:
+            if p.server != name:
+                self._rejected["mqtt", "wrong_server"] += 1
+                return
             power = [g.power_w for g in p.gpus]
             limit = [g.limit_w for g in p.gpus]
             t = self.clock()
@@ -251,7 +261,10 @@ class Service:
 
     def _on_ack(self, topic: str, ack: CapAck) -> None:
         action = self._cap_action.pop(ack.id, None)
-        if action is None or self._audit is None:
+        if action is None:
+            self._rejected["mqtt", "unknown_ack"] += 1     # not a command in flight: dropped
+            return
+        if self._audit is None:
             return
         audit = self._audit
 
@@ -263,7 +276,12 @@ class Service:
         self._pending.append(record)
 
     def _on_zone(self, zone: int) -> Callable[[str, Any], None]:
+        name = self.topo.zone_id[zone]
+
         def handle(topic: str, p: ZoneTelemetry) -> None:
+            if p.zone != name:
+                self._rejected["mqtt", "wrong_zone"] += 1
+                return
             t = self.clock()
 
             def apply() -> None:
@@ -300,9 +318,31 @@ class Service:
             "outlets_on": int(self._outlet_on.sum()), "outlets": self.ctx.n_outlets,
             "ticks": self.ticks, "hall": t.name, "config": self.source,
             "telemetry": self.store.counters(),
+            "rejected": self.rejections(),
+            "mqtt": None if self._link is None else {
+                "received": self._link.counters.received,
+                "accepted": self._link.counters.accepted},
             "transitions": [{"t_s": round(a, 3), "from": b, "to": c, "reason": r}
                             for a, b, c, r in st.transitions[-20:]],
         }
+
+    def rejections(self) -> dict[str, dict[str, int]]:
+        """Every input refused so far, by source and reason (monotonic counts): ``mqtt``
+        (payloads that break their schema, by :class:`~drivers.errors.PayloadError` reason,
+        or name another server or zone than their topic), ``telemetry`` (readings the store
+        found implausible), ``modbus`` (reads refused by the poller) and ``http`` (operator
+        API requests answered with an error, by status)."""
+        out: dict[str, dict[str, int]] = {"mqtt": {}, "telemetry": dict(self.store.rejected),
+                                          "modbus": {}, "http": {}}
+        if self._link is not None:
+            out["mqtt"].update(self._link.counters.rejected)
+        for (source, reason), n in self._rejected.items():
+            out[source][reason] = out[source].get(reason, 0) + n
+        if self._poller is not None:
+            out["modbus"].update(self._poller.rejections())
+        if self.api is not None:
+            out["http"].update(self.api.rejected)
+        return out
 
     def plan(self) -> dict[str, Any]:
         p = self.state.plan
@@ -356,6 +396,7 @@ class Service:
                 poller = await stack.enter_async_context(ModbusPoller(
                     meter_cfgs, period_s=min(self.settings.tick_s, 1.0) / self._speed,
                     on_snapshot=self._on_snapshot, on_error=self._on_error))
+                self._poller = poller
                 # coil writes go through the poller's own client of each device (one client
                 # per device: its requests run one at a time)
                 self._actuators = {cfg.key: poller.devices[cfg.key]
@@ -711,6 +752,8 @@ class Service:
         m.set_alarms(len(self.state.alarms_active))
         st = self.status()
         m.set_servers(st["energized_servers"], st["total_servers"])
+        m.set_input_rejections({(source, reason): n for source, reasons in st["rejected"].items()
+                                for reason, n in reasons.items()})
 
 
 def _finite(x: float) -> float | None:

@@ -73,6 +73,7 @@ from drivers.registers import (
     PROFILE_PDU,
     GenericProfile,
     Layout,
+    Quality,
     ReadBlock,
     Snapshot,
     decode_builtin,
@@ -599,6 +600,12 @@ class ModbusDevice(StatefulLink):
             raise DriverConfigError("this device has no outlets", device=self.key)
 
 
+def _snake(name: str) -> str:
+    """``DeviceTimeout`` -> ``device_timeout``."""
+    return "".join(f"_{c.lower()}" if c.isupper() and k else c.lower()
+                   for k, c in enumerate(name))
+
+
 def _is_no_answer(exc: Exception) -> bool:
     text = str(exc).lower()
     return "no response" in text or "timeout" in text or isinstance(exc, TimeoutError)
@@ -620,6 +627,9 @@ class PollStats:
     last_latency_s: float = math.nan
     last_error: DriverError | None = None
     errors_by_kind: dict[str, int] = field(default_factory=dict)
+    #: snapshots delivered whose worst quality was not GOOD, by its label (``stale``,
+    #: ``implausible``, ``bad``): the reads a consumer must not trust
+    untrusted_by_quality: dict[str, int] = field(default_factory=dict)
 
 
 class ModbusPoller:
@@ -707,6 +717,22 @@ class ModbusPoller:
         if self._runner is not None:
             await asyncio.shield(self._runner)
 
+    def rejections(self) -> dict[str, int]:
+        """Reads refused, summed over the devices, by reason (monotonic; for metrics): a
+        failed read by its error in snake case (``device_timeout``, ``decode_error``,
+        ``device_mismatch``, ``device_exception``, ``device_unreachable``; not
+        ``not_connected``: nothing was asked), and a read whose worst quality was not GOOD as
+        ``quality_stale``, ``quality_implausible`` or ``quality_bad``."""
+        out: dict[str, int] = {}
+        for stats in self.stats.values():
+            for kind, n in stats.errors_by_kind.items():
+                if kind != NotConnected.__name__:
+                    reason = _snake(kind)
+                    out[reason] = out.get(reason, 0) + n
+            for label, n in stats.untrusted_by_quality.items():
+                out[f"quality_{label}"] = out.get(f"quality_{label}", 0) + n
+        return out
+
     async def wait_connected(self, timeout_s: float) -> None:
         """Wait until every device is connected; :class:`DeviceTimeout` naming those that are
         not after ``timeout_s``."""
@@ -753,6 +779,11 @@ class ModbusPoller:
                 stats.ok += 1
                 stats.consecutive_errors = 0
                 stats.last_ok_mono_s = t0
+                quality = snapshot.quality
+                if quality is not Quality.GOOD:
+                    label = quality.label
+                    stats.untrusted_by_quality[label] = \
+                        stats.untrusted_by_quality.get(label, 0) + 1
                 self.latest[dev.key] = snapshot
                 if self._on_snapshot is not None:
                     self._on_snapshot(dev, snapshot)
