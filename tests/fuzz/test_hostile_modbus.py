@@ -1,0 +1,317 @@
+"""A hostile Modbus TCP server against drivers/modbus.py's client, over real loopback TCP.
+
+The server (raw asyncio, frame by frame) answers each request as a script says: correctly, with
+random bytes, with a reply of another transaction id, unit or function, truncated (and then
+silent, or closing), with a valid header around a garbage PDU, with an exception response of
+any code, with the wrong register count, twice, late, or never; or it closes the connection.
+Hypothesis draws the scripts, and the profiles (a meter: one request per read; a PDU with
+banks and 40 outlets: two). For every read the client must end with a snapshot or a typed
+:class:`~drivers.errors.DriverError`, within its guard (``requests × timeout_s + 0.25 s``, plus
+slack for a loaded machine); and once the server behaves again, the client recovers and reads
+the true values. Through a :class:`~drivers.modbus.ModbusPoller` every failed poll is counted
+(``PollStats.errors_by_kind``, ``ModbusPoller.rejections``) and the poller never stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import struct
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from drivers.errors import (
+    DecodeError,
+    DeviceException,
+    DeviceTimeout,
+    DeviceUnreachable,
+    DriverError,
+    NotConnected,
+)
+from drivers.modbus import ModbusDevice, ModbusDeviceConfig, ModbusPoller
+from drivers.registers import (
+    PROFILE_METER,
+    PROFILE_PDU,
+    BankSnapshot,
+    MeterSnapshot,
+    OutletSnapshot,
+    PduSnapshot,
+    Snapshot,
+    encode_meter,
+    encode_pdu,
+)
+
+TIMEOUT_S = 0.15
+#: What a loaded 2-core machine may add to a guard before we call it a hang.
+SLACK_S = 1.5
+BEHAVIOURS = ("good", "random", "wrong_tid", "wrong_unit", "wrong_fc", "truncated",
+              "truncated_close", "garbage_pdu", "exception", "short_count", "long_count",
+              "huge_length", "twice", "late", "silent", "close")
+TYPED = (DeviceTimeout, DeviceUnreachable, DeviceException, DecodeError)
+
+BANKS, OUTLETS = 2, 40
+
+
+def _image(profile: str, sequence: int) -> tuple[dict[int, int], list[bool]]:
+    """Register address -> value, and the coils, of a device reading 12.5 A on L1."""
+    inlet = MeterSnapshot(current_a=(12.5, 0.0, 0.0), voltage_v=(230.0, 230.0, 230.0),
+                          power_w=(2875.0, 0.0, 0.0), energy_wh=1.0)
+    if profile == PROFILE_METER:
+        regs = encode_meter(inlet, sequence=sequence, uptime_s=1.0)
+        return dict(enumerate(regs)), []
+    pdu = PduSnapshot(inlet, (BankSnapshot(6.25, 230.0, 1437.5),) * BANKS,
+                      tuple(OutletSnapshot(0.5, 115.0, k % 2 == 0, k % 2 == 0)
+                            for k in range(OUTLETS)))
+    img = encode_pdu(pdu, sequence=sequence, uptime_s=1.0)
+    ((start, values),) = img.input_registers
+    return {start + k: v for k, v in enumerate(values)}, list(img.coils)
+
+
+@dataclass
+class HostileServer:
+    """Modbus TCP on 127.0.0.1: each request is answered by the next behaviour of
+    :attr:`script` (``good`` once it is empty), with bytes from :attr:`rng`."""
+
+    profile: str
+    script: deque[str] = field(default_factory=deque)
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    port: int = 0
+    requests: int = 0
+    sequence: int = 0
+    _server: asyncio.Server | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+
+    async def __aenter__(self) -> HostileServer:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in list(self._writers):
+            w.close()                   # the handlers see end of stream and return
+        if self._tasks:
+            _done, late = await asyncio.wait(list(self._tasks), timeout=2.0)
+            for t in late:              # a "late" answer still sleeping
+                t.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def _good(self, tid: int, unit: int, pdu: bytes) -> bytes:
+        fc, address, count = struct.unpack(">BHH", pdu[:5])
+        self.sequence += 1
+        regs, coils = _image(self.profile, self.sequence)
+        if fc in (3, 4):
+            body = struct.pack(f">{count}H", *(regs.get(address + k, 0) for k in range(count)))
+            reply = bytes([fc, len(body)]) + body
+        elif fc in (1, 2):
+            bits = [coils[address + k] if address + k < len(coils) else False
+                    for k in range(count)]
+            data = bytearray((count + 7) // 8)
+            for k, b in enumerate(bits):
+                if b:
+                    data[k // 8] |= 1 << (k % 8)
+            reply = bytes([fc, len(data)]) + bytes(data)
+        else:
+            reply = pdu[:5]                                  # a write: the echo
+        return struct.pack(">HHHB", tid, 0, len(reply) + 1, unit) + reply
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(writer)
+        rng = self.rng
+        try:
+            while True:
+                head = await reader.readexactly(7)
+                tid, _pid, length, unit = struct.unpack(">HHHB", head)
+                pdu = await reader.readexactly(max(length - 1, 0))
+                self.requests += 1
+                how = self.script.popleft() if self.script else "good"
+                good = self._good(tid, unit, pdu)
+                if how == "good":
+                    out = good
+                elif how == "random":
+                    out = rng.randbytes(rng.randint(1, 300))
+                elif how == "wrong_tid":
+                    out = struct.pack(">H", tid ^ 0x5A5A) + good[2:]
+                elif how == "wrong_unit":
+                    out = good[:6] + bytes([(unit + 1) % 256]) + good[7:]
+                elif how == "wrong_fc":
+                    out = good[:7] + bytes([good[7] ^ 0x07]) + good[8:]
+                elif how in ("truncated", "truncated_close"):
+                    out = good[:rng.randint(1, len(good) - 1)]
+                elif how == "garbage_pdu":
+                    junk = rng.randbytes(rng.randint(1, 250))
+                    out = struct.pack(">HHHB", tid, 0, len(junk) + 1, unit) + junk
+                elif how == "exception":
+                    code = rng.randint(0, 255)
+                    out = struct.pack(">HHHBBB", tid, 0, 3, unit, pdu[0] | 0x80, code)
+                elif how in ("short_count", "long_count"):
+                    fc, _a, count = struct.unpack(">BHH", pdu[:5])
+                    n = max(count - 1, 0) if how == "short_count" else count + 3
+                    body = bytes([fc, 2 * n]) + b"\x00\x07" * n
+                    out = struct.pack(">HHHB", tid, 0, len(body) + 1, unit) + body
+                elif how == "huge_length":
+                    out = struct.pack(">HHHB", tid, 0, 0xFFFF, unit) + good[7:]
+                elif how == "twice":
+                    out = good + good
+                elif how == "late":
+                    await asyncio.sleep(TIMEOUT_S * 3)
+                    out = good
+                elif how == "silent":
+                    continue
+                else:                                        # close
+                    break
+                writer.write(out)
+                await writer.drain()
+                if how == "truncated_close":
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+            self._tasks.discard(task)
+
+
+def _config(profile: str, port: int) -> ModbusDeviceConfig:
+    pdu = profile == PROFILE_PDU
+    return ModbusDeviceConfig(f"HOSTILE-{profile}", port=port, unit_id=3, profile=profile,
+                              banks=BANKS if pdu else 0, outlets=OUTLETS if pdu else 0,
+                              actuator=pdu, timeout_s=TIMEOUT_S, backoff_initial_s=0.02,
+                              backoff_max_s=0.1)
+
+
+def _true_values(snap: Snapshot) -> None:
+    assert math.isclose(snap["current_l1"].value, 12.5)
+    assert snap.quality.value == 0
+
+
+async def _recovered_read(dev: ModbusDevice, timeout_s: float = 15.0) -> Snapshot:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await dev.wait_connected(max(deadline - time.monotonic(), 0.01))
+            return await dev.read()
+        except DriverError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.02)
+
+
+async def hostile_reads(profile: str, script: Sequence[str], seed: int) -> None:
+    async with HostileServer(profile, deque(), random.Random(seed)) as server:
+        cfg = _config(profile, server.port)
+        guard_s = len(cfg.read_plan()) * TIMEOUT_S + 0.25
+        async with ModbusDevice(cfg) as dev:
+            await dev.wait_connected(10.0)
+            server.script.extend(script)
+            while server.script:
+                t0 = time.monotonic()
+                try:
+                    snap = await dev.read()
+                except NotConnected:            # the last one dropped it: it reconnects
+                    await dev.wait_connected(10.0)
+                except TYPED:
+                    pass
+                else:
+                    # a read that got through (the hostile answer was discarded and a good
+                    # one matched, or the request that drew it was not ours): true values
+                    _true_values(snap)
+                elapsed = time.monotonic() - t0
+                assert elapsed < guard_s + SLACK_S, (elapsed, script)
+            _true_values(await _recovered_read(dev))
+            c = dev.counters
+            assert c.requests >= len(script)
+            assert c.reads >= 1
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.sampled_from([PROFILE_METER, PROFILE_PDU]),
+       st.lists(st.sampled_from(BEHAVIOURS), min_size=1, max_size=5),
+       st.integers(0, 2**32))
+def test_hostile_server_errors_are_typed_bounded_and_the_client_recovers(
+        profile: str, script: list[str], seed: int) -> None:
+    asyncio.run(hostile_reads(profile, script, seed))
+
+
+def test_each_hostile_behaviour_alone_is_a_typed_error() -> None:
+    """Every misbehaviour of the server, once, on a fresh connection: the read that meets it
+    fails with the error that fits (or, for a reply the client can discard, still succeeds)."""
+    expected: dict[str, tuple[type[DriverError], ...]] = {
+        "random": (DeviceTimeout, DeviceUnreachable, DecodeError, DeviceException),
+        "wrong_tid": (DeviceTimeout,), "silent": (DeviceTimeout,), "late": (DeviceTimeout,),
+        "truncated": (DeviceTimeout,), "truncated_close": (DeviceUnreachable, DeviceTimeout),
+        "close": (DeviceUnreachable, DeviceTimeout),
+        "exception": (DeviceException, DeviceTimeout),
+        "short_count": (DecodeError,), "long_count": (DecodeError,),
+        "garbage_pdu": (DeviceTimeout, DecodeError, DeviceException, DeviceUnreachable),
+        "huge_length": (DeviceTimeout, DeviceUnreachable),
+        "wrong_unit": (DeviceTimeout, DecodeError),
+        "wrong_fc": (DeviceTimeout, DecodeError, DeviceUnreachable),
+    }
+
+    async def one(how: str, allowed: tuple[type[DriverError], ...]) -> None:
+        async with HostileServer(PROFILE_METER, deque([how]), random.Random(7)) as server:
+            cfg = _config(PROFILE_METER, server.port)
+            async with ModbusDevice(cfg) as dev:
+                await dev.wait_connected(10.0)
+                t0 = time.monotonic()
+                try:
+                    await dev.read()
+                except DriverError as exc:
+                    assert isinstance(exc, allowed), (how, exc)
+                elapsed = time.monotonic() - t0
+                assert elapsed < TIMEOUT_S + 0.25 + SLACK_S, (how, elapsed)
+                _true_values(await _recovered_read(dev))
+
+    async def main() -> None:
+        for how, allowed in expected.items():
+            await one(how, allowed)
+
+    asyncio.run(main())
+
+
+def test_the_poller_counts_every_failed_poll_and_keeps_polling() -> None:
+    script = ["silent", "short_count", "exception", "random", "close", "garbage_pdu",
+              "wrong_tid", "long_count", "truncated_close", "late"] * 2
+
+    async def main() -> None:
+        async with HostileServer(PROFILE_METER, deque(), random.Random(3)) as server:
+            cfg = _config(PROFILE_METER, server.port)
+            async with ModbusPoller([cfg], period_s=0.05) as poller:
+                stats = poller.stats[cfg.key]
+                deadline = time.monotonic() + 20
+                while stats.ok < 1:                                # first a good poll
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.02)
+                server.script.extend(script)
+                while server.script:
+                    assert time.monotonic() < deadline, "the poller stopped asking"
+                    await asyncio.sleep(0.02)
+                ok_before = stats.ok
+                while stats.ok < ok_before + 3:                    # and it recovers
+                    assert time.monotonic() < deadline, "the poller did not recover"
+                    await asyncio.sleep(0.02)
+                errors = dict(stats.errors_by_kind)
+                rejected = poller.rejections()
+                assert stats.errors == sum(errors.values())
+                assert stats.errors >= 10                  # each misbehaviour failed a poll
+                not_connected = errors.pop("NotConnected", 0)
+                assert sum(rejected.values()) == stats.errors - not_connected
+                assert rejected.get("decode_error", 0) >= 2 * 2     # short and long counts
+                assert rejected.get("device_timeout", 0) >= 2
+                assert poller._runner is not None and not poller._runner.done()
+
+    asyncio.run(main())
