@@ -13,16 +13,14 @@ a random byte. ``loads_hall_config`` (and ``compile_hall`` when it validates) ma
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.cli import main as cli_main
@@ -30,6 +28,7 @@ from controller.config import loads_hall_config
 from controller.errors import ConfigError
 from controller.topology import compile_hall
 from sim.faults import FAULT_KINDS, Scenario, ScenarioError, loads_scenario
+from tests.fuzz.mutation import FUZZ, Raw, Twice, mutate, truncated
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RIG_TEXT = (CONFIGS / "rig.toml").read_text(encoding="utf-8")
@@ -83,28 +82,9 @@ idle_s = 20
 """
 SCENARIO = tomllib.loads(SCENARIO_TEXT)
 
-FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
 # ============================================================================================
 # A small TOML writer (everything inline), with room for raw hostile fragments
 # ============================================================================================
-@dataclass(frozen=True)
-class Raw:
-    """A TOML fragment written as is (a literal no Python value round-trips to)."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Twice:
-    """A key/value pair that the writer emits twice (TOML forbids duplicate keys)."""
-
-    value: Any
-    other: Any
-
-
 def _string(s: str) -> str:
     # JSON escapes are TOML escapes, except that TOML also forbids a raw DEL
     return json.dumps(s, ensure_ascii=False).replace("\x7f", "\\u007f")
@@ -134,7 +114,7 @@ def toml_value(v: Any) -> str:
     if isinstance(v, dict):
         return "{" + ", ".join(_pairs(v)) + "}"
     if isinstance(v, Twice):
-        return toml_value(v.value)
+        return toml_value(v.first)
     raise TypeError(f"cannot write {type(v).__name__} as TOML")
 
 
@@ -142,8 +122,8 @@ def _pairs(d: dict[str, Any]) -> list[str]:
     out = []
     for k, v in d.items():
         if isinstance(v, Twice):
-            out.append(f"{_key(k)} = {toml_value(v.value)}")
-            out.append(f"{_key(k)} = {toml_value(v.other)}")
+            out.append(f"{_key(k)} = {toml_value(v.first)}")
+            out.append(f"{_key(k)} = {toml_value(v.second)}")
         else:
             out.append(f"{_key(k)} = {toml_value(v)}")
     return out
@@ -189,44 +169,9 @@ HOSTILE_VALUES = st.one_of(
 )
 
 
-def _slots(tree: Any) -> list[tuple[Any, Any]]:
-    out: list[tuple[Any, Any]] = []
-    stack = [tree]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, value in item.items():
-                out.append((item, key))
-                stack.append(value)
-        elif isinstance(item, list):
-            for index, value in enumerate(item):
-                out.append((item, index))
-                stack.append(value)
-    return out
-
-
-def mutate(data: st.DataObject, base: dict[str, Any]) -> dict[str, Any]:
-    doc = copy.deepcopy(base)
-    for _ in range(data.draw(st.integers(1, 3), label="mutations")):
-        slots = _slots(doc)
-        container, key = data.draw(st.sampled_from(slots), label="where")
-        op = data.draw(st.sampled_from(["value", "twice", "delete", "wrap"]), label="op")
-        if op == "value":
-            container[key] = data.draw(HOSTILE_VALUES, label="value")
-        elif op == "twice" and isinstance(container, dict):
-            container[key] = Twice(container[key], data.draw(HOSTILE_VALUES, label="other"))
-        elif op == "delete":
-            del container[key]
-        else:                                     # the value one level deeper than expected
-            container[key] = [container[key]]
-    return doc
-
-
 def _render(data: st.DataObject, doc: dict[str, Any]) -> bytes:
     raw = to_toml(doc).encode("utf-8")
-    if data.draw(st.booleans(), label="truncate"):
-        raw = raw[:data.draw(st.integers(0, len(raw)), label="cut")]
-    return raw
+    return truncated(data, raw) if data.draw(st.booleans(), label="truncate") else raw
 
 
 def _check_issues(exc: ConfigError | ScenarioError) -> None:
@@ -261,13 +206,13 @@ def load_scenario(raw: bytes) -> None:
 @FUZZ
 @given(st.data())
 def test_mutated_rig_documents(data: st.DataObject) -> None:
-    load_config(_render(data, mutate(data, RIG)))
+    load_config(_render(data, mutate(data, RIG, HOSTILE_VALUES)))
 
 
 @FUZZ
 @given(st.data())
 def test_mutated_scenario_documents(data: st.DataObject) -> None:
-    load_scenario(_render(data, mutate(data, SCENARIO)))
+    load_scenario(_render(data, mutate(data, SCENARIO, HOSTILE_VALUES)))
 
 
 @settings(FUZZ, max_examples=80)

@@ -16,14 +16,12 @@ bounds got in). Through :class:`~drivers.mqtt.MqttLink`'s dispatch every message
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers import MqttConfig, MqttLink, Subscription
@@ -42,6 +40,7 @@ from drivers.payloads import (
     dumps,
     parse,
 )
+from tests.fuzz.mutation import FUZZ, Raw, Twice, mutate, truncated
 
 NOW = 1_795_000_010.0
 REASONS = {"json", "schema", "future", "too_large"}
@@ -67,28 +66,9 @@ VALID: dict[type[Payload], dict[str, Any]] = {
 }
 MODELS = sorted(VALID, key=lambda m: m.__name__)
 
-FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
 # ============================================================================================
 # JSON with hostile fragments
 # ============================================================================================
-@dataclass(frozen=True)
-class Raw:
-    """A JSON fragment written as is (NaN, a 5000-digit number, a lone surrogate escape)."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Twice:
-    """A member written twice with two values."""
-
-    first: Any
-    second: Any
-
-
 def to_json(v: Any) -> str:
     if isinstance(v, Raw):
         return v.text
@@ -131,43 +111,13 @@ HOSTILE = st.one_of(
 )
 
 
-def _slots(tree: Any) -> list[tuple[Any, Any]]:
-    out: list[tuple[Any, Any]] = []
-    stack = [tree]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, value in item.items():
-                out.append((item, key))
-                stack.append(value)
-        elif isinstance(item, list):
-            for index, value in enumerate(item):
-                out.append((item, index))
-                stack.append(value)
-    return out
-
-
 def mutated(data: st.DataObject, model: type[Payload]) -> bytes:
-    doc: Any = copy.deepcopy(VALID[model])
-    for _ in range(data.draw(st.integers(0, 3), label="mutations")):
-        slots = _slots(doc)
-        op = data.draw(st.sampled_from(["value", "twice", "delete", "unknown", "wrap"]),
-                       label="op")
-        container, key = data.draw(st.sampled_from(slots), label="where")
-        if op == "value":
-            container[key] = data.draw(HOSTILE, label="value")
-        elif op == "twice" and isinstance(container, dict):
-            container[key] = Twice(container[key], data.draw(HOSTILE, label="second"))
-        elif op == "delete":
-            del container[key]
-        elif op == "unknown" and isinstance(container, dict):
-            container[data.draw(st.text(max_size=10), label="key")] = data.draw(HOSTILE)
-        else:
-            container[key] = [container[key]]
+    doc = mutate(data, VALID[model], HOSTILE, min_mutations=0,
+                 unknown_keys=st.text(max_size=10))
     raw = to_json(doc).encode("utf-8", "surrogatepass")
     garble = data.draw(st.sampled_from(["none", "none", "truncate", "splice"]), label="garble")
     if garble == "truncate":
-        raw = raw[:data.draw(st.integers(0, max(len(raw) - 1, 0)), label="cut")]
+        raw = truncated(data, raw)
     elif garble == "splice":
         at = data.draw(st.integers(0, len(raw)), label="at")
         bad = data.draw(st.sampled_from([b"\xff", b"\xc3", b"\xc0\xaf", b"\xed\xa0\x80",

@@ -19,21 +19,35 @@ HTTP to the operator API, a slowloris client among them. Then:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
+from random import Random
 from typing import Any
 
 import aiomqtt
 import pytest
 
+from controller.config import loads_hall_config
+from controller.service import Service, ServiceOptions
+from controller.topology import compile_hall
+from drivers.registers import PROFILE_METER
 from tests.conftest import BrokerProcess
-from tests.serve_helpers import free_port, rig_on_free_ports, start_rampguard, start_sim, stop_sim
+from tests.fuzz.hostile_servers import HostileServer
+from tests.serve_helpers import (
+    RIG,
+    free_port,
+    rig_on_free_ports,
+    start_rampguard,
+    start_sim,
+    stop_sim,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +56,7 @@ TOKEN = "hostile-test-T0ken"
 SERVERS = ("RIG-S01", "RIG-S02", "RIG-S03", "RIG-S04")
 ZONE = "LAB"
 GPUS = 8
+RIG_TEXT = RIG.read_text()
 
 
 def _gpus(n: int = GPUS, power_w: float = 40.0) -> list[dict[str, Any]]:
@@ -152,7 +167,7 @@ HTTP: list[tuple[bytes, int]] = [
      b"Content-Length: 2\r\n\r\nab", 400),
     (b"GET /status HTTP/1.1\r\nHost", 400),
     (b"POST /ramp/abort HTTP/1.1\r\n" + HOST + AUTH + b"Content-Length: 100000\r\n\r\n"
-     + b"{" * 100_000, 413),
+     + b"{" * 1000, 413),                  # a 413 at the head: the rest is never sent
     (b"POST /ramp/abort HTTP/1.1\r\n" + HOST + AUTH + b"Transfer-Encoding: chunked\r\n\r\n"
      b"zz\r\ngarbage\r\n", 501),
     (b"GET /status HTTP/1.1\r\n" + HOST + b"X-A: " + b"a" * 9000 + b"\r\n\r\n", 431),
@@ -191,15 +206,19 @@ def flat(rejected: dict[str, dict[str, int]]) -> Counter[tuple[str, str]]:
 async def raw_http(port: int, data: bytes, *, half_close: bool = True) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(data)
-        await writer.drain()
-        if half_close:
-            writer.write_eof()
+        try:
+            writer.write(data)
+            await writer.drain()
+            if half_close:
+                writer.write_eof()
+        except ConnectionError:
+            pass                    # the server answered and closed before all was sent
         async with asyncio.timeout(30):
             return await reader.read()
     finally:
         writer.close()
-        await writer.wait_closed()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
 
 async def wait_for(what: str, check: Any, timeout_s: float = 60.0) -> Any:
@@ -335,3 +354,58 @@ async def test_hostile_input_never_stops_the_service_and_every_rejection_is_coun
             await stop_sim(sim)
     assert rc == 0, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
+
+
+# ============================================================================================
+# In process: a hostile Modbus meter, counted through the service
+# ============================================================================================
+async def test_a_hostile_modbus_meter_is_counted_by_the_service_which_keeps_ticking(
+        tmp_path: Path) -> None:
+    """The rig's panel meter is a hostile server (five replies of the wrong register count,
+    five exception responses, then good ones); its PDU is not there at all. The service
+    counts exactly those ten refused polls under ``modbus``, not the reads of the absent PDU
+    (``NotConnected``: nothing was asked), keeps ticking, and exports the counts."""
+    script = ["short_count"] * 5 + ["exception"] * 5
+    async with HostileServer(PROFILE_METER, deque(), Random(5)) as meter:
+        text = RIG_TEXT.replace("port = 15021", f"port = {meter.port}").replace(
+            "port = 15020", f"port = {free_port()}")
+        config = loads_hall_config(text)
+        service = Service(config, compile_hall(config), ServiceOptions(
+            mqtt_url=None, http_port=0, metrics_port=None, audit_path=tmp_path / "audit.jsonl",
+            token=TOKEN, startup_wait_s=0.0, fsync=False))
+        runner = asyncio.create_task(service.run())
+        try:
+            async def polled() -> tuple[bool, int]:
+                assert not runner.done(), runner
+                return meter.requests > 0 and service.ticks > 0, service.ticks
+            await wait_for("the service never polled the meter", polled, 30)
+            meter.script.extend(script)
+
+            async def refused() -> tuple[bool, dict[str, int]]:
+                assert not runner.done(), runner
+                modbus = service.status()["rejected"]["modbus"]
+                return not meter.script and sum(modbus.values()) >= len(script), modbus
+            await wait_for("the hostile meter's replies were never counted", refused, 30)
+            ticks = service.ticks
+            assert service.api is not None
+            answer = json.loads(await asyncio.to_thread(_get, service.api.port, "/status"))
+            modbus = answer["rejected"]["modbus"]
+            assert modbus.get("decode_error") == 5 and modbus.get("device_exception") == 5, modbus
+            assert sum(v for k, v in modbus.items() if not k.startswith("quality_")) == 10
+            assert service._poller is not None
+            stats = [s for k, s in service._poller.stats.items() if k.endswith(f":{meter.port}/1")]
+            assert stats and stats[0].ok > 0        # good polls after the hostile ones
+
+            async def ticking() -> tuple[bool, int]:
+                return service.ticks > ticks + 2, service.ticks
+            await wait_for("the service stopped ticking", ticking, 30)
+            text_metrics = service.metrics.render().decode()
+            assert ('rampguard_inputs_rejected_total{reason="decode_error",source="modbus"} 5.0'
+                    in text_metrics)
+            # no tick failed (a tick that raises goes SAFE with "internal error"); SAFE for
+            # the absent PDU's lost telemetry is the controller doing its job
+            assert not any("internal error" in t["reason"]
+                           for t in service.status()["transitions"])
+        finally:
+            service.stop()
+            await asyncio.wait_for(runner, 30)
