@@ -68,7 +68,33 @@ def loads_hall_config(data: bytes | str, source: str = "<config>") -> HallConfig
     except ValueError as exc:  # tomllib's int(): a literal over Python's 4300-digit limit
         raise ConfigError(source, [ConfigIssue(
             "", f"not usable TOML: {str(exc).partition(';')[0]}")]) from None
+    issue = toml_integer_issue(raw)
+    if issue is not None:
+        raise ConfigError(source, [issue])
     return validate_hall_dict(raw, source=source)
+
+
+#: Integers longer than this (bits) are refused before validation (about 300 digits: far beyond
+#: any field's range, far below Python's 4300-digit repr limit).
+MAX_INT_BITS = 1000
+
+
+def toml_integer_issue(raw: Any) -> ConfigIssue | None:
+    """The first integer of a parsed TOML document over :data:`MAX_INT_BITS` bits, as an issue
+    naming its path; else None. tomllib reads an integer of any size, and a huge one
+    (``0xfff...``, 5000 digits) makes pydantic's error report fail on its repr (an "Exception
+    ignored" traceback for each); a merely large one gets the field's range message."""
+    stack: list[tuple[list[str | int], Any]] = [([], raw)]
+    while stack:
+        loc, item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(([*loc, k], v) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend(([*loc, k], v) for k, v in enumerate(item))
+        elif isinstance(item, int) and item.bit_length() > MAX_INT_BITS:
+            return ConfigIssue(format_loc(loc), f"integer of {item.bit_length()} bits: too "
+                               "large for any field")
+    return None
 
 
 def validate_hall_dict(raw: dict[str, Any], source: str = "<config>") -> HallConfig:

@@ -41,7 +41,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from controller.config import short_repr
+from controller.config import short_repr, toml_integer_issue
 from controller.errors import ConfigIssue, RampguardError
 from controller.model import format_loc
 from sim.options import PlantOptions
@@ -327,6 +327,9 @@ def loads_scenario(data: bytes | str, source: str = "<scenario>") -> Scenario:
     except ValueError as exc:  # tomllib's int(): a literal over Python's 4300-digit limit
         raise ScenarioError(source, [ConfigIssue(
             "", f"not usable TOML: {str(exc).partition(';')[0]}")]) from None
+    issue = toml_integer_issue(raw)
+    if issue is not None:
+        raise ScenarioError(source, [issue])
     try:
         return Scenario.model_validate(raw)
     except ValidationError as exc:

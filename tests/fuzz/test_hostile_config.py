@@ -236,6 +236,19 @@ def test_an_over_long_integer_is_a_config_error_not_a_crash() -> None:
         loads_scenario('name = "x"\n' + LONG_INT)
 
 
+def test_a_huge_integer_is_refused_before_validation() -> None:
+    """Found by this file: a 5000-digit hex literal reached pydantic, whose error report could
+    not repr it (an "Exception ignored" traceback on stderr for each)."""
+    with pytest.raises(ConfigError, match=r"hall\.name: integer of 20000 bits"):
+        loads_hall_config(RIG_TEXT.replace('name = "', 'name = 0x' + "f" * 5000 + ' #', 1))
+    with pytest.raises(ScenarioError, match=r"faults\[0\]\.at_s: integer of 1001 bits"):
+        loads_scenario('name = "x"\n[[faults]]\nkind = "meter-dead"\nat_s = ' + str(2**1000)
+                       + "\n")
+    with pytest.raises(ScenarioError, match="less than or equal"):      # the range message
+        loads_scenario('name = "x"\nobserve_s = ' + str(2**999) + "\n")
+    assert loads_scenario('name = "x"\nobserve_s = 600\n').observe_s == 600
+
+
 def test_the_cli_answers_an_over_long_integer_with_exit_2(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "long.toml"
