@@ -538,7 +538,7 @@ def run_dry_run(
         "working_servers": plant.working_servers(),
         "total_servers": n_servers,
         "faults": [{"kind": k, "t_s": round(t, 3)} for k, t in fault_times],
-        "faults_applied": sum(1 for e in plant.events if e.kind == "fault"),
+        "faults_applied": sum(1 for _, t_f in fault_times if t_f <= plant.t_s + 1e-9),
         "servers_at_min_cap": int(np.count_nonzero(
             plant.server_cap_w <= topo.server_gpu_min_cap_w + 1e-6)),
         "fault_effects": effects,
