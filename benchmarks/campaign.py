@@ -7,7 +7,7 @@ durations, meter noise, the agents a fault picks; the core gets the same seed). 
 ``none``, each of :data:`sim.NAMED_SCENARIOS`, and each unordered pair ``a+b`` of them (the
 faults of both, each at its own time: :func:`sim.faults.combine_scenarios`; survivable only if
 both are). On the demo hall every scenario and pair runs with every seed; on the 32k hall a
-subset: ``none`` and the single scenarios, with the first two seeds.
+subset: ``none`` and the single scenarios, with the first two seeds (``--subset-seeds``).
 
 The report (JSON, default ``benchmarks/results/campaign.json``) gives, apart for survivable and
 unsurvivable scenarios: runs, faults injected, trips, limit-seconds beyond the shed deadline,
@@ -24,7 +24,7 @@ double energizations, reached SAFE or HOLDING after every loss of telemetry, and
 Usage::
 
     .venv/bin/python benchmarks/campaign.py [--seeds 10] [--jobs 1] [--halls demo,32k]
-        [--quick] [--scenarios LIST] [--strategy staged] [--max-sim-s S] [--out PATH]
+        [--subset-seeds 2] [--quick] [--scenarios LIST] [--strategy staged] [--max-sim-s S] [--out PATH]
 """
 
 from __future__ import annotations
@@ -435,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--halls", default=None,
                     help="comma-separated: demo, 32k or config paths (default demo,32k; "
                          "demo with --quick)")
+    ap.add_argument("--subset-seeds", type=int, default=SUBSET_SEEDS,
+                    help=f"seeds on the subset halls (32k; default {SUBSET_SEEDS}, at most "
+                         "--seeds)")
     ap.add_argument("--quick", action="store_true",
                     help="none and the single scenarios on the demo hall, one seed")
     ap.add_argument("--scenarios", default=None,
@@ -453,7 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.quick:
         scenarios = all_scenario_names(pairs=False)
     try:
-        specs = plan_runs(halls, seeds, scenarios, args.strategy, args.max_sim_s)
+        if args.subset_seeds < 1:
+            raise CampaignInputError(f"--subset-seeds must be >= 1, got {args.subset_seeds}")
+        specs = plan_runs(halls, seeds, scenarios, args.strategy, args.max_sim_s,
+                          args.subset_seeds)
         if args.jobs < 1:
             raise CampaignInputError(f"--jobs must be >= 1, got {args.jobs}")
     except CampaignInputError as exc:
@@ -475,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"command": command.strip(), "strategy": args.strategy, "seeds": seeds,
                 "halls": {h: str(HALLS.get(h, h)) for h in halls},
                 "subset_halls": {h: f"none and the single scenarios, seeds "
-                                    f"0..{min(seeds, SUBSET_SEEDS) - 1}"
+                                    f"0..{min(seeds, args.subset_seeds) - 1}"
                                  for h in halls if h in SUBSET_HALLS and not scenarios},
                 "scenarios": len({s.scenario for s in specs}), "jobs": args.jobs,
                 "max_sim_s": args.max_sim_s,
