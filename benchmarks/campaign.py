@@ -19,12 +19,15 @@ to stdout, progress to stderr.
 
 Exit codes: 0 every survivable run had zero trips, zero limit-seconds beyond the deadline, zero
 double energizations, reached SAFE or HOLDING after every loss of telemetry, and no run failed;
-3 otherwise (ramp, step and inlet violations are reported, not judged here); 2 bad input.
+3 otherwise (ramp, step and inlet violations are reported, not judged here); 2 bad input; 130
+interrupted (Ctrl-C or SIGTERM: the report of the runs done so far is written, marked
+``"complete": false``, as it is every minute while the campaign runs).
 
 Usage::
 
     .venv/bin/python benchmarks/campaign.py [--seeds 10] [--jobs 1] [--halls demo,32k]
-        [--subset-seeds 2] [--quick] [--scenarios LIST] [--strategy staged] [--max-sim-s S] [--out PATH]
+        [--subset-seeds 2] [--quick] [--scenarios LIST] [--strategy staged] [--max-sim-s S]
+        [--out PATH]
 """
 
 from __future__ import annotations
@@ -34,11 +37,11 @@ import json
 import math
 import multiprocessing
 import platform
+import signal
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,7 @@ from sim.faults import (  # noqa: E402
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 EXIT_UNSAFE = 3
+EXIT_INTERRUPTED = 130
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "campaign.json"
 #: Halls by short name; any other ``--halls`` entry is a path to a hall config.
@@ -124,7 +128,7 @@ def plan_runs(halls: Sequence[str], seeds: int, scenarios: Sequence[str] | None 
                 str(i) for i in exc.issues)) from None
     if not halls:
         raise CampaignInputError("--halls names no hall")
-    specs: list[RunSpec] = []
+    plans = []
     for hall in halls:
         path = HALLS.get(hall, Path(hall))
         if not path.is_file():
@@ -132,10 +136,11 @@ def plan_runs(halls: Sequence[str], seeds: int, scenarios: Sequence[str] | None 
                                      f"{', '.join(HALLS)} or a path to a TOML file)")
         subset = hall in SUBSET_HALLS
         names = list(scenarios) if scenarios else all_scenario_names(pairs=not subset)
-        n_seeds = min(seeds, subset_seeds) if subset else seeds
-        specs += [RunSpec(hall, str(path), name, seed, strategy, max_sim_s)
-                  for name in names for seed in range(n_seeds)]
-    return specs
+        plans.append((hall, path, names, min(seeds, subset_seeds) if subset else seeds))
+    # seed-major: a campaign stopped early has covered every scenario the same number of times
+    return [RunSpec(hall, str(path), name, seed, strategy, max_sim_s)
+            for seed in range(seeds) for hall, path, names, n_seeds in plans
+            if seed < n_seeds for name in names]
 
 
 _TOPOLOGIES: dict[str, Any] = {}
@@ -157,7 +162,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         result = run_dry_run(cfg, spec.strategy, scenario, seed=spec.seed, topo=topo,
                              options=DryRunOptions(max_sim_s=spec.max_sim_s))
         return row_of(spec, result.summary)
-    except Exception as exc:  # noqa: BLE001 - a failed run is a campaign figure
+    except Exception as exc:  # a failed run is a campaign figure, never dropped
         return {"hall": spec.hall, "scenario": spec.scenario, "seed": spec.seed,
                 "strategy": spec.strategy, "survivable": _survivable(spec.scenario),
                 "error": f"{type(exc).__name__}: {exc}",
@@ -235,10 +240,16 @@ def _nonzero(row: dict[str, Any]) -> bool:
                 or (loss is not None and not loss["held"]))
 
 
+def _run_indexed(item: tuple[int, RunSpec]) -> tuple[int, dict[str, Any]]:
+    return item[0], run_one(item[1])
+
+
 def execute(specs: Sequence[RunSpec], jobs: int = 1,
-            progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Run ``specs`` (in this process when ``jobs`` is 1, else on a pool of ``jobs`` spawned
-    processes, largest halls first); rows in the order of ``specs``."""
+            progress: Callable[[str], None] | None = None,
+            on_row: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+    """Run ``specs`` in their order (in this process when ``jobs`` is 1, else on a pool of
+    ``jobs`` spawned processes, terminated on the way out, interrupted or not); rows in the order
+    of ``specs``. ``on_row(rows so far)`` after each run (checkpoints)."""
     if jobs < 1:
         raise CampaignInputError(f"--jobs must be >= 1, got {jobs}")
     started = time.perf_counter()
@@ -246,6 +257,8 @@ def execute(specs: Sequence[RunSpec], jobs: int = 1,
 
     def report(i: int, row: dict[str, Any], done: int) -> None:
         rows[i] = row
+        if on_row is not None:
+            on_row([r for r in rows if r is not None])
         if progress is not None:
             el = time.perf_counter() - started
             eta = el / done * (len(specs) - done)
@@ -257,12 +270,10 @@ def execute(specs: Sequence[RunSpec], jobs: int = 1,
         for i, spec in enumerate(specs):
             report(i, run_one(spec), i + 1)
     else:
-        order = sorted(range(len(specs)), key=lambda i: specs[i].hall not in SUBSET_HALLS)
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = {pool.submit(run_one, specs[i]): i for i in order}
-            for done, fut in enumerate(as_completed(futures), 1):
-                report(futures[fut], fut.result(), done)
+        with multiprocessing.get_context("spawn").Pool(jobs) as pool:  # exit: terminate()
+            for done, (i, row) in enumerate(
+                    pool.imap_unordered(_run_indexed, list(enumerate(specs))), 1):
+                report(i, row, done)
     return [r for r in rows if r is not None]
 
 
@@ -421,6 +432,10 @@ def summary_text(report: dict[str, Any]) -> str:
                 break
             lines.append(f"  {what} (seeds {','.join(map(str, seeds))})")
     zeros = report["must_be_zero"]
+    settings = report.get("settings", {})
+    if settings.get("complete") is False:
+        lines.append(f"PARTIAL: {len(report['runs'])} of {settings.get('runs_planned')} "
+                     "planned runs")
     lines.append(("OK" if report["ok"] else "NOT OK") + ": must be zero: "
                  + ", ".join(f"{k} {v:g}" for k, v in zeros.items()))
     return "\n".join(lines)
@@ -473,21 +488,54 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_BAD_INPUT
     started = time.perf_counter()
-    print(f"campaign: {len(specs)} dry runs ({args.strategy}) on {', '.join(halls)}, "
-          f"{args.jobs} job(s)", file=sys.stderr, flush=True)
-    rows = execute(specs, args.jobs,
-                   progress=lambda m: print(m, file=sys.stderr, flush=True))
     command = "benchmarks/campaign.py " + " ".join(sys.argv[1:] if argv is None else argv)
     settings = {"command": command.strip(), "strategy": args.strategy, "seeds": seeds,
                 "halls": {h: str(HALLS.get(h, h)) for h in halls},
                 "subset_halls": {h: f"none and the single scenarios, seeds "
                                     f"0..{min(seeds, args.subset_seeds) - 1}"
                                  for h in halls if h in SUBSET_HALLS and not scenarios},
-                "scenarios": len({s.scenario for s in specs}), "jobs": args.jobs,
-                "max_sim_s": args.max_sim_s,
-                "wall_s": round(time.perf_counter() - started, 1)}
-    report = build_report(rows, settings)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+                "scenarios": len({s.scenario for s in specs}), "runs_planned": len(specs),
+                "jobs": args.jobs, "max_sim_s": args.max_sim_s}
+    last_write = [time.perf_counter()]
+
+    def write(rows: Sequence[dict[str, Any]], complete: bool) -> dict[str, Any]:
+        settings["complete"] = complete
+        settings["wall_s"] = round(time.perf_counter() - started, 1)
+        report = build_report(rows, settings)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+        tmp.replace(out)
+        last_write[0] = time.perf_counter()
+        return report
+
+    def checkpoint(rows: list[dict[str, Any]]) -> None:
+        if time.perf_counter() - last_write[0] >= 60.0:
+            write(rows, complete=False)
+
+    done_rows: list[dict[str, Any]] = []
+
+    def keep(rows: list[dict[str, Any]]) -> None:
+        done_rows[:] = rows
+        checkpoint(rows)
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    print(f"campaign: {len(specs)} dry runs ({args.strategy}) on {', '.join(halls)}, "
+          f"{args.jobs} job(s)", file=sys.stderr, flush=True)
+    try:
+        rows = execute(specs, args.jobs, on_row=keep,
+                       progress=lambda m: print(m, file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        report = write(done_rows, complete=False)
+        print(summary_text(report))
+        print(f"campaign: interrupted after {len(done_rows)} of {len(specs)} runs; partial "
+              f"report: {out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    report = write(rows, complete=True)
     print(summary_text(report))
     print(f"report: {out} ({settings['wall_s']:.0f} s wall)")
     return EXIT_OK if report["ok"] else EXIT_UNSAFE

@@ -239,7 +239,7 @@ class OverloadRecorder:
 
     def sample(self, plant: Plant, t_s: float) -> None:
         """Record the plant's open overloads at the end of a step at ``t_s``."""
-        table = plant._overloads  # noqa: SLF001  (the plant's own overload table, read only)
+        table = plant._overloads  # the plant's own table of open overloads, read only
         if not table and not self._open:
             return
         topo = self._topo
