@@ -20,6 +20,11 @@ state at the limit; ``unprotected_shed_deadline_s`` for nodes without a breaker;
 than ``max_shed_deadline_s``), a source or UPS load rising faster than its ramp limit over the
 ramp window (1 s), a load step beyond its largest load step within one plant step, or an inlet
 above the allowable temperature.
+
+For the fault campaign (``benchmarks/campaign.py``, docs/campaign.md) the harness also records,
+at every plant step, every overload episode (a node above its continuous limit, whether or not
+it outlived its deadline: :class:`OverloadRecorder`), and counts the outlets the strategy
+switched on more than once (``double_energizations``).
 """
 
 from __future__ import annotations
@@ -182,6 +187,100 @@ def register_strategy(name: str, factory: StrategyFactory) -> None:
 
 class UnknownStrategyError(LookupError):
     """The strategy named is not registered (CLI exit 2)."""
+
+
+# ============================================================================== recording
+@dataclass(frozen=True, slots=True)
+class OverloadEpisode:
+    """One node above its continuous limit from ``start_s`` to ``end_s`` (s), at most
+    ``peak_utilization`` × the limit (worst pole); ``deadline_s``: the core's shed deadline at
+    that peak (:func:`controller.core.shed_deadline_s`: the guard trip curve from steady state at
+    the limit, 60 s without a breaker, at most 900 s)."""
+
+    node: str
+    start_s: float
+    end_s: float
+    peak_utilization: float
+    deadline_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+    @property
+    def beyond_deadline_s(self) -> float:
+        """Seconds the node stayed above its limit after its shed deadline (0 if shed in time)."""
+        return max(0.0, self.duration_s - self.deadline_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "t_s": round(self.start_s, 3),
+                "duration_s": round(self.duration_s, 3),
+                "peak_utilization": round(self.peak_utilization, 4),
+                "deadline_s": round(self.deadline_s, 3),
+                "beyond_deadline_s": round(self.beyond_deadline_s, 3)}
+
+
+class OverloadRecorder:
+    """Every overload episode of a run, from the plant's table of open overloads.
+
+    The plant opens an entry when a node's load (any pole) rises above its continuous limit and
+    removes it when the load is back at or under the limit, at the exact instants (its kernel's
+    overload start and end events); :meth:`sample` runs after every plant step and costs one
+    dictionary test while nothing is overloaded. An episode starts at the plant's exact start
+    time and ends at the end of the step in which it was seen closed (never shorter than the
+    truth, at most one step longer); its peak is the largest the plant saw at a step's end.
+    :meth:`observe` takes the same information from a caller (tests build histories by hand).
+    """
+
+    def __init__(self, topo: Topology) -> None:
+        self._topo = topo
+        self._open: dict[int, list[float]] = {}   # node -> [start_s, peak_utilization]
+        self.episodes: list[OverloadEpisode] = []
+
+    def sample(self, plant: Plant, t_s: float) -> None:
+        """Record the plant's open overloads at the end of a step at ``t_s``."""
+        table = plant._overloads  # the plant's own table of open overloads, read only
+        if not table and not self._open:
+            return
+        topo = self._topo
+        now = {node: (ov.start_s, ov.peak_x * float(topo.rating_a[node].max())
+                      / max(float(topo.limit_a[node].max()), 1e-12))
+               for node, ov in table.items()}
+        self.observe(t_s, now)
+
+    def observe(self, t_s: float, over: dict[int, tuple[float, float]]) -> None:
+        """At ``t_s`` the nodes of ``over`` are above their limit: node -> (since when (s),
+        peak utilization so far); the open episodes of nodes missing from it end at ``t_s``."""
+        for node, (start_s, peak) in over.items():
+            ep = self._open.get(node)
+            if ep is None or ep[0] != start_s:
+                if ep is not None:
+                    self._close(node, t_s)
+                self._open[node] = [start_s, peak]
+            elif peak > ep[1]:
+                ep[1] = peak
+        for node in [n for n in self._open if n not in over]:
+            self._close(node, t_s)
+
+    def close(self, t_s: float) -> list[OverloadEpisode]:
+        """End every open episode at ``t_s`` (the end of the run); return all episodes."""
+        for node in list(self._open):
+            self._close(node, t_s)
+        return self.episodes
+
+    def _close(self, node: int, t_s: float) -> None:
+        from controller.core import shed_deadline_s
+
+        start_s, peak = self._open.pop(node)
+        self.episodes.append(OverloadEpisode(
+            self._topo.node_id[node], start_s, t_s, peak,
+            shed_deadline_s(self._topo, node, peak)))
+
+
+def limit_s_beyond_deadline(episodes: Iterable[OverloadEpisode]) -> float:
+    """Limit-seconds beyond the shed deadline: over every node and every overload episode, the
+    seconds it stayed above its continuous limit after its shed deadline (docs/campaign.md)."""
+    return float(sum(ep.beyond_deadline_s for ep in episodes))
 
 
 # ============================================================================== the run
@@ -349,6 +448,8 @@ def run_dry_run(
     end_s: float | None = None
     last_changes = -1
     wall_next = started + opts.progress_every_s
+    overloads = OverloadRecorder(topo)
+    switched_on = np.zeros(topo.n_nodes, dtype=np.int32)
 
     while plant.t_s < opts.max_sim_s - 1e-9:
         t = plant.t_s
@@ -357,10 +458,15 @@ def run_dry_run(
             obs = plant.observe() if strat.needs_observation else None
             actions = strat.on_tick(t, obs)
             if actions:
-                plant.submit(_reachable(plant, strat, actions))
+                sent = _reachable(plant, strat, actions)
+                for action in sent:
+                    if isinstance(action, SwitchOutlets) and action.on:
+                        np.add.at(switched_on, np.asarray(action.outlets, dtype=np.int64), 1)
+                plant.submit(sent)
             next_tick = t + (strat.tick_s if strat.tick_s else dt)
         plant.step(dt)
         t = plant.t_s
+        overloads.sample(plant, t)
         if full_power_s is None and plant.server_changes != last_changes:
             last_changes = plant.server_changes
             if n_servers and plant.servers_at_cap(planned) == n_servers:
@@ -387,6 +493,7 @@ def run_dry_run(
                           f"{plant.energized_servers()}/{n_servers} servers energized, "
                           f"{len(plant.trips)} trips, {len(plant.violations)} violations")
             wall_next = time.perf_counter() + opts.progress_every_s
+    episodes = overloads.close(plant.t_s)
     plant.finish()
     _record(plant, history, ramp_nodes, plant.t_s)
     wall = time.perf_counter() - started
@@ -414,6 +521,10 @@ def run_dry_run(
         "violations": violations[:MAX_LISTED],
         "violations_total": len(violations),
         "violations_by_kind": _count(v["kind"] for v in violations),
+        "overload_episodes": [ep.to_dict() for ep in episodes[:MAX_LISTED]],
+        "overload_episodes_total": len(episodes),
+        "limit_s_beyond_deadline": round(limit_s_beyond_deadline(episodes), 3),
+        "double_energizations": int(np.count_nonzero(switched_on > 1)),
         "time_to_full_power_s": None if full_power_s is None else round(full_power_s, 3),
         "lower_bound_s": round(lower_bound_s(topo, planned, plant.server_post_s,
                                              plant.server_boot_s), 3),
@@ -427,6 +538,9 @@ def run_dry_run(
         "working_servers": plant.working_servers(),
         "total_servers": n_servers,
         "faults": [{"kind": k, "t_s": round(t, 3)} for k, t in fault_times],
+        "faults_applied": sum(1 for _, t_f in fault_times if t_f <= plant.t_s + 1e-9),
+        "servers_at_min_cap": int(np.count_nonzero(
+            plant.server_cap_w <= topo.server_gpu_min_cap_w + 1e-6)),
         "fault_effects": effects,
         "events": [e.to_dict() for e in plant.events][:MAX_LISTED],
         "gpu_slowdowns": plant.gpu_slowdowns,
@@ -505,12 +619,15 @@ __all__ = [
     "DryRunOptions",
     "DryRunResult",
     "History",
+    "OverloadEpisode",
+    "OverloadRecorder",
     "ScheduleStrategy",
     "Strategy",
     "StrategyContext",
     "StrategyFactory",
     "UnknownStrategyError",
     "default_config_path",
+    "limit_s_beyond_deadline",
     "lower_bound_s",
     "register_strategy",
     "run_dry_run",

@@ -9,6 +9,9 @@ the strategy has nothing left to do and no server is still starting). A fault ma
 Scenarios come by name (:data:`NAMED_SCENARIOS`, ``rampguard dry-run --list-scenarios``) or
 from a TOML file (:func:`load_scenario`), validated like hall configs: frozen pydantic models
 with ``extra="forbid"``, and every mistake reported with its field path (:class:`ScenarioError`).
+Scenarios combine (:func:`combine_scenarios`): ``"a+b"`` names the scenario whose faults are
+those of ``a`` then those of ``b``, each at its own time (the fault campaign runs every pair,
+:func:`scenario_pairs`).
 
 Scenario file format (docs/simulator.md has the full reference)::
 
@@ -204,7 +207,7 @@ class Scenario(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 
-    name: Annotated[str, Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9_.\-]+$")]
+    name: Annotated[str, Field(min_length=1, max_length=250, pattern=r"^[A-Za-z0-9_.+\-]+$")]
     description: Annotated[str, Field(max_length=2000)] = ""
     survivable: bool | None = Field(
         default=None, description="whether a correct controller can keep the plant safe")
@@ -272,12 +275,56 @@ def list_scenarios() -> list[str]:
             for name, entry in NAMED_SCENARIOS.items()]
 
 
+def combine_scenarios(*scenarios: Scenario) -> Scenario:
+    """One scenario with the faults of all of ``scenarios``, in order, each at its own time.
+
+    Name ``"a+b"``; description the parts' joined; survivable when every part is (unsurvivable
+    when one is not, else unknown); ``observe_s`` the longest; plant overrides merged (the same
+    estimate overridden to two different values raises :class:`ScenarioError`). At most
+    :data:`MAX_FAULTS` faults in all.
+    """
+    if not scenarios:
+        raise ValueError("combine_scenarios needs at least one scenario")
+    name = "+".join(s.name for s in scenarios)
+    plant: dict[str, Any] = {}
+    for s in scenarios:
+        for key, value in s.plant.model_dump(exclude_unset=True).items():
+            if key in plant and plant[key] != value:
+                raise ScenarioError(name, [ConfigIssue(
+                    f"plant.{key}", f"the scenarios set it to {plant[key]!r} and {value!r}")])
+            plant[key] = value
+    flags = [s.survivable for s in scenarios]
+    survivable = False if False in flags else (None if None in flags else True)
+    faults = [f for s in scenarios for f in s.faults]
+    if len(faults) > MAX_FAULTS:
+        raise ScenarioError(name, [ConfigIssue("faults", f"more than {MAX_FAULTS} faults")])
+    try:
+        return Scenario(name=name, survivable=survivable,
+                        description="; ".join(s.description or s.name for s in scenarios)[:2000],
+                        observe_s=max(s.observe_s for s in scenarios),
+                        plant=PlantOptions.model_validate(plant), faults=faults)
+    except ValidationError as exc:
+        raise ScenarioError(name, _issues(exc)) from None
+
+
+def scenario_pairs(names: list[str] | None = None) -> list[Scenario]:
+    """Every unordered pair of distinct named scenarios (of ``names``, default all of
+    :data:`NAMED_SCENARIOS`, in their order): ``"a+b"`` with ``a`` listed before ``b``."""
+    names = list(NAMED_SCENARIOS) if names is None else names
+    return [combine_scenarios(NAMED_SCENARIOS[a].scenario, NAMED_SCENARIOS[b].scenario)
+            for i, a in enumerate(names) for b in names[i + 1:]]
+
+
 def resolve_scenario(spec: str | None) -> Scenario:
-    """A named scenario, or one loaded from a TOML file; ``None``: no faults."""
+    """A named scenario, named scenarios joined by ``+`` (:func:`combine_scenarios`), or one
+    loaded from a TOML file; ``None``: no faults."""
     if spec is None:
         return Scenario(name="none", description="no faults", survivable=True)
     if spec in NAMED_SCENARIOS:
         return NAMED_SCENARIOS[spec].scenario
+    parts = spec.split("+")
+    if len(parts) > 1 and all(part in NAMED_SCENARIOS for part in parts):
+        return combine_scenarios(*(NAMED_SCENARIOS[part].scenario for part in parts))
     looks_like_file = spec.endswith(".toml") or "/" in spec or Path(spec).exists()
     if not looks_like_file:
         raise ScenarioError(spec, [ConfigIssue("", "unknown scenario; expected a file or one of: "
