@@ -97,6 +97,8 @@ MAX_ALARMS_LOGGED = 5
 CAP_RETRY_S = 5.0
 #: Upstream node kinds whose loads are exported as metrics (not the thousands of outlets).
 _WATCHED_KINDS = ("source", "ups", "switchboard", "panel")
+#: Latest tick durations shown by ``GET /status`` (the load benchmark reads them).
+STATUS_TICKS = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +187,7 @@ class Service:
         self._cap_sent_s = np.full(topo.n_servers, -math.inf)
         self._audit: AuditLog | None = None
         self._link: MqttLink | None = None
+        self._poller: ModbusPoller | None = None
         self._actuators: dict[str, ModbusDevice] = {}
         self._last: core.Decision | None = None
         self._stop = asyncio.Event()
@@ -281,8 +284,8 @@ class Service:
     def status(self) -> dict[str, Any]:
         st = self.state
         t = self.topo
-        on = st.psu_on_s <= self.clock()
-        energized = int(np.unique(t.psu_server[on]).size) if on.any() else 0
+        energized = self._energized()
+        ticks, recent = self.metrics.recent_ticks(STATUS_TICKS)
         return {
             "mode": st.mode.value, "reason": st.mode_reason, "ramp_active": st.ramp_active,
             "paused": st.paused, "safe_reason": st.safe_reason or None,
@@ -293,7 +296,34 @@ class Service:
             "telemetry": self.store.counters(),
             "transitions": [{"t_s": round(a, 3), "from": b, "to": c, "reason": r}
                             for a, b, c, r in st.transitions[-20:]],
+            "tick_durations": {"count": ticks, "recent_s": [round(d, 6) for d in recent]},
+            "drivers": self._driver_counters(),
         }
+
+    def _energized(self) -> int:
+        """Servers with at least one PSU energized now."""
+        on = self.state.psu_on_s <= self.clock()
+        return int(np.unique(self.topo.psu_server[on]).size) if on.any() else 0
+
+    def _driver_counters(self) -> dict[str, Any]:
+        """The drivers' totals: Modbus polls (ok, errors, overruns: polls that could not run
+        on time) and MQTT messages (received, accepted, rejected, published, dropped)."""
+        out: dict[str, Any] = {}
+        poller = self._poller
+        if poller is not None:
+            stats = poller.stats.values()
+            out["modbus"] = {
+                "devices": len(poller.devices),
+                "connected": sum(d.connected for d in poller.devices.values()),
+                "polls": sum(x.polls for x in stats), "ok": sum(x.ok for x in stats),
+                "errors": sum(x.errors for x in stats),
+                "overruns": sum(x.overruns for x in stats)}
+        if self._link is not None:
+            c = self._link.counters
+            out["mqtt"] = {"received": c.received, "accepted": c.accepted,
+                           "rejected": c.rejected_total, "unmatched": c.unmatched,
+                           "published": c.published, "dropped": c.dropped}
+        return out
 
     def plan(self) -> dict[str, Any]:
         p = self.state.plan
@@ -345,6 +375,7 @@ class Service:
                 poller = await stack.enter_async_context(ModbusPoller(
                     meter_cfgs, period_s=min(self.settings.tick_s, 1.0) / self._speed,
                     on_snapshot=self._on_snapshot, on_error=self._on_error))
+                self._poller = poller
                 # coil writes go through the poller's own client of each device (one client
                 # per device: its requests run one at a time)
                 self._actuators = {cfg.key: poller.devices[cfg.key]
@@ -662,8 +693,7 @@ class Service:
         m.set_telemetry_counters({k: v for k, v in self.store.counters().items()
                                   if k != "accepted"})
         m.set_alarms(len(self.state.alarms_active))
-        st = self.status()
-        m.set_servers(st["energized_servers"], st["total_servers"])
+        m.set_servers(self._energized(), self.topo.n_servers)
 
 
 def _finite(x: float) -> float | None:

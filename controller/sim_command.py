@@ -47,6 +47,9 @@ def add_command(sub: Any) -> None:
     serve.add_argument("--external-agents", action="store_true",
                        help="run no simulated node agents: real `rampguard agent` processes "
                             "answer, and the plant follows the caps they acknowledge")
+    serve.add_argument("--stats-s", type=float, default=None, metavar="SECONDS",
+                       help="print a JSON line of counters (steps, overruns, lag, telemetry "
+                            "published) every SECONDS of plant time (default: none)")
     serve.set_defaults(handler=_cmd_serve)
 
 
@@ -54,8 +57,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from controller.config import load_hall_config
     from controller.topology import compile_hall
 
-    for name in ("speed", "dt_s"):
+    for name in ("speed", "dt_s", "stats_s"):
         value = getattr(args, name)
+        if name == "stats_s" and value is None:
+            continue
         if not (math.isfinite(value) and value > 0):
             print(f"rampguard: --{name.replace('_', '-')} must be a positive number, "
                   f"got {value}", file=sys.stderr)
@@ -82,6 +87,9 @@ async def _serve(args: argparse.Namespace, config: Any, topo: Any) -> int:
     def ready(info: dict[str, object]) -> None:
         print(json.dumps({"event": "serving", **info}), flush=True)
 
+    def stats(info: dict[str, object]) -> None:
+        print(json.dumps({"event": "stats", **info}), flush=True)
+
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     assert task is not None
@@ -91,7 +99,9 @@ async def _serve(args: argparse.Namespace, config: Any, topo: Any) -> int:
         work = serve(config, topo, source=args.config, speed=args.speed, dt_s=args.dt_s,
                      bind=args.bind, mqtt_url=args.mqtt, seed=args.seed, ready=ready,
                      scenario=getattr(args, "scenario_obj", None),
-                     external_agents=args.external_agents)
+                     external_agents=args.external_agents,
+                     stats=stats if args.stats_s is not None else None,
+                     stats_every_s=args.stats_s or 10.0)
         if args.duration_s is not None:
             try:
                 await asyncio.wait_for(work, timeout=args.duration_s)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -140,6 +141,8 @@ async def serve(
     ready: Callable[[dict[str, object]], None] | None = None,
     scenario: Scenario | None = None,
     external_agents: bool = False,
+    stats: Callable[[dict[str, object]], None] | None = None,
+    stats_every_s: float = 10.0,
 ) -> RunnerStats:
     """Serve the plant of ``config`` until cancelled (or forever).
 
@@ -153,6 +156,9 @@ async def serve(
 
     The meters' registers are refreshed and the agents' and zones' telemetry published once per
     second of plant time; ``ready`` is called once everything listens, with the bound ports.
+    ``stats``, if given, is called every ``stats_every_s`` of plant time with the runner's and
+    the endpoints' counters (steps, overruns, lag, telemetry published and dropped, and the wall
+    time of the last refresh and publish).
     """
     bindings = resolve_bindings(config, topo, source=source)
     plant = Plant(config, topo, seed=seed,
@@ -178,14 +184,27 @@ async def serve(
                 view.apply_caps, zones=topo.zone_id, zone_state=view.zone_state,
                 sim_clock=lambda: (speed, plant.t_s), period_s=None))
         steps = 0
+        stats_every = max(1, round(stats_every_s / dt_s))
+        io_wall_s = {"refresh_s": 0.0, "publish_s": 0.0}
 
         async def on_step() -> None:
             nonlocal steps
             steps += 1
             if steps % every == 0:
+                t0 = time.perf_counter()
                 modbus.refresh()
+                t1 = time.perf_counter()
                 if mqtt is not None:
                     await mqtt.publish_telemetry()
+                io_wall_s.update(refresh_s=t1 - t0, publish_s=time.perf_counter() - t1)
+            if stats is not None and steps % stats_every == 0:
+                rs = runner.stats
+                stats({"steps": rs.steps, "overruns": rs.overruns, "lag_s": round(rs.lag_s, 3),
+                       "plant_t_s": round(plant.t_s, 3), "refreshes": modbus.stats.refreshes,
+                       "telemetry_published": mqtt.stats.telemetry_published if mqtt else 0,
+                       "telemetry_dropped": mqtt.stats.telemetry_dropped if mqtt else 0,
+                       "last_refresh_s": round(io_wall_s["refresh_s"], 4),
+                       "last_publish_s": round(io_wall_s["publish_s"], 4)})
 
         runner = RealTimeRunner(plant, dt_s=dt_s, speed=speed, on_step=on_step)
         if ready is not None:
