@@ -2,7 +2,7 @@
 
     python benchmarks/bench_load.py [--config configs/hall-32k.toml] [--duration-s 600]
                                     [--sample-s 5] [--warmup-s 60] [--mqtt URL]
-                                    [--port-offset N] [--no-ramp] [--out PATH]
+                                    [--port-offset N] [--no-ramp] [--profile] [--out PATH]
 
 Starts two processes as an operator would: ``rampguard sim serve CONFIG --mqtt URL`` (the
 plant behind every Modbus meter and switched PDU of the config, and its simulated node agents
@@ -189,9 +189,12 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def start(name: str, args: Sequence[str], stderr_path: Path, env: dict[str, str]) -> Proc:
-    popen = subprocess.Popen(  # noqa: S603 (our own CLI)
-        [sys.executable, "-m", "controller.cli", *args], cwd=ROOT, env=env, text=True,
+def start(name: str, args: Sequence[str], stderr_path: Path, env: dict[str, str],
+          profile: Path | None = None) -> Proc:
+    """``rampguard ARGS`` (under cProfile, writing ``profile``, when given)."""
+    prof = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
+    popen = subprocess.Popen(
+        [sys.executable, *prof, "-m", "controller.cli", *args], cwd=ROOT, env=env, text=True,
         stdout=subprocess.PIPE, stderr=stderr_path.open("w"), stdin=subprocess.DEVNULL)
     proc = Proc(name, popen)
     assert popen.stdout is not None
@@ -252,10 +255,10 @@ def loadavg() -> list[float]:
 # HTTP
 # ============================================================================================
 def http(url: str, token: str, method: str = "GET", timeout_s: float = 15.0) -> bytes:
-    req = urllib.request.Request(url, method=method,  # noqa: S310 (loopback)
+    req = urllib.request.Request(url, method=method,
                                  headers={"Authorization": f"Bearer {token}"},
                                  data=b"" if method == "POST" else None)
-    with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
         return bytes(resp.read())
 
 
@@ -327,8 +330,11 @@ def cpu_share(samples: Sequence[dict[str, Any]], key: str, t0_s: float) -> float
 def run(config: Path, *, duration_s: float = 600.0, sample_s: float = 5.0,
         warmup_s: float = 60.0, mqtt_url: str = "mqtt://127.0.0.1:1883",
         port_offset: int | None = None, ramp: bool = True,
-        ready_timeout_s: float = 600.0, workdir: Path | None = None) -> dict[str, Any]:
-    """Run the benchmark (see the module docstring); returns the report."""
+        ready_timeout_s: float = 600.0, workdir: Path | None = None,
+        profile: bool = False) -> dict[str, Any]:
+    """Run the benchmark (see the module docstring); returns the report. ``profile``: both
+    processes run under cProfile and write ``sim.prof`` and ``service.prof`` in the work
+    directory when they stop (the figures are then not representative)."""
     tmp = Path(workdir or tempfile.mkdtemp(prefix="rampguard-load-"))
     tmp.mkdir(parents=True, exist_ok=True)
     offset = choose_offset(modbus_ports(config), port_offset)
@@ -346,7 +352,7 @@ def run(config: Path, *, duration_s: float = 600.0, sample_s: float = 5.0,
     progress(f"{config.name}: ports moved by {offset}, agents under {prefix}/, files in {tmp}")
     started = time.monotonic()
     sim = start("sim serve", ["sim", "serve", str(cfg), "--mqtt", mqtt_url, "--stats-s", "5"],
-                tmp / "sim.err", env)
+                tmp / "sim.err", env, tmp / "sim.prof" if profile else None)
     service: Proc | None = None
     try:
         serving = sim.wait_line(lambda x: x.get("event") == "serving", ready_timeout_s,
@@ -357,7 +363,8 @@ def run(config: Path, *, duration_s: float = 600.0, sample_s: float = 5.0,
         service = start("rampguard run", [
             "run", str(cfg), "--mqtt", mqtt_url, "--http", "127.0.0.1:0",
             "--metrics", "127.0.0.1:0", "--audit", str(tmp / "audit.jsonl"),
-            "--token-file", str(token_file)], tmp / "service.err", env)
+            "--token-file", str(token_file)], tmp / "service.err", env,
+            tmp / "service.prof" if profile else None)
         ready = service.wait_line(lambda x: x.get("event") == "ready", ready_timeout_s,
                                   tmp / "service.err")
         service_ready_s = time.monotonic() - t_service
@@ -403,8 +410,7 @@ def _sample(sim: Proc, service: Proc, api: str, metrics_url: str | None, token: 
                              "service_cpu_s": cpu_s(service.pid), "sim_cpu_s": cpu_s(sim.pid),
                              "broker_cpu_s": sum(c for c in map(cpu_s, broker) if c is not None)
                              if broker else None, "loadavg_1m": loadavg()[0]}
-        busy, total = machine_cpu_s()
-        s["machine_busy_cpu_s"] = busy - busy0
+        s["machine_busy_cpu_s"] = machine_cpu_s()[0] - busy0
         try:
             status = json.loads(http(f"{api}/status", token))
             count = int(status["tick_durations"]["count"])
@@ -558,6 +564,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port-offset", type=int, default=None)
     p.add_argument("--no-ramp", action="store_true", help="do not start the ramp")
     p.add_argument("--ready-timeout-s", type=float, default=600.0)
+    p.add_argument("--profile", action="store_true",
+                   help="run both processes under cProfile (.prof files in the work directory)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load.json")
     args = p.parse_args(argv)
     for name in ("duration_s", "sample_s", "ready_timeout_s"):
@@ -574,7 +582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     report = run(args.config, duration_s=args.duration_s, sample_s=args.sample_s,
                  warmup_s=args.warmup_s, mqtt_url=args.mqtt, port_offset=args.port_offset,
-                 ramp=not args.no_ramp, ready_timeout_s=args.ready_timeout_s)
+                 ramp=not args.no_ramp, ready_timeout_s=args.ready_timeout_s,
+                 profile=args.profile)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(summary(report))

@@ -52,7 +52,6 @@ from controller.bindings import (
     meter_targets,
     pdu_nodes,
     resolve_bindings,
-    target_currents,
 )
 from controller.core import (
     DEAD_VOLTAGE_FRACTION,
@@ -122,6 +121,19 @@ class ServiceOptions:
     clock_speed: float = 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class _SnapshotPlan:
+    """Where a device's readings go (see :meth:`Service._snapshot_plan`)."""
+
+    layout: object
+    rows: tuple[tuple[int, int, int, int], ...]   # (node, value index of L1, L2, L3 or -1)
+    node: int | None
+    volts: tuple[int, ...]
+    nominal_v: float
+    outlets: tuple[int, ...]                      # outlet n (0-based) -> controller outlet, -1
+    pdu: Any
+
+
 class Service:
     """The controller service; see the module docstring. ``on_ready(info)`` is called once
     when every endpoint is up (``rampguard run`` prints it as one JSON line)."""
@@ -181,7 +193,11 @@ class Service:
         self._node_live = np.ones(topo.n_nodes, bool)
         self._zone_inlet_c = np.full(len(topo.zone_id), math.nan)
         self._zone_t_s = np.full(len(topo.zone_id), -math.inf)
-        self._pending: list[Callable[[], object]] = []
+        # driver callbacks queue here: closures, or (device key, snapshot, arrival time)
+        self._pending: list[Callable[[], object] | tuple[str, Snapshot, float]] = []
+        self._plans: dict[str, _SnapshotPlan] = {}
+        self._batch: tuple[list[int], list[tuple[float, float, float]], list[float]] = (
+            [], [], [])
         self._commands: list[Callable[[CoreState], CoreState]] = []
         self._cap_action: dict[str, int] = {}               # command id -> audit action id
         self._cap_sent_s = np.full(topo.n_servers, -math.inf)
@@ -198,41 +214,99 @@ class Service:
 
     # ================================================================== driver callbacks
     def _on_snapshot(self, dev: ModbusDevice, snap: Snapshot) -> None:
-        t = self.clock()  # when it arrived, on the controller's clock
-        self._pending.append(lambda: self._apply_snapshot(dev.config.key, snap, t))
+        # when it arrived, on the controller's clock; applied at the next tick (_drain)
+        self._pending.append((dev.config.key, snap, self.clock()))
 
     def _on_error(self, dev: ModbusDevice, error: DriverError) -> None:
         key = dev.config.key
         self._pending.append(lambda: self._device_lost(key))
 
-    def _apply_snapshot(self, key: str, snap: Snapshot, t_s: float) -> None:
+    def _snapshot_plan(self, key: str, snap: Snapshot) -> _SnapshotPlan:
+        """How one device's snapshots map to nodes, built once per device and layout: the
+        value indices of each target's three poles (-1: 0 A), the outlets it reads back, its
+        voltage indices and its node's nominal voltage."""
+        plan = self._plans.get(key)
+        if plan is not None and plan.layout is snap.layout:
+            return plan
+        index = snap.layout.index
+        rows: list[tuple[int, int, int, int]] = []
         for target in self._targets.get(key, ()):
-            values = target_currents(snap, target, self.topo)
-            if values is None:
-                continue
-            good = snap.quality.value == 0
-            self.store.ingest_node(target.node, values if good else [math.nan] * 3, t_s)
-        now = t_s
-        for n, on in enumerate(snap.outlets_on, 1):
-            k = self._outlet_of_addr.get((key, n))
-            if k is not None:
-                self._outlet_on[k] = on
-                self._outlet_seen_s[k] = now
+            if target.name is None:
+                names = ("current_l1", "current_l2", "current_l3")
+                if not any(n in index for n in names):
+                    continue
+                i1, i2, i3 = (index.get(n, -1) for n in names)
+            else:
+                i = index.get(target.name)
+                if i is None:
+                    continue
+                i1, i2, i3 = (i if pole else -1 for pole in self.topo.rating_a[target.node] > 0)
+            rows.append((target.node, i1, i2, i3))
         cfg = self._device_cfg[key]
         node = self.topo.node_index.get(cfg.node_id)
-        if node is not None and snap.quality.value == 0 and "voltage_l1" in snap:
+        volts = tuple(index[n] for n in ("voltage_l1", "voltage_l2", "voltage_l3")
+                      if n in index) if "voltage_l1" in index else ()
+        outlets = tuple(self._outlet_of_addr.get((key, n), -1)
+                        for n in range(1, len(snap.outlets_on) + 1))
+        plan = _SnapshotPlan(snap.layout, tuple(rows), node, volts,
+                             float(self.topo.v_ln_v[node]) if node is not None else math.nan,
+                             outlets, self._layout.get(cfg.node_id))
+        self._plans[key] = plan
+        return plan
+
+    def _apply_snapshot(self, key: str, snap: Snapshot, t_s: float) -> None:
+        """Outlet, breaker and feed states now; the node currents into the batch that
+        :meth:`_drain` hands the store at once (:meth:`TelemetryStore.ingest_nodes`)."""
+        plan = self._snapshot_plan(key, snap)
+        good = snap.quality.value == 0
+        values = snap.values
+        batch_nodes, batch_i, batch_t = self._batch
+        for node, i1, i2, i3 in plan.rows:
+            batch_nodes.append(node)
+            batch_t.append(t_s)
+            if good:
+                batch_i.append((values[i1] if i1 >= 0 else 0.0, values[i2] if i2 >= 0 else 0.0,
+                                values[i3] if i3 >= 0 else 0.0))
+            else:
+                batch_i.append((math.nan, math.nan, math.nan))
+        outlets = plan.outlets
+        for n, on in enumerate(snap.outlets_on):
+            k = outlets[n] if n < len(outlets) else -1
+            if k >= 0:
+                self._outlet_on[k] = on
+                self._outlet_seen_s[k] = t_s
+        node = plan.node
+        if node is not None and good and plan.volts:
             # a lost feed shows as no voltage on any phase (as in the dry run)
-            volts = [snap[n].value for n in ("voltage_l1", "voltage_l2", "voltage_l3")
-                     if n in snap]
-            nominal = float(self.topo.v_ln_v[node])
-            self._node_live[node] = max(volts, default=nominal) >= (
-                DEAD_VOLTAGE_FRACTION * nominal)
+            self._node_live[node] = max(values[i] for i in plan.volts) >= (
+                DEAD_VOLTAGE_FRACTION * plan.nominal_v)
         if node is not None and snap.breaker_open is not None:
             self._breaker_closed[node] = not snap.breaker_open
-        layout = self._layout.get(cfg.node_id) if snap.bank_breaker_open else None
+        layout = plan.pdu if snap.bank_breaker_open else None
         if layout is not None:
             for bank, is_open in zip(layout.banks, snap.bank_breaker_open, strict=False):
                 self._breaker_closed[bank] = not is_open
+
+    def _flush_node_batch(self) -> None:
+        """Hand the store the node currents collected since the last tick, vectorized. A node
+        read twice (a tick that came late) is offered its readings in order, one round each."""
+        nodes, currents, times = self._batch
+        if not nodes:
+            return
+        self._batch = ([], [], [])
+        idx = np.asarray(nodes, dtype=np.int64)
+        i_a = np.asarray(currents, dtype=np.float64).reshape(len(nodes), 3)
+        t_s = np.asarray(times, dtype=np.float64)
+        if len(set(nodes)) == len(nodes):
+            self.store.ingest_nodes(idx, i_a, t_s)
+            return
+        seen: dict[int, int] = {}
+        rounds = np.empty(len(nodes), dtype=np.int64)
+        for j, n in enumerate(nodes):
+            rounds[j] = seen[n] = seen.get(n, -1) + 1
+        for k in range(int(rounds.max()) + 1):
+            sel = rounds == k
+            self.store.ingest_nodes(idx[sel], i_a[sel], t_s[sel])
 
     def _device_lost(self, key: str) -> None:
         self._outlet_seen_s[self._outlets_of_device.get(key, [])] = -math.inf
@@ -442,8 +516,12 @@ class Service:
 
     def _drain(self) -> None:
         pending, self._pending = self._pending, []
-        for fn in pending:
-            fn()
+        for item in pending:
+            if type(item) is tuple:
+                self._apply_snapshot(*item)
+            else:
+                item()
+        self._flush_node_batch()
 
     def _readbacks(self, now: float) -> Readbacks:
         known = now - self._outlet_seen_s <= self.settings.meter_stale_s

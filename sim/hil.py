@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from controller.bindings import pdu_nodes, resolve_bindings
 from controller.model import HallConfig
 from controller.topology import Topology
@@ -42,6 +44,22 @@ class PlantView:
         self.pdus = {pdu: (nodes.banks, nodes.outlets)
                      for pdu, nodes in pdu_nodes(plant.config, self.topo).items()}
         self.server_index = {s: k for k, s in enumerate(self.topo.server_id)}
+        # every PDU's banks and outlets, flat, for the once-per-step gather of _read: PDU ->
+        # (first bank, banks, first outlet, outlet nodes); an outlet without a node reads node 0
+        # and is shown empty
+        banks_flat: list[int] = []
+        outlets_flat: list[int] = []
+        self._flat_at: dict[str, tuple[int, int, int, tuple[int, ...]]] = {}
+        for pdu, (banks, outlets) in self.pdus.items():
+            self._flat_at[pdu] = (len(banks_flat), len(banks), len(outlets_flat),
+                                  tuple(int(o) for o in outlets))
+            banks_flat += [int(b) for b in banks]
+            outlets_flat += [max(int(o), 0) for o in outlets]
+        self._banks_flat = np.asarray(banks_flat, dtype=np.int64)
+        self._outlets_flat = np.asarray(outlets_flat, dtype=np.int64)
+        # a bank across two lines reports its line-to-line voltage
+        self._bank_v_factor = np.where(
+            (self.topo.rating_a[self._banks_flat] > 0).sum(axis=1) == 2, math.sqrt(3), 1.0)
         self._t: float | None = None
 
     def _read(self) -> PlantView:
@@ -52,6 +70,22 @@ class PlantView:
             self.e, self.closed = p.node_energy_wh(), p.breaker_closed()
             self.on, self.live = p.outlet_on(), p.energized()
             self.meter = {int(n): m for m, n in enumerate(self.obs.meter_node)}
+            # what the devices show, gathered once per step into Python lists (indexing a list
+            # per device is far cheaper than a numpy scalar per value)
+            o = self.obs
+            self.meter_ok = (o.meter_quality == QUALITY_OK).tolist()
+            self.meter_i, self.meter_v = o.meter_i_a.tolist(), o.meter_v_v.tolist()
+            self.meter_p, self.meter_e = o.meter_p_w.tolist(), o.meter_e_wh.tolist()
+            self.meter_t = o.meter_t_sample_s.tolist()
+            self.closed_l = self.closed.tolist()
+            b, u = self._banks_flat, self._outlets_flat
+            self.bank_i = self.i[b].max(axis=1).tolist()
+            self.bank_v = (self.v[b].max(axis=1) * self._bank_v_factor).tolist()
+            self.bank_w = self.w[b].sum(axis=1).tolist()
+            self.bank_closed = self.closed[b].tolist()
+            self.outlet_i = self.i[u].max(axis=1).tolist()
+            self.outlet_w = self.w[u].sum(axis=1).tolist()
+            self.outlet_on, self.outlet_live = self.on[u].tolist(), self.live[u].tolist()
         return self
 
     def snapshot(self, node_id: str) -> MeterSnapshot | PduSnapshot | None:
@@ -59,31 +93,28 @@ class PlantView:
         m = r.meter.get(n)
         if m is None:                       # no meter in the plant: the tree's own values
             cur, volt, pw, e, t = r.i[n], r.v[n], r.w[n], r.e[n], r._t
-        elif r.obs.meter_quality[m] != QUALITY_OK:
+        elif not r.meter_ok[m]:
             return None                     # a dead or unreachable meter answers nothing
         else:
-            o = r.obs
-            cur, volt, pw, e, t = (o.meter_i_a[m], o.meter_v_v[m], o.meter_p_w[m],
-                                   o.meter_e_wh[m], o.meter_t_sample_s[m])
+            cur, volt, pw, e, t = (r.meter_i[m], r.meter_v[m], r.meter_p[m], r.meter_e[m],
+                                   r.meter_t[m])
         t_s = float(t) if t is not None else math.nan
         seq = int(t_s / self.meter_period_s) if math.isfinite(t_s) else 0  # frozen when stale
         inlet = MeterSnapshot(_three(cur), _three(volt), _three(pw), energy_wh=float(e),
-                              breaker_open=not r.closed[n], sequence=seq)
-        if node_id not in self.pdus:
+                              breaker_open=not r.closed_l[n], sequence=seq)
+        where = self._flat_at.get(node_id)
+        if where is None:
             return inlet
-        banks, outlets = self.pdus[node_id]
+        b0, nb, o0, outlets = where
+        bi, bv, bw, bc = r.bank_i, r.bank_v, r.bank_w, r.bank_closed
+        oi, ow, oon, olive = r.outlet_i, r.outlet_w, r.outlet_on, r.outlet_live
         return PduSnapshot(
             inlet,
-            tuple(BankSnapshot(float(r.i[b].max()),
-                               float(r.v[b].max()) * (math.sqrt(3) if
-                                                      (self.topo.rating_a[b] > 0).sum() == 2
-                                                      else 1.0),
-                               float(r.w[b].sum()), breaker_open=not r.closed[b])
-                  for b in banks),
-            tuple(OutletSnapshot() if o < 0 else
-                  OutletSnapshot(float(r.i[o].max()), float(r.w[o].sum()), bool(r.on[o]),
-                                 bool(r.live[o]))
-                  for o in outlets))
+            tuple(BankSnapshot(bi[k], bv[k], bw[k], breaker_open=not bc[k])
+                  for k in range(b0, b0 + nb)),
+            tuple(OutletSnapshot() if node < 0 else
+                  OutletSnapshot(oi[k], ow[k], oon[k], olive[k])
+                  for k, node in enumerate(outlets, o0)))
 
     def write(self, pdu_id: str, outlet: int, on: bool) -> bool:
         node = self.pdus[pdu_id][1][outlet - 1]
