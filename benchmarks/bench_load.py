@@ -131,6 +131,7 @@ class Proc:
     popen: subprocess.Popen[str]
     lines: list[dict[str, Any]] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
+    reader: threading.Thread | None = None
 
     @property
     def pid(self) -> int:
@@ -167,9 +168,11 @@ class Proc:
                                      f"s:\n" + _tail(stderr_path))
                 self.cond.wait(min(left, 1.0))
 
-    def stop(self, timeout_s: float = 60.0) -> dict[str, Any]:
-        """SIGTERM; how long it took to exit and its exit code."""
+    def stop(self, timeout_s: float = 120.0) -> dict[str, Any]:
+        """SIGTERM; how long it took to exit and its exit code (SIGKILL after
+        ``timeout_s``)."""
         t0 = time.monotonic()
+        killed = False
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
@@ -177,9 +180,13 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
-                return {"stopped_s": None, "killed": True, "rc": self.popen.returncode}
-        return {"stopped_s": round(time.monotonic() - t0, 2), "killed": False,
-                "rc": self.popen.returncode}
+                killed = True
+        if self.reader is not None:
+            self.reader.join(10.0)
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+        return {"stopped_s": None if killed else round(time.monotonic() - t0, 2),
+                "killed": killed, "rc": self.popen.returncode}
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -193,13 +200,15 @@ def start(name: str, args: Sequence[str], stderr_path: Path, env: dict[str, str]
           profile: Path | None = None) -> Proc:
     """``rampguard ARGS`` (under cProfile, writing ``profile``, when given)."""
     prof = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
-    popen = subprocess.Popen(
-        [sys.executable, *prof, "-m", "controller.cli", *args], cwd=ROOT, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=stderr_path.open("w"), stdin=subprocess.DEVNULL)
+    with stderr_path.open("w") as err:
+        popen = subprocess.Popen(
+            [sys.executable, *prof, "-m", "controller.cli", *args], cwd=ROOT, env=env,
+            text=True, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
     proc = Proc(name, popen)
     assert popen.stdout is not None
-    threading.Thread(target=proc._read, args=(popen.stdout,), daemon=True,
-                     name=f"{name} stdout").start()
+    proc.reader = threading.Thread(target=proc._read, args=(popen.stdout,), daemon=True,
+                                   name=f"{name} stdout")
+    proc.reader.start()
     return proc
 
 
@@ -363,7 +372,8 @@ def run(config: Path, *, duration_s: float = 600.0, sample_s: float = 5.0,
         service = start("rampguard run", [
             "run", str(cfg), "--mqtt", mqtt_url, "--http", "127.0.0.1:0",
             "--metrics", "127.0.0.1:0", "--audit", str(tmp / "audit.jsonl"),
-            "--token-file", str(token_file)], tmp / "service.err", env,
+            "--token-file", str(token_file), "--issuer", f"load-{prefix.split('-')[2][:8]}"],
+            tmp / "service.err", env,
             tmp / "service.prof" if profile else None)
         ready = service.wait_line(lambda x: x.get("event") == "ready", ready_timeout_s,
                                   tmp / "service.err")
@@ -375,7 +385,8 @@ def run(config: Path, *, duration_s: float = 600.0, sample_s: float = 5.0,
             answer = json.loads(http(f"{api}/ramp/start", token, "POST", timeout_s=60))
             progress(f"ramp started: {answer}")
         report = _sample(sim, service, api, ready.get("metrics"), token, duration_s=duration_s,
-                         sample_s=sample_s, warmup_s=warmup_s, tick_s=tick_s)
+                         sample_s=sample_s, warmup_s=warmup_s, tick_s=tick_s,
+                         service_log=tmp / "service.err")
         report["service_ready_s"] = round(service_ready_s, 1)
     finally:
         stops = {}
@@ -389,10 +400,40 @@ def run(config: Path, *, duration_s: float = 600.0, sample_s: float = 5.0,
     return report
 
 
+_TICK_LINE = re.compile(r"tick durations (\d+)-(\d+) \(ms\): ([\d. ]*)")
+
+
+class TickLog:
+    """The exact tick durations the service logs every ``TICK_LOG_EVERY`` ticks, read from its
+    JSON log as it grows (they arrive even when its API is too busy to answer)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def read(self, into: dict[int, float]) -> None:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        for raw in data[:end].decode(errors="replace").splitlines():
+            m = _TICK_LINE.search(raw)
+            if m is None:
+                continue
+            first = int(m.group(1))
+            for k, value in enumerate(m.group(3).split()):
+                into[first + k] = float(value) / 1e3
+
+
 def _sample(sim: Proc, service: Proc, api: str, metrics_url: str | None, token: str, *,
             duration_s: float, sample_s: float, warmup_s: float,
-            tick_s: float) -> dict[str, Any]:
+            tick_s: float, service_log: Path) -> dict[str, Any]:
     ticks: dict[int, float] = {}
+    tick_log = TickLog(service_log)
     samples: list[dict[str, Any]] = []
     failed_samples = 0
     broker = pids_named("mosquitto")
@@ -411,14 +452,17 @@ def _sample(sim: Proc, service: Proc, api: str, metrics_url: str | None, token: 
                              "broker_cpu_s": sum(c for c in map(cpu_s, broker) if c is not None)
                              if broker else None, "loadavg_1m": loadavg()[0]}
         s["machine_busy_cpu_s"] = machine_cpu_s()[0] - busy0
+        tick_log.read(ticks)
+        if warm_tick_from is None and now >= warmup_s and ticks:
+            warm_tick_from = max(ticks) + 1        # refined below by the status, if it answers
         try:
             status = json.loads(http(f"{api}/status", token))
             count = int(status["tick_durations"]["count"])
             recent = status["tick_durations"]["recent_s"]
             for k, d in enumerate(recent):
-                ticks[count - len(recent) + k] = float(d)
-            if warm_tick_from is None and now >= warmup_s:
-                warm_tick_from = count
+                ticks[count - len(recent) + k + 1] = float(d)
+            if now >= warmup_s and (warm_tick_from is None or warm_tick_from > count + 1):
+                warm_tick_from = count + 1
             s.update(mode=status["mode"], ticks=count, energized=status["energized_servers"],
                      outlets_on=status["outlets_on"], telemetry=status["telemetry"],
                      drivers=status.get("drivers", {}))
@@ -439,9 +483,9 @@ def _sample(sim: Proc, service: Proc, api: str, metrics_url: str | None, token: 
             progress("a process exited during the run: stopping the sampling")
             break
         if len(samples) % max(1, round(30 / sample_s)) == 1:
-            last_ticks = [ticks[k] for k in sorted(ticks)[-30:]]
+            last_ticks = [ticks[k] for k in sorted(ticks)[-60:]]
             progress(f"t={now:5.0f} s mode={s.get('mode')} energized={s.get('energized')} "
-                     f"ticks={s.get('ticks')} last-30 max {max(last_ticks, default=0):.3f} s "
+                     f"ticks={s.get('ticks')} last-60 max {max(last_ticks, default=0):.3f} s "
                      f"rss service {s['service_rss_mb'] or 0:.0f} MB sim "
                      f"{s['sim_rss_mb'] or 0:.0f} MB stale={s.get('stale_readings')} "
                      f"load {s['loadavg_1m']}")
@@ -451,9 +495,11 @@ def _sample(sim: Proc, service: Proc, api: str, metrics_url: str | None, token: 
         time.sleep(max(0.0, next_s - time.monotonic()))
     busy1, total1 = machine_cpu_s()
     elapsed = time.monotonic() - t_start
+    tick_log.read(ticks)
     durations = [ticks[k] for k in sorted(ticks)]
     warm = [ticks[k] for k in sorted(ticks) if warm_tick_from is not None and k >= warm_tick_from]
-    count = int(status.get("tick_durations", {}).get("count", 0)) if status else 0
+    count = max(int(status.get("tick_durations", {}).get("count", 0)) if status else 0,
+                max(ticks, default=0))
     t0 = warmup_s if elapsed > warmup_s else 0.0
     tick_all = tick_summary(durations, tick_s)
     tick_warm = tick_summary(warm, tick_s)

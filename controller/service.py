@@ -96,8 +96,11 @@ MAX_ALARMS_LOGGED = 5
 CAP_RETRY_S = 5.0
 #: Upstream node kinds whose loads are exported as metrics (not the thousands of outlets).
 _WATCHED_KINDS = ("source", "ups", "switchboard", "panel")
-#: Latest tick durations shown by ``GET /status`` (the load benchmark reads them).
+#: Latest tick durations shown by ``GET /status``.
 STATUS_TICKS = 120
+#: Every this many ticks one INFO line lists their exact durations (the load benchmark reads
+#: them from the log: it needs no answer from a busy event loop).
+TICK_LOG_EVERY = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +183,7 @@ class Service:
                             if m.node_id in topo.node_index})
         self._server_of = {a.server: topo.server_id.index(a.server)
                            for a in self.bindings.agents if a.server in topo.server_id}
+        self._agent_specs = {a.server: a for a in self.bindings.agents}
         self.store = TelemetryStore(topo, self.settings, metered,
                                     sorted(self._server_of.values()), clock=self.clock)
         self.state: CoreState = core.initial_state(self.ctx, now_s=self.clock())
@@ -506,6 +510,10 @@ class Service:
                                              self.clock())
                 self._audit_event("state", to="SAFE", reason=f"internal error: {exc!r}")
             self.metrics.observe_tick(time.perf_counter() - t0)
+            count, recent = self.metrics.recent_ticks(TICK_LOG_EVERY)
+            if count % TICK_LOG_EVERY == 0:
+                log.info("tick durations %d-%d (ms): %s", count - len(recent) + 1, count,
+                         " ".join(f"{d * 1e3:.1f}" for d in recent))
             next_s += tick
             delay = next_s - self.clock()
             if delay < 0:
@@ -516,11 +524,18 @@ class Service:
 
     def _drain(self) -> None:
         pending, self._pending = self._pending, []
-        for item in pending:
-            if type(item) is tuple:
-                self._apply_snapshot(*item)
-            else:
-                item()
+        audit = self._audit
+        try:
+            # the acks' results of a tick in one audit batch (one fsync)
+            with audit.batch() if audit is not None else contextlib.nullcontext():
+                for item in pending:
+                    if type(item) is tuple:
+                        self._apply_snapshot(*item)
+                    else:
+                        item()
+        except AuditWriteError as exc:
+            log.error("audit log refused a record: %s; going SAFE", exc)
+            self.state = core.enter_safe(self.state, f"audit log: {exc}", self.clock())
         self._flush_node_batch()
 
     def _readbacks(self, now: float) -> Readbacks:
@@ -675,7 +690,7 @@ class Service:
                 return
             self._cap_sent_s[s] = self.clock()
             server = self.topo.server_id[s]
-            spec = next((x for x in self.bindings.agents if x.server == server), None)
+            spec = self._agent_specs.get(server)
             action_id = self._audit.intent(
                 {"type": "set_caps", "targets": [server], "cap_w": cap}, a.reason.to_dict())
             if spec is None or self._link is None:

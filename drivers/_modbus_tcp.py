@@ -24,6 +24,8 @@ from typing import Any
 _MBAP = struct.Struct(">HHHB")          # transaction, protocol (0), length, unit
 _READ = struct.Struct(">HHHBBHH")       # MBAP + function, address, count
 _COIL_ON, _COIL_OFF = 0xFF00, 0x0000
+#: Least time a connect may take (s).
+CONNECT_TIMEOUT_MIN_S = 2.0
 _WORDS: dict[int, struct.Struct] = {}
 
 
@@ -135,13 +137,14 @@ class LeanModbusClient:
 
     async def connect(self) -> bool:
         """Open the connection; False (never an exception) when it cannot be opened in
-        ``timeout_s``."""
+        ``timeout_s`` (at least ``CONNECT_TIMEOUT_MIN_S``: a refused connection fails at once
+        anyway, and a busy event loop must not turn a thousand good connects into timeouts)."""
         if self.connected:
             return True
         loop = asyncio.get_running_loop()
         proto = _Protocol(self)
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(max(self.timeout_s, CONNECT_TIMEOUT_MIN_S)):
                 await loop.create_connection(lambda: proto, self.host, self.port)
         except (OSError, TimeoutError):
             return False
