@@ -6,27 +6,10 @@ that holds a snapshot of the arrays the caller passes: a tick costs one copy of 
 text is built in the exporter's thread when Prometheus scrapes, and nodes that are no longer
 passed disappear from the output.
 
-====================================================  =============================================
-metric                                                meaning
-====================================================  =============================================
-``rampguard_mode{mode}``                              1 for the controller's current mode, 0 for the
-                                                      others (IDLE, RAMPING, HOLDING, STEADY,
-                                                      SHEDDING, SAFE, and any other seen)
-``rampguard_tick_seconds``                            histogram of control tick durations
-``rampguard_node_load_a{node,phase}``                 measured load per phase (L1, L2, L3) of each
-                                                      watched node, A; NaN when unknown
-``rampguard_node_limit_a{node}``                      its continuous limit, A
-``rampguard_node_headroom_a{node}``                   its headroom, A; NaN when unknown
-``rampguard_max_utilization{kind}``                   highest load / continuous limit per node kind
-``rampguard_stale_readings``                          readings stale or unknown now
-``rampguard_telemetry_rejected_total{reason}``        telemetry rejected by the drivers, by reason
-``rampguard_inputs_rejected_total{source,reason}``    every input refused, by where it came from
-                                                      (mqtt, telemetry, modbus, http) and why
-``rampguard_actions_total{type,outcome}``             actions by type and outcome
-``rampguard_alarms_active``                           alarms active now
-``rampguard_servers_energized``                       servers energized
-``rampguard_servers_total``                           servers in the hall
-====================================================  =============================================
+====================================================  ======================================
+Besides the histogram, :meth:`ServiceMetrics.recent_ticks` keeps the exact durations of the
+last ``RECENT_TICKS`` ticks (``GET /status`` shows the latest of them; the load benchmark
+computes its median, p99 and maximum from them).
 
 Values that are not finite (NaN, ±inf) in loads, limits, headrooms and utilizations are
 exported as NaN: "unknown" (Prometheus accepts NaN samples; comparisons with NaN are false, so
@@ -39,6 +22,7 @@ import asyncio
 import logging
 import math
 import threading
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -58,6 +42,8 @@ PHASES = ("L1", "L2", "L3")
 #: Tick duration buckets, s: dense around the 2 ms target, up to the seconds of a stuck tick.
 TICK_BUCKETS_S = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                   2.5, 5.0)
+#: Exact durations kept of the latest ticks (a bounded ring: memory does not grow).
+RECENT_TICKS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +121,11 @@ class ServiceMetrics:
             self._add_mode(mode)
         self._tick = Histogram("rampguard_tick_seconds", "Duration of a control tick, s",
                                buckets=TICK_BUCKETS_S, registry=self.registry)
+        self._tick_max = Gauge("rampguard_tick_max_seconds",
+                               "The longest control tick since start, s", registry=self.registry)
+        self._ticks_seen = 0
+        self._tick_max_s = 0.0
+        self._recent: deque[float] = deque(maxlen=RECENT_TICKS)
         self._stale = Gauge("rampguard_stale_readings", "Readings stale or unknown now",
                             registry=self.registry)
         self._actions = Counter("rampguard_actions", "Actions by type and outcome",
@@ -170,7 +161,20 @@ class ServiceMetrics:
                 and duration_s >= 0):
             log.debug("ignored a tick duration of %r", duration_s)
             return
-        self._tick.observe(float(duration_s))
+        d = float(duration_s)
+        self._tick.observe(d)
+        self._recent.append(d)
+        self._ticks_seen += 1
+        if d > self._tick_max_s:
+            self._tick_max_s = d
+            self._tick_max.set(d)
+
+    def recent_ticks(self, n: int = RECENT_TICKS) -> tuple[int, list[float]]:
+        """``(count, durations)``: how many ticks were observed since start, and the exact
+        durations (s) of the latest ``n`` of them (at most ``RECENT_TICKS``), oldest first.
+        Tick ``count - len(durations) + k`` took ``durations[k]``."""
+        recent = list(self._recent)
+        return self._ticks_seen, recent[max(0, len(recent) - max(0, int(n))):]
 
     def set_node_loads(self, node_ids: Sequence[str], load_a: np.ndarray, limit_a: np.ndarray,
                        headroom_a: np.ndarray) -> None:

@@ -53,7 +53,6 @@ from controller.bindings import (
     meter_targets,
     pdu_nodes,
     resolve_bindings,
-    target_currents,
 )
 from controller.core import (
     DEAD_VOLTAGE_FRACTION,
@@ -98,6 +97,11 @@ MAX_ALARMS_LOGGED = 5
 CAP_RETRY_S = 5.0
 #: Upstream node kinds whose loads are exported as metrics (not the thousands of outlets).
 _WATCHED_KINDS = ("source", "ups", "switchboard", "panel")
+#: Latest tick durations shown by ``GET /status``.
+STATUS_TICKS = 120
+#: Every this many ticks one INFO line lists their exact durations (the load benchmark reads
+#: them from the log: it needs no answer from a busy event loop).
+TICK_LOG_EVERY = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +123,19 @@ class ServiceOptions:
     #: the controller's clock runs this many times faster than the wall clock: only for a
     #: hardware-in-the-loop simulator served at the same ``--speed`` (1 for real hardware)
     clock_speed: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _SnapshotPlan:
+    """Where a device's readings go (see :meth:`Service._snapshot_plan`)."""
+
+    layout: object
+    rows: tuple[tuple[int, int, int, int], ...]   # (node, value index of L1, L2, L3 or -1)
+    node: int | None
+    volts: tuple[int, ...]
+    nominal_v: float
+    outlets: tuple[int, ...]                      # outlet n (0-based) -> controller outlet, -1
+    pdu: Any
 
 
 class Service:
@@ -171,6 +188,7 @@ class Service:
                             if m.node_id in topo.node_index})
         self._server_of = {a.server: topo.server_id.index(a.server)
                            for a in self.bindings.agents if a.server in topo.server_id}
+        self._agent_specs = {a.server: a for a in self.bindings.agents}
         self.store = TelemetryStore(topo, self.settings, metered,
                                     sorted(self._server_of.values()), clock=self.clock)
         self.state: CoreState = core.initial_state(self.ctx, now_s=self.clock())
@@ -184,12 +202,17 @@ class Service:
         self._node_live = np.ones(topo.n_nodes, bool)
         self._zone_inlet_c = np.full(len(topo.zone_id), math.nan)
         self._zone_t_s = np.full(len(topo.zone_id), -math.inf)
-        self._pending: list[Callable[[], object]] = []
+        # driver callbacks queue here: closures, or (device key, snapshot, arrival time)
+        self._pending: list[Callable[[], object] | tuple[str, Snapshot, float]] = []
+        self._plans: dict[str, _SnapshotPlan] = {}
+        self._batch: tuple[list[int], list[tuple[float, float, float]], list[float]] = (
+            [], [], [])
         self._commands: list[Callable[[CoreState], CoreState]] = []
         self._cap_action: dict[str, int] = {}               # command id -> audit action id
         self._cap_sent_s = np.full(topo.n_servers, -math.inf)
         self._audit: AuditLog | None = None
         self._link: MqttLink | None = None
+        self._poller: ModbusPoller | None = None
         self._actuators: dict[str, ModbusDevice] = {}
         self._last: core.Decision | None = None
         self._stop = asyncio.Event()
@@ -200,48 +223,105 @@ class Service:
         self.ticks = 0
         self.api: OperatorApi | None = None
         self.exporter: Any = None
-        self._poller: ModbusPoller | None = None
         #: inputs the service itself refuses, by (source, reason): a valid payload on the
         #: topic of another server or zone than the one it names
         self._rejected: Counter[tuple[str, str]] = Counter()
 
     # ================================================================== driver callbacks
     def _on_snapshot(self, dev: ModbusDevice, snap: Snapshot) -> None:
-        t = self.clock()  # when it arrived, on the controller's clock
-        self._pending.append(lambda: self._apply_snapshot(dev.config.key, snap, t))
+        # when it arrived, on the controller's clock; applied at the next tick (_drain)
+        self._pending.append((dev.config.key, snap, self.clock()))
 
     def _on_error(self, dev: ModbusDevice, error: DriverError) -> None:
         key = dev.config.key
         self._pending.append(lambda: self._device_lost(key))
 
-    def _apply_snapshot(self, key: str, snap: Snapshot, t_s: float) -> None:
+    def _snapshot_plan(self, key: str, snap: Snapshot) -> _SnapshotPlan:
+        """How one device's snapshots map to nodes, built once per device and layout: the
+        value indices of each target's three poles (-1: 0 A), the outlets it reads back, its
+        voltage indices and its node's nominal voltage."""
+        plan = self._plans.get(key)
+        if plan is not None and plan.layout is snap.layout:
+            return plan
+        index = snap.layout.index
+        rows: list[tuple[int, int, int, int]] = []
         for target in self._targets.get(key, ()):
-            values = target_currents(snap, target, self.topo)
-            if values is None:
-                continue
-            good = snap.quality.value == 0
-            self.store.ingest_node(target.node, values if good else [math.nan] * 3, t_s)
-        now = t_s
-        for n, on in enumerate(snap.outlets_on, 1):
-            k = self._outlet_of_addr.get((key, n))
-            if k is not None:
-                self._outlet_on[k] = on
-                self._outlet_seen_s[k] = now
+            if target.name is None:
+                names = ("current_l1", "current_l2", "current_l3")
+                if not any(n in index for n in names):
+                    continue
+                i1, i2, i3 = (index.get(n, -1) for n in names)
+            else:
+                i = index.get(target.name)
+                if i is None:
+                    continue
+                i1, i2, i3 = (i if pole else -1 for pole in self.topo.rating_a[target.node] > 0)
+            rows.append((target.node, i1, i2, i3))
         cfg = self._device_cfg[key]
         node = self.topo.node_index.get(cfg.node_id)
-        if node is not None and snap.quality.value == 0 and "voltage_l1" in snap:
+        volts = tuple(index[n] for n in ("voltage_l1", "voltage_l2", "voltage_l3")
+                      if n in index) if "voltage_l1" in index else ()
+        outlets = tuple(self._outlet_of_addr.get((key, n), -1)
+                        for n in range(1, len(snap.outlets_on) + 1))
+        plan = _SnapshotPlan(snap.layout, tuple(rows), node, volts,
+                             float(self.topo.v_ln_v[node]) if node is not None else math.nan,
+                             outlets, self._layout.get(cfg.node_id))
+        self._plans[key] = plan
+        return plan
+
+    def _apply_snapshot(self, key: str, snap: Snapshot, t_s: float) -> None:
+        """Outlet, breaker and feed states now; the node currents into the batch that
+        :meth:`_drain` hands the store at once (:meth:`TelemetryStore.ingest_nodes`)."""
+        plan = self._snapshot_plan(key, snap)
+        good = snap.quality.value == 0
+        values = snap.values
+        batch_nodes, batch_i, batch_t = self._batch
+        for node, i1, i2, i3 in plan.rows:
+            batch_nodes.append(node)
+            batch_t.append(t_s)
+            if good:
+                batch_i.append((values[i1] if i1 >= 0 else 0.0, values[i2] if i2 >= 0 else 0.0,
+                                values[i3] if i3 >= 0 else 0.0))
+            else:
+                batch_i.append((math.nan, math.nan, math.nan))
+        outlets = plan.outlets
+        for n, on in enumerate(snap.outlets_on):
+            k = outlets[n] if n < len(outlets) else -1
+            if k >= 0:
+                self._outlet_on[k] = on
+                self._outlet_seen_s[k] = t_s
+        inlet_node = plan.node
+        if inlet_node is not None and good and plan.volts:
             # a lost feed shows as no voltage on any phase (as in the dry run)
-            volts = [snap[n].value for n in ("voltage_l1", "voltage_l2", "voltage_l3")
-                     if n in snap]
-            nominal = float(self.topo.v_ln_v[node])
-            self._node_live[node] = max(volts, default=nominal) >= (
-                DEAD_VOLTAGE_FRACTION * nominal)
-        if node is not None and snap.breaker_open is not None:
-            self._breaker_closed[node] = not snap.breaker_open
-        layout = self._layout.get(cfg.node_id) if snap.bank_breaker_open else None
+            self._node_live[inlet_node] = max(values[i] for i in plan.volts) >= (
+                DEAD_VOLTAGE_FRACTION * plan.nominal_v)
+        if inlet_node is not None and snap.breaker_open is not None:
+            self._breaker_closed[inlet_node] = not snap.breaker_open
+        layout = plan.pdu if snap.bank_breaker_open else None
         if layout is not None:
             for bank, is_open in zip(layout.banks, snap.bank_breaker_open, strict=False):
                 self._breaker_closed[bank] = not is_open
+
+    def _flush_node_batch(self) -> None:
+        """Hand the store the node currents collected since the last tick, vectorized. A node
+        read twice (a tick that came late) is offered its readings in order, one round each."""
+        nodes, currents, times = self._batch
+        if not nodes:
+            return
+        self._batch = ([], [], [])
+        idx = np.asarray(nodes, dtype=np.int64)
+        i_a = np.asarray(currents, dtype=np.float64).reshape(len(nodes), 3)
+        t_s = np.asarray(times, dtype=np.float64)
+        if len(set(nodes)) == len(nodes):
+            self.store.ingest_nodes(idx, i_a, t_s)
+            return
+        seen: dict[int, int] = {}
+        rounds = np.empty(len(nodes), dtype=np.int64)
+        for j, n in enumerate(nodes):
+            rounds[j] = seen[n] = seen.get(n, -1) + 1
+        for k in range(int(rounds.max()) + 1):
+            sel = rounds == k
+            self.store.ingest_nodes(idx[sel], i_a[sel], t_s[sel])
 
     def _device_lost(self, key: str) -> None:
         self._outlet_seen_s[self._outlets_of_device.get(key, [])] = -math.inf
@@ -306,8 +386,8 @@ class Service:
     def status(self) -> dict[str, Any]:
         st = self.state
         t = self.topo
-        on = st.psu_on_s <= self.clock()
-        energized = int(np.unique(t.psu_server[on]).size) if on.any() else 0
+        energized = self._energized()
+        ticks, recent = self.metrics.recent_ticks(STATUS_TICKS)
         return {
             "mode": st.mode.value, "reason": st.mode_reason, "ramp_active": st.ramp_active,
             "paused": st.paused, "safe_reason": st.safe_reason or None,
@@ -324,7 +404,34 @@ class Service:
                 "accepted": self._link.counters.accepted},
             "transitions": [{"t_s": round(a, 3), "from": b, "to": c, "reason": r}
                             for a, b, c, r in st.transitions[-20:]],
+            "tick_durations": {"count": ticks, "recent_s": [round(d, 6) for d in recent]},
+            "drivers": self._driver_counters(),
         }
+
+    def _energized(self) -> int:
+        """Servers with at least one PSU energized now."""
+        on = self.state.psu_on_s <= self.clock()
+        return int(np.unique(self.topo.psu_server[on]).size) if on.any() else 0
+
+    def _driver_counters(self) -> dict[str, Any]:
+        """The drivers' totals: Modbus polls (ok, errors, overruns: polls that could not run
+        on time) and MQTT messages (received, accepted, rejected, published, dropped)."""
+        out: dict[str, Any] = {}
+        poller = self._poller
+        if poller is not None:
+            stats = poller.stats.values()
+            out["modbus"] = {
+                "devices": len(poller.devices),
+                "connected": sum(d.connected for d in poller.devices.values()),
+                "polls": sum(x.polls for x in stats), "ok": sum(x.ok for x in stats),
+                "errors": sum(x.errors for x in stats),
+                "overruns": sum(x.overruns for x in stats)}
+        if self._link is not None:
+            c = self._link.counters
+            out["mqtt"] = {"received": c.received, "accepted": c.accepted,
+                           "rejected": c.rejected_total, "unmatched": c.unmatched,
+                           "published": c.published, "dropped": c.dropped}
+        return out
 
     def rejections(self) -> dict[str, dict[str, int]]:
         """Every input refused so far, by source and reason (monotonic counts): ``mqtt``
@@ -453,6 +560,10 @@ class Service:
                                              self.clock())
                 self._audit_event("state", to="SAFE", reason=f"internal error: {exc!r}")
             self.metrics.observe_tick(time.perf_counter() - t0)
+            count, recent = self.metrics.recent_ticks(TICK_LOG_EVERY)
+            if count % TICK_LOG_EVERY == 0:
+                log.info("tick durations %d-%d (ms): %s", count - len(recent) + 1, count,
+                         " ".join(f"{d * 1e3:.1f}" for d in recent))
             next_s += tick
             delay = next_s - self.clock()
             if delay < 0:
@@ -463,8 +574,19 @@ class Service:
 
     def _drain(self) -> None:
         pending, self._pending = self._pending, []
-        for fn in pending:
-            fn()
+        audit = self._audit
+        try:
+            # the acks' results of a tick in one audit batch (one fsync)
+            with audit.batch() if audit is not None else contextlib.nullcontext():
+                for item in pending:
+                    if isinstance(item, tuple):
+                        self._apply_snapshot(*item)
+                    else:
+                        item()
+        except AuditWriteError as exc:
+            log.error("audit log refused a record: %s; going SAFE", exc)
+            self.state = core.enter_safe(self.state, f"audit log: {exc}", self.clock())
+        self._flush_node_batch()
 
     def _readbacks(self, now: float) -> Readbacks:
         known = now - self._outlet_seen_s <= self.settings.meter_stale_s
@@ -653,7 +775,7 @@ class Service:
                 return
             self._cap_sent_s[s] = self.clock()
             server = self.topo.server_id[s]
-            spec = next((x for x in self.bindings.agents if x.server == server), None)
+            spec = self._agent_specs.get(server)
             action_id = self._audit.intent(
                 {"type": "set_caps", "targets": [server], "cap_w": cap}, a.reason.to_dict())
             if spec is None or self._link is None:
@@ -750,9 +872,9 @@ class Service:
         m.set_telemetry_counters({k: v for k, v in self.store.counters().items()
                                   if k != "accepted"})
         m.set_alarms(len(self.state.alarms_active))
-        st = self.status()
-        m.set_servers(st["energized_servers"], st["total_servers"])
-        m.set_input_rejections({(source, reason): n for source, reasons in st["rejected"].items()
+        m.set_servers(self._energized(), self.topo.n_servers)
+        m.set_input_rejections({(source, reason): n
+                                for source, reasons in self.rejections().items()
                                 for reason, n in reasons.items()})
 
 

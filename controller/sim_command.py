@@ -54,6 +54,9 @@ def add_command(sub: Any) -> None:
                        help="append what the plant was made to do to PATH, one JSON line "
                             "each: every coil write, every cap command applied, and a summary "
                             "(trips, violations, open breakers) when it stops")
+    serve.add_argument("--stats-s", type=float, default=None, metavar="SECONDS",
+                       help="print a JSON line of counters (steps, overruns, lag, telemetry "
+                            "published) every SECONDS of plant time (default: none)")
     serve.set_defaults(handler=_cmd_serve)
 
 
@@ -61,8 +64,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from controller.config import load_hall_config
     from controller.topology import compile_hall
 
-    for name in ("speed", "dt_s"):
+    for name in ("speed", "dt_s", "stats_s"):
         value = getattr(args, name)
+        if name == "stats_s" and value is None:
+            continue
         if not (math.isfinite(value) and value > 0):
             print(f"rampguard: --{name.replace('_', '-')} must be a positive number, "
                   f"got {value}", file=sys.stderr)
@@ -105,6 +110,9 @@ async def _serve(args: argparse.Namespace, config: Any, topo: Any,
     def ready(info: dict[str, object]) -> None:
         print(json.dumps({"event": "serving", **info}), flush=True)
 
+    def stats(info: dict[str, object]) -> None:
+        print(json.dumps({"event": "stats", **info}), flush=True)
+
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     assert task is not None
@@ -119,7 +127,9 @@ async def _serve(args: argparse.Namespace, config: Any, topo: Any,
                      scenario=getattr(args, "scenario_obj", None),
                      external_agents=args.external_agents,
                      record=record if record_file is not None else None,
-                     scenario_armed=armed)
+                     scenario_armed=armed,
+                     stats=stats if args.stats_s is not None else None,
+                     stats_every_s=args.stats_s or 10.0)
         if args.duration_s is not None:
             try:
                 await asyncio.wait_for(work, timeout=args.duration_s)

@@ -53,6 +53,7 @@ from drivers.modbus import (
     ModbusDeviceConfig,
     ModbusPoller,
     PollStats,
+    lean_client,
     pymodbus_client,
 )
 from drivers.mqtt import MqttConfig, MqttCounters, MqttLink, StatusSpec, Subscription, TlsConfig
@@ -157,6 +158,7 @@ __all__ = [
     "dumps",
     "encode_meter",
     "encode_pdu",
+    "lean_client",
     "make_ack",
     "parse",
     "plan_builtin",

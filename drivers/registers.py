@@ -291,6 +291,21 @@ def encode_meter(snapshot: MeterSnapshot, *, sequence: int, uptime_s: float, ban
     )
 
 
+@lru_cache(maxsize=64)
+def _float_structs(n: int) -> tuple[struct.Struct, struct.Struct]:
+    return struct.Struct(f">{n}f"), struct.Struct(f">{2 * n}H")
+
+
+def _float_words(values: Sequence[float]) -> tuple[int, ...]:
+    """Many floats as registers, as :func:`encode_float32` gives them one by one (one pack
+    for all: a PDU image has 66 of them)."""
+    floats, words = _float_structs(len(values))
+    try:
+        return tuple(words.unpack(floats.pack(*values)))
+    except OverflowError:
+        return tuple(words.unpack(floats.pack(*map(_clamp_f32, values))))
+
+
 def _clamp_f32(x: float) -> float:
     if math.isfinite(x) and abs(x) > 3.4028234663852886e38:
         return math.copysign(math.inf, x)
@@ -308,11 +323,12 @@ def encode_pdu(snapshot: PduSnapshot, *, sequence: int, uptime_s: float) -> Regi
     head = encode_meter(snapshot.inlet, sequence=sequence, uptime_s=uptime_s, banks=nb,
                         outlets=no, relays=relays, energized=energized)
     regs: list[int] = list(head)
-    for b in snapshot.banks:
-        regs += (*encode_float32(b.current_a), *encode_float32(b.voltage_v),
-                 *encode_float32(b.power_w), 1 if b.breaker_open else 0, int(b.trip_cause))
-    for o in snapshot.outlets:
-        regs += (*encode_float32(o.current_a), *encode_float32(o.power_w))
+    bank_words = _float_words([x for b in snapshot.banks
+                               for x in (b.current_a, b.voltage_v, b.power_w)])
+    for k, b in enumerate(snapshot.banks):
+        regs += bank_words[6 * k:6 * k + 6]
+        regs += (1 if b.breaker_open else 0, int(b.trip_cause))
+    regs += _float_words([x for o in snapshot.outlets for x in (o.current_a, o.power_w)])
     blocks = ((HEADER_ADDRESS, tuple(regs)),)
     return RegisterImage(input_registers=blocks, coils=tuple(relays),
                          discrete_inputs=tuple(energized))

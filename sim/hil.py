@@ -14,8 +14,11 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from controller.bindings import pdu_nodes, resolve_bindings
 from controller.model import HallConfig
@@ -43,6 +46,22 @@ class PlantView:
         self.pdus = {pdu: (nodes.banks, nodes.outlets)
                      for pdu, nodes in pdu_nodes(plant.config, self.topo).items()}
         self.server_index = {s: k for k, s in enumerate(self.topo.server_id)}
+        # every PDU's banks and outlets, flat, for the once-per-step gather of _read: PDU ->
+        # (first bank, banks, first outlet, outlet nodes); an outlet without a node reads node 0
+        # and is shown empty
+        banks_flat: list[int] = []
+        outlets_flat: list[int] = []
+        self._flat_at: dict[str, tuple[int, int, int, tuple[int, ...]]] = {}
+        for pdu, (banks, outlets) in self.pdus.items():
+            self._flat_at[pdu] = (len(banks_flat), len(banks), len(outlets_flat),
+                                  tuple(int(o) for o in outlets))
+            banks_flat += [int(b) for b in banks]
+            outlets_flat += [max(int(o), 0) for o in outlets]
+        self._banks_flat = np.asarray(banks_flat, dtype=np.int64)
+        self._outlets_flat = np.asarray(outlets_flat, dtype=np.int64)
+        # a bank across two lines reports its line-to-line voltage
+        self._bank_v_factor = np.where(
+            (self.topo.rating_a[self._banks_flat] > 0).sum(axis=1) == 2, math.sqrt(3), 1.0)
         self._t: float | None = None
 
     def _read(self) -> PlantView:
@@ -53,6 +72,22 @@ class PlantView:
             self.e, self.closed = p.node_energy_wh(), p.breaker_closed()
             self.on, self.live = p.outlet_on(), p.energized()
             self.meter = {int(n): m for m, n in enumerate(self.obs.meter_node)}
+            # what the devices show, gathered once per step into Python lists (indexing a list
+            # per device is far cheaper than a numpy scalar per value)
+            o = self.obs
+            self.meter_ok = (o.meter_quality == QUALITY_OK).tolist()
+            self.meter_i, self.meter_v = o.meter_i_a.tolist(), o.meter_v_v.tolist()
+            self.meter_p, self.meter_e = o.meter_p_w.tolist(), o.meter_e_wh.tolist()
+            self.meter_t = o.meter_t_sample_s.tolist()
+            self.closed_l = self.closed.tolist()
+            b, u = self._banks_flat, self._outlets_flat
+            self.bank_i = self.i[b].max(axis=1).tolist()
+            self.bank_v = (self.v[b].max(axis=1) * self._bank_v_factor).tolist()
+            self.bank_w = self.w[b].sum(axis=1).tolist()
+            self.bank_closed = self.closed[b].tolist()
+            self.outlet_i = self.i[u].max(axis=1).tolist()
+            self.outlet_w = self.w[u].sum(axis=1).tolist()
+            self.outlet_on, self.outlet_live = self.on[u].tolist(), self.live[u].tolist()
         return self
 
     def snapshot(self, node_id: str) -> MeterSnapshot | PduSnapshot | None:
@@ -60,34 +95,31 @@ class PlantView:
         m = r.meter.get(n)
         if m is None:                       # no meter in the plant: the tree's own values
             cur, volt, pw, e, t = r.i[n], r.v[n], r.w[n], r.e[n], r._t
-        elif r.obs.meter_quality[m] != QUALITY_OK:
+        elif not r.meter_ok[m]:
             return None                     # a dead or unreachable meter answers nothing
         else:
-            o = r.obs
-            cur, volt, pw, e, t = (o.meter_i_a[m], o.meter_v_v[m], o.meter_p_w[m],
-                                   o.meter_e_wh[m], o.meter_t_sample_s[m])
+            cur, volt, pw, e, t = (r.meter_i[m], r.meter_v[m], r.meter_p[m], r.meter_e[m],
+                                   r.meter_t[m])
         t_s = float(t) if t is not None else math.nan
         seq = int(t_s / self.meter_period_s) if math.isfinite(t_s) else 0  # frozen when stale
         # before its first sample a meter has measured nothing: it says its data are not valid
         # (zeros with good quality would read as an idle, unloaded node)
         inlet = MeterSnapshot(_three(cur), _three(volt), _three(pw), energy_wh=float(e),
-                              breaker_open=not r.closed[n], sequence=seq,
+                              breaker_open=not r.closed_l[n], sequence=seq,
                               data_valid=math.isfinite(t_s))
-        if node_id not in self.pdus:
+        where = self._flat_at.get(node_id)
+        if where is None:
             return inlet
-        banks, outlets = self.pdus[node_id]
+        b0, nb, o0, outlets = where
+        bi, bv, bw, bc = r.bank_i, r.bank_v, r.bank_w, r.bank_closed
+        oi, ow, oon, olive = r.outlet_i, r.outlet_w, r.outlet_on, r.outlet_live
         return PduSnapshot(
             inlet,
-            tuple(BankSnapshot(float(r.i[b].max()),
-                               float(r.v[b].max()) * (math.sqrt(3) if
-                                                      (self.topo.rating_a[b] > 0).sum() == 2
-                                                      else 1.0),
-                               float(r.w[b].sum()), breaker_open=not r.closed[b])
-                  for b in banks),
-            tuple(OutletSnapshot() if o < 0 else
-                  OutletSnapshot(float(r.i[o].max()), float(r.w[o].sum()), bool(r.on[o]),
-                                 bool(r.live[o]))
-                  for o in outlets))
+            tuple(BankSnapshot(bi[k], bv[k], bw[k], breaker_open=not bc[k])
+                  for k in range(b0, b0 + nb)),
+            tuple(OutletSnapshot() if node < 0 else
+                  OutletSnapshot(oi[k], ow[k], oon[k], olive[k])
+                  for k, node in enumerate(outlets, o0)))
 
     def write(self, pdu_id: str, outlet: int, on: bool) -> bool:
         node = self.pdus[pdu_id][1][outlet - 1]
@@ -177,6 +209,8 @@ async def serve(
     external_agents: bool = False,
     record: Callable[[dict[str, Any]], None] | None = None,
     scenario_armed: asyncio.Event | None = None,
+    stats: Callable[[dict[str, object]], None] | None = None,
+    stats_every_s: float = 10.0,
 ) -> RunnerStats:
     """Serve the plant of ``config`` until cancelled (or forever).
 
@@ -201,6 +235,9 @@ async def serve(
 
     The meters' registers are refreshed and the agents' and zones' telemetry published once per
     second of plant time; ``ready`` is called once everything listens, with the bound ports.
+    ``stats``, if given, is called every ``stats_every_s`` of plant time with the runner's and
+    the endpoints' counters (steps, overruns, lag, telemetry published and dropped, and the wall
+    time of the last refresh and publish).
     """
     bindings = resolve_bindings(config, topo, source=source)
     plant = Plant(config, topo, seed=seed,
@@ -236,19 +273,38 @@ async def serve(
         # of its own (the next round is skipped while one is still out), so a broker that is
         # down, restarting or slow cannot freeze the meters (found by the HIL campaign)
         publishing: asyncio.Task[int] | None = None
+        stats_every = max(1, round(stats_every_s / dt_s))
+        io_wall_s = {"refresh_s": 0.0, "publish_s": 0.0}
+
+        async def _publish_round(endpoints: MqttEndpoints) -> int:
+            t1 = time.perf_counter()
+            try:
+                return await endpoints.publish_telemetry()
+            finally:
+                io_wall_s["publish_s"] = time.perf_counter() - t1
 
         async def on_step() -> None:
             nonlocal steps, publishing
             steps += 1
             if steps % every == 0:
+                t0 = time.perf_counter()
                 modbus.refresh()
+                io_wall_s["refresh_s"] = time.perf_counter() - t0
                 if publishing is not None and publishing.done():
                     done, publishing = publishing, None
                     if not done.cancelled() and done.exception() is not None:
                         raise done.exception()  # type: ignore[misc]  # a provider's bug
                 if mqtt is not None and publishing is None:
-                    publishing = asyncio.create_task(mqtt.publish_telemetry(),
+                    publishing = asyncio.create_task(_publish_round(mqtt),
                                                      name="sim telemetry round")
+            if stats is not None and steps % stats_every == 0:
+                rs = runner.stats
+                stats({"steps": rs.steps, "overruns": rs.overruns, "lag_s": round(rs.lag_s, 3),
+                       "plant_t_s": round(plant.t_s, 3), "refreshes": modbus.stats.refreshes,
+                       "telemetry_published": mqtt.stats.telemetry_published if mqtt else 0,
+                       "telemetry_dropped": mqtt.stats.telemetry_dropped if mqtt else 0,
+                       "last_refresh_s": round(io_wall_s["refresh_s"], 4),
+                       "last_publish_s": round(io_wall_s["publish_s"], 4)})
 
         runner = RealTimeRunner(plant, dt_s=dt_s, speed=speed, on_step=on_step)
         if scenario_armed is not None and faults:

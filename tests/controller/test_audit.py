@@ -576,3 +576,35 @@ def test_sigkill_loses_no_record_whose_intent_returned(tmp_path: Path, kill_afte
     pending = {r.seq for r in pending_intents(path)}
     answered = {r.fields["action_id"] for r in read_audit(path) if r.kind == "result"}
     assert pending == set(intents) - answered | {last + 1}
+
+
+def test_a_batch_writes_every_record_and_fsyncs_once(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog.open(path) as audit:
+        calls: list[int] = []
+        real_fsync = os.fsync
+        monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd))[1])
+        with audit.batch():
+            ids = [audit.intent({"type": "set_caps", "targets": [f"s{k}"], "cap_w": 500.0},
+                                {"rule": "ramp"}) for k in range(50)]
+            assert calls == []                          # deferred to the end of the block
+        assert len(calls) == 1
+        audit.result(ids[0], True, {})
+        assert len(calls) == 2                          # outside a batch: one per record
+    kinds = [r.kind for r in read_audit(path)]
+    assert kinds.count("intent") == 50 and kinds.count("result") == 1
+
+
+def test_a_batch_whose_fsync_fails_raises_at_its_end(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    with AuditLog.open(tmp_path / "audit.jsonl") as audit:
+        def broken(fd: int) -> None:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(os, "fsync", broken)
+        with pytest.raises(AuditWriteError, match="durable"), audit.batch():
+            audit.intent({"type": "set_caps", "targets": ["s1"], "cap_w": 500.0},
+                         {"rule": "ramp"})
+        with pytest.raises(AuditWriteError, match="unusable"):
+            audit.event("state", to="SAFE")
