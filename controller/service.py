@@ -38,7 +38,7 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,11 @@ _WATCHED_KINDS = ("source", "ups", "switchboard", "panel")
 class ServiceOptions:
     """How the service is wired: broker URL (None: no MQTT), operator API and metrics
     addresses (port 0: any free port), the audit log path, the operator token, the issuer name
-    of its commands, and how long the first decision waits for the outlets' read-backs."""
+    of its commands, and how long the first decision waits for the outlets' read-backs.
+
+    ``token`` is required (the API refuses to start without one); ``token_file`` only names
+    where it came from in the ready line. ``mqtt`` (credentials, TLS) replaces ``mqtt_url``
+    when given. Secrets are hidden from ``repr``."""
 
     mqtt_url: str | None = "mqtt://127.0.0.1:1883"
     http_host: str = "127.0.0.1"
@@ -111,7 +115,9 @@ class ServiceOptions:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = 9108
     audit_path: Path = Path("rampguard-audit.jsonl")
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
+    token_file: str | None = None
+    mqtt: MqttConfig | None = None
     issuer: str = "rampguard"
     startup_wait_s: float = 10.0
     fsync: bool = True
@@ -345,8 +351,10 @@ class Service:
                            wall_clock=self.wall_clock) as audit:
             self._audit = audit
             link = None
-            if o.mqtt_url is not None:
-                link = MqttLink(MqttConfig.from_url(o.mqtt_url, client_id=f"{o.issuer}-controller"),
+            if o.mqtt is not None or o.mqtt_url is not None:
+                mqtt = o.mqtt or MqttConfig.from_url(o.mqtt_url or "",
+                                                     client_id=f"{o.issuer}-controller")
+                link = MqttLink(mqtt,
                                 subscriptions=self._subscriptions(),
                                 status=StatusSpec(CONTROLLER_STATUS_TOPIC,
                                                   lambda: self._status_payload(),
@@ -363,7 +371,7 @@ class Service:
                 if link is not None:
                     self._link = await stack.enter_async_context(link)
                 self.api = await stack.enter_async_context(
-                    OperatorApi(self, o.http_host, o.http_port, token=o.token))
+                    OperatorApi(self, o.http_host, o.http_port, token=o.token or ""))
                 if o.metrics_port is not None:
                     self.exporter = stack.enter_context(
                         self.metrics.serve(o.metrics_host, o.metrics_port))
@@ -373,6 +381,7 @@ class Service:
                                    "metrics": None if self.exporter is None
                                    else self.exporter.url,
                                    "audit": str(o.audit_path), "mqtt": o.mqtt_url,
+                                   "token_file": o.token_file,
                                    "devices": len(meter_cfgs), "outlets": self.ctx.n_outlets})
                 async with asyncio.TaskGroup() as tg:
                     loop_task = tg.create_task(self._loop(), name="control loop")

@@ -22,6 +22,8 @@ from tests.serve_helpers import free_port, rig_on_free_ports, start_rampguard, s
 pytestmark = pytest.mark.slow
 
 SPEED = "20"
+#: the operator API token every test's controller reads from its --token-file
+TOKEN = "e2e-operator-token"
 
 
 def _prefix() -> str:
@@ -30,7 +32,11 @@ def _prefix() -> str:
 
 async def _start_run(config: Path, broker: str, audit: Path, port: int,
                      *extra: str) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
-    proc = await start_rampguard("run", str(config), "--mqtt", broker, "--http",
+    token_file = audit.with_name("operator.token")
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    proc = await start_rampguard("run", str(config), "--mqtt", broker, "--token-file",
+                                 str(token_file), "--http",
                                  f"127.0.0.1:{port}", "--metrics", "off", "--audit", str(audit),
                                  "--issuer", f"ctl-{uuid.uuid4().hex[:6]}",
                                  "--clock-speed", SPEED, *extra)
@@ -42,7 +48,8 @@ async def _start_run(config: Path, broker: str, audit: Path, port: int,
 
 def _http(port: int, path: str, method: str = "GET") -> dict[str, Any]:
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
-                                 data=b"" if method == "POST" else None)
+                                 data=b"" if method == "POST" else None,
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(req, timeout=5) as resp:
         return dict(json.loads(resp.read()))
 
