@@ -31,6 +31,7 @@ Public API:
 from drivers._link import LinkState
 from drivers.caps import AgentSpec, CapDecision, CapGate, CapResult, CapStats, make_ack
 from drivers.errors import (
+    AuthenticationFailed,
     DecodeError,
     DeviceException,
     DeviceMismatch,
@@ -42,6 +43,7 @@ from drivers.errors import (
     GpuNotSupported,
     GpuPermissionDenied,
     GpuUnavailable,
+    NotAllowed,
     NotConnected,
     PayloadError,
     WriteNotConfirmed,
@@ -55,7 +57,15 @@ from drivers.modbus import (
     PollStats,
     pymodbus_client,
 )
-from drivers.mqtt import MqttConfig, MqttCounters, MqttLink, StatusSpec, Subscription, TlsConfig
+from drivers.mqtt import (
+    MqttConfig,
+    MqttCounters,
+    MqttLink,
+    StatusSpec,
+    Subscription,
+    TlsConfig,
+    TopicAllowlist,
+)
 from drivers.payloads import (
     AgentStatus,
     AgentTelemetry,
@@ -99,6 +109,7 @@ __all__ = [
     "AgentStatus",
     "AgentTelemetry",
     "AgentTopics",
+    "AuthenticationFailed",
     "BankSnapshot",
     "CapAck",
     "CapCommand",
@@ -135,6 +146,7 @@ __all__ = [
     "MqttConfig",
     "MqttCounters",
     "MqttLink",
+    "NotAllowed",
     "NotConnected",
     "NvmlBackend",
     "OutletSnapshot",
@@ -149,6 +161,7 @@ __all__ = [
     "StatusSpec",
     "Subscription",
     "TlsConfig",
+    "TopicAllowlist",
     "TripCause",
     "WriteNotConfirmed",
     "ZoneTelemetry",
