@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.cli import EXIT_BAD_INPUT, EXIT_OK
-from controller.credentials import add_mqtt_arguments
+from controller.credentials import add_command_key_argument, add_mqtt_arguments
 
 _DESCRIPTION = """\
 Run the controller service against the hall a config describes: poll every bound Modbus meter
@@ -63,6 +63,8 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                    help="run the controller's clock this many times faster than the wall "
                         "clock: only against `rampguard sim serve --speed` with the same "
                         "factor (default 1: real hardware)")
+    add_command_key_argument(p, required_for="without one, cap commands go out unsigned and "
+                             "agents that verify (the default) ignore them")
     add_mqtt_arguments(p)
     p.set_defaults(handler=_cmd_run)
 
@@ -113,7 +115,7 @@ def _wall_clock(path: str) -> Callable[[], float]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from controller.config import load_hall_config
-    from controller.credentials import mqtt_config, operator_token
+    from controller.credentials import command_key, mqtt_config, operator_token
     from controller.errors import AuditError, CredentialError
     from controller.operator_api import check_token
     from controller.service import Service, ServiceOptions, install_signal_handlers, ready_line
@@ -132,6 +134,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         broker = None if mqtt is None else mqtt_config(
             mqtt, args, client_id=f"{args.issuer}-controller")
+        key = command_key(args.command_key_file)
     except CredentialError as exc:
         return _err(str(exc))
     wall_clock = _wall_clock(os.environ[WALL_OFFSET_ENV]) if os.environ.get(
@@ -158,11 +161,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
                     "generated into %s (mode 0600)", token_file)
     else:
         log.info("operator API token from %s", token_file or "RAMPGUARD_API_TOKEN")
+    if key is None and mqtt is not None:
+        log.warning("no --command-key-file and no RAMPGUARD_COMMAND_KEY: cap commands go out "
+                    "unsigned, and agents that verify signatures ignore them")
     options = ServiceOptions(
         mqtt_url=mqtt, mqtt=broker, http_host=http[0], http_port=http[1],
         metrics_host=metrics[0] if metrics else "127.0.0.1",
         metrics_port=metrics[1] if metrics else None,
-        audit_path=Path(args.audit), token=token.token, token_file=token_file,
+        audit_path=Path(args.audit), token=token.token, token_file=token_file, command_key=key,
         issuer=args.issuer, startup_wait_s=args.startup_wait_s, clock_speed=args.clock_speed)
 
     def ready(info: dict[str, Any]) -> None:

@@ -49,6 +49,8 @@ from controller import core
 from controller.audit import AuditLog, pending_intents, read_audit
 from controller.bindings import (
     ResolvedBindings,
+    coil_allowlist,
+    command_allowlist,
     meter_targets,
     pdu_nodes,
     resolve_bindings,
@@ -82,7 +84,7 @@ from drivers import (
     Subscription,
     ZoneTelemetry,
 )
-from drivers.payloads import CONTROLLER_STATUS_TOPIC, zone_topic
+from drivers.payloads import CONTROLLER_STATUS_TOPIC, sign_command, zone_topic
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +109,8 @@ class ServiceOptions:
 
     ``token`` is required (the API refuses to start without one); ``token_file`` only names
     where it came from in the ready line. ``mqtt`` (credentials, TLS) replaces ``mqtt_url``
-    when given. Secrets are hidden from ``repr``."""
+    when given. ``command_key`` signs cap commands (None: unsigned; agents that verify ignore
+    them). Secrets are hidden from ``repr``."""
 
     mqtt_url: str | None = "mqtt://127.0.0.1:1883"
     http_host: str = "127.0.0.1"
@@ -118,6 +121,7 @@ class ServiceOptions:
     token: str | None = field(default=None, repr=False)
     token_file: str | None = None
     mqtt: MqttConfig | None = None
+    command_key: bytes | None = field(default=None, repr=False)
     issuer: str = "rampguard"
     startup_wait_s: float = 10.0
     fsync: bool = True
@@ -354,7 +358,7 @@ class Service:
             if o.mqtt is not None or o.mqtt_url is not None:
                 mqtt = o.mqtt or MqttConfig.from_url(o.mqtt_url or "",
                                                      client_id=f"{o.issuer}-controller")
-                link = MqttLink(mqtt,
+                link = MqttLink(mqtt, allowed_topics=command_allowlist(self.bindings),
                                 subscriptions=self._subscriptions(),
                                 status=StatusSpec(CONTROLLER_STATUS_TOPIC,
                                                   lambda: self._status_payload(),
@@ -363,7 +367,8 @@ class Service:
             async with contextlib.AsyncExitStack() as stack:
                 poller = await stack.enter_async_context(ModbusPoller(
                     meter_cfgs, period_s=min(self.settings.tick_s, 1.0) / self._speed,
-                    on_snapshot=self._on_snapshot, on_error=self._on_error))
+                    on_snapshot=self._on_snapshot, on_error=self._on_error,
+                    allowed_coils=coil_allowlist(self.bindings, self._layout)))
                 # coil writes go through the poller's own client of each device (one client
                 # per device: its requests run one at a time)
                 self._actuators = {cfg.key: poller.devices[cfg.key]
@@ -632,6 +637,8 @@ class Service:
             payload = CapCommand(v=1, t=self.wall_clock(), id=cmd_id, issuer=self.options.issuer,
                                  seq=action_id, server=server, cap_w=[float(cap)],
                                  valid_s=CAP_VALID_S)
+            if self.options.command_key is not None:
+                payload = sign_command(payload, self.options.command_key)
             try:
                 await self._link.publish(spec.topics.caps_set, payload, qos=1)
                 self._cap_action[cmd_id] = action_id

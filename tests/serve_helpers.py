@@ -39,11 +39,13 @@ def rig_on_free_ports(tmp_path: Path, agent_prefix: str | None = None) -> tuple[
     return path, pdu_port, meter_port
 
 
-async def start_rampguard(*args: str) -> asyncio.subprocess.Process:
+async def start_rampguard(*args: str, env: dict[str, str] | None = None
+                          ) -> asyncio.subprocess.Process:
+    """`rampguard ARGS...` as a process, with ``env`` added to this one's environment."""
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "controller.cli", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
     )
 
 
