@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 from controller.errors import CredentialError
 from drivers.errors import DriverConfigError
-from drivers.mqtt import MqttConfig, TlsConfig
+from drivers.mqtt import MqttConfig, TlsConfig, tls_context
 
 __all__ = [
     "API_TOKEN_ENV",
@@ -199,15 +199,16 @@ def _fields(config: MqttConfig) -> dict[str, Any]:
 
 
 def _check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
-    context = ssl.create_default_context()
+    """Load the files as the driver will (:func:`drivers.mqtt.tls_context`), naming the bad
+    one."""
     try:
-        if ca:
-            context.load_verify_locations(cafile=ca)
+        tls_context(TlsConfig(ca_file=ca))
     except (OSError, ssl.SSLError) as exc:
         raise CredentialError(f"--mqtt-ca {ca}: {_ssl_reason(exc)}") from None
+    if not cert:
+        return
     try:
-        if cert:
-            context.load_cert_chain(cert, key)
+        tls_context(TlsConfig(ca_file=ca, cert_file=cert, key_file=key))
     except (OSError, ssl.SSLError) as exc:
         files = f"{cert}" + (f" / --mqtt-key {key}" if key else "")
         raise CredentialError(f"--mqtt-cert {files}: {_ssl_reason(exc)}") from None

@@ -70,6 +70,7 @@ __all__ = [
     "Subscription",
     "TlsConfig",
     "TopicAllowlist",
+    "tls_context",
     "topic_matches",
 ]
 

@@ -14,7 +14,7 @@ import pytest
 
 from drivers import AuthenticationFailed, DeviceTimeout, MqttConfig, MqttLink, Subscription
 from drivers.mqtt import TlsConfig
-from drivers.payloads import SimStatus
+from drivers.payloads import CapCommand, SimStatus
 from tests.security.conftest import TlsBroker, password
 
 
@@ -86,3 +86,37 @@ async def test_a_listener_that_requires_a_client_certificate(tls_broker: TlsBrok
             while link.last_error is None:  # noqa: ASYNC110 (a field the link sets)
                 await asyncio.sleep(0.05)
         assert link.counters.connects == 0 and not link.connected
+
+
+async def test_the_documented_acl_keeps_an_agent_off_another_agents_commands(
+        tls_broker: TlsBroker) -> None:
+    """A valid login (RIG-S02) cannot command RIG-S01; the controller can. Mosquitto drops a
+    publish the ACL denies without telling the sender (MQTT 3.1.1), so the sentinel published
+    after it by the controller shows that nothing else arrived."""
+    seen: list[str] = []
+    arrived = asyncio.Event()
+    topic = "rampguard/agents/RIG-S01/caps/set"
+
+    def on_command(t: str, p: CapCommand) -> None:
+        seen.append(p.id)
+        if p.id == "from-controller":
+            arrived.set()
+
+    def cmd(cid: str) -> CapCommand:
+        return CapCommand(v=1, t=time.time(), id=cid, issuer="rampguard", seq=1,
+                          server="RIG-S01", cap_w=[200.0], valid_s=30.0)
+
+    agent = _config(tls_broker, "RIG-S01", password("RIG-S01"))
+    rogue = _config(tls_broker, "RIG-S02", password("RIG-S02"))
+    ctl = _config(tls_broker, "rampguard-controller", password("rampguard-controller"))
+    async with MqttLink(agent, subscriptions=[Subscription(topic, CapCommand, on_command,
+                                                           qos=1)]) as a, \
+            MqttLink(rogue) as r, MqttLink(ctl) as c:
+        for link in (a, r, c):
+            await link.wait_connected(15)
+        await r.publish(topic, cmd("from-another-agent"))     # PUBACKed, then dropped
+        await r.publish("rampguard/controller/status", b"{}", qos=1)
+        await c.publish(topic, cmd("from-controller"))
+        await asyncio.wait_for(arrived.wait(), 15)
+    assert seen == ["from-controller"]
+    assert "denied" in tls_broker.log.read_text().lower()
