@@ -64,3 +64,19 @@ async def stop_sim(proc: asyncio.subprocess.Process) -> tuple[int, str]:
     proc.send_signal(signal.SIGTERM)
     out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
     return proc.returncode or 0, out.decode()
+
+
+async def read_event(proc: asyncio.subprocess.Process, name: str | None = None,
+                     timeout_s: float = 90.0) -> dict[str, Any]:
+    """The next JSON line ``proc`` prints on stdout whose ``event`` is ``name`` (None: the
+    next line); fails with its stderr when it stops first."""
+    assert proc.stdout is not None
+    async with asyncio.timeout(timeout_s):
+        while True:
+            line = await proc.stdout.readline()
+            if not line:
+                err = await proc.stderr.read() if proc.stderr else b""
+                raise AssertionError(f"no {name or 'line'!r} event; stderr: {err.decode()}")
+            event = json.loads(line)
+            if name is None or event.get("event") == name:
+                return dict(event)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -37,6 +36,7 @@ from drivers.payloads import (
     dumps,
     sign_command,
 )
+from tests.serve_helpers import read_event
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = "RIG-S01"
@@ -550,16 +550,7 @@ async def _start(*args: str) -> tuple[asyncio.subprocess.Process, dict[str, Any]
 
 async def _event(proc: asyncio.subprocess.Process, name: str,
                  timeout_s: float = 60.0) -> dict[str, Any]:
-    assert proc.stdout is not None
-    async with asyncio.timeout(timeout_s):
-        while True:
-            line = await proc.stdout.readline()
-            if not line:
-                err = await proc.stderr.read() if proc.stderr else b""
-                raise AssertionError(f"no {name!r} event; stderr: {err.decode()}")
-            event = json.loads(line)
-            if event["event"] == name:
-                return event
+    return await read_event(proc, name, timeout_s)
 
 
 async def test_rampguard_agent_process_end_to_end(mqtt_broker: Any, tmp_path: Path) -> None:

@@ -18,7 +18,14 @@ import pytest
 
 from controller.audit import read_audit
 from tests.security.conftest import TlsBroker, password
-from tests.serve_helpers import free_port, rig_on_free_ports, start_rampguard, start_sim, stop_sim
+from tests.serve_helpers import (
+    free_port,
+    read_event,
+    rig_on_free_ports,
+    start_rampguard,
+    start_sim,
+    stop_sim,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -41,20 +48,6 @@ def _http(url: str, method: str = "GET", token: str | None = TOKEN) -> Any:
     with urllib.request.urlopen(req, timeout=10) as resp:
         body = resp.read()
     return json.loads(body) if url.rsplit("/", 1)[-1] != "metrics" else body.decode()
-
-
-async def _line(proc: asyncio.subprocess.Process, event: str | None = None,
-                timeout_s: float = 90.0) -> dict[str, Any]:
-    assert proc.stdout is not None
-    async with asyncio.timeout(timeout_s):
-        while True:
-            line = await proc.stdout.readline()
-            if not line:
-                err = await proc.stderr.read() if proc.stderr else b""
-                raise AssertionError(f"no {event or 'line'}; stderr: {err.decode()}")
-            out = json.loads(line)
-            if event is None or out.get("event") == event:
-                return dict(out)
 
 
 async def _wait_stderr(proc: asyncio.subprocess.Process, text: str,
@@ -121,7 +114,7 @@ async def test_the_rig_over_mqtts_with_signed_commands_and_no_secret_shown(
         "--audit", str(audit), "--clock-speed", SPEED)
     agent = None
     try:
-        ready = await _line(run)
+        ready = await read_event(run)
         outputs.append(json.dumps(ready))
         assert ready["token_file"] == token
         api = f"http://127.0.0.1:{port}"
@@ -144,7 +137,7 @@ async def test_the_rig_over_mqtts_with_signed_commands_and_no_secret_shown(
             "agent", "--backend", "fake", "--config", str(config), "--node", "RIG-S01",
             "--state-dir", str(tmp_path / "agent"), "--command-key-file", key,
             "--issuer", ISSUER, *_mqtt(tls_broker, "RIG-S01", agent_pw))
-        agent_ready = await _line(agent, "ready")
+        agent_ready = await read_event(agent, "ready")
         assert agent_ready["server"] == "RIG-S01"
         outputs.append(json.dumps(agent_ready))
         # the commissioning check reaches the broker over TLS too
