@@ -419,6 +419,14 @@ class MqttLink(StatefulLink):
                                                dumps(self._status.offline()), qos=1,
                                                retain=True)
         failure = await stop_task(runner)
+        # aiomqtt 2.5 starts its housekeeping task from paho's socket-open callback through
+        # call_soon_threadsafe; a socket the broker closes at once (a refused login) can close
+        # before that task exists, so nothing cancels it and it lives on for up to a second
+        await asyncio.sleep(0)                      # let a pending create_misc_task run
+        misc = getattr(self._client, "_misc_task", None)
+        if isinstance(misc, asyncio.Task) and not misc.done():
+            misc.cancel()
+            await asyncio.gather(misc, return_exceptions=True)
         self._set_state(LinkState.CLOSED)
         return failure
 
