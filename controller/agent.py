@@ -4,7 +4,10 @@ controller's command, read back, remembered on disk and restored when the GPUs l
 The contract is docs/mqtt.md (payloads in :mod:`drivers.payloads`, the command rules in
 :class:`drivers.caps.CapGate`, which the simulator's stand-in agents follow too):
 
-* ``PREFIX/caps/set`` (QoS 1): every valid command is judged by the gate: ignored (other
+* ``PREFIX/caps/set`` (QoS 1): every valid command is judged by the gate: rejected when it is
+  not the controller's (with ``command_key``: unsigned or wrongly signed; with ``issuer``: from
+  another issuer; no ack, counted by reason, sent in telemetry as ``commands_rejected``, logged
+  once at ERROR and its repeats at DEBUG, never with the key: docs/security.md), ignored (other
   server, replay, expired: no ack, counted), refused (wrong cap count, a cap outside the GPUs'
   [minimum, maximum], read-only agent, backend error: ``ok = false`` with a reason and the caps
   enforced now) or applied: the caps are saved on disk, set, read back and acked with what the
@@ -33,7 +36,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
@@ -49,7 +52,7 @@ from controller.agent_state import (
 )
 from controller.errors import StateFileCorrupt
 from drivers._link import Backoff, FaultLog, LinkState, stop_task
-from drivers.caps import AgentSpec, CapGate, CapResult, CapStats, make_ack
+from drivers.caps import REJECTIONS, AgentSpec, CapGate, CapResult, CapStats, make_ack
 from drivers.errors import DriverError, GpuError, GpuUnavailable
 from drivers.gpus import GpuBackend, GpuInfo, GpuReading
 from drivers.mqtt import MqttConfig, MqttLink, StatusSpec, Subscription
@@ -59,6 +62,8 @@ __all__ = ["AgentConfig", "AgentStats", "NodeAgent"]
 
 _log = logging.getLogger(__name__)
 _REASON_MAX = 200
+_REJECTION_TEXT = {"unsigned": "no signature", "bad_signature": "wrong signature",
+                   "wrong_issuer": "another issuer than the controller's"}
 
 #: ``on_event({"event": NAME, ...})``: what the agent wants an operator to see (the CLI prints
 #: one JSON line per event on stdout).
@@ -69,7 +74,9 @@ EventSink = Callable[[dict[str, object]], None]
 class AgentConfig:
     """One agent: its server, topics and broker; where it keeps its state (None: nowhere);
     ``expected``: the server as the bindings describe it (GPU count, [min cap, max] W), checked
-    against the backend and intersected with the GPUs' own range."""
+    against the backend and intersected with the GPUs' own range. ``command_key``: the key
+    that signs the controller's cap commands (None: unsigned commands are taken, a test rig
+    only); ``issuer``: the controller's name, the only issuer taken (None: any)."""
 
     server: str
     topics: AgentTopics
@@ -82,6 +89,8 @@ class AgentConfig:
     reopen_initial_s: float = 0.5
     reopen_max_s: float = 10.0
     queue_size: int = 1000
+    command_key: bytes | None = field(default=None, repr=False)
+    issuer: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("period_s", "readback_tol_w", "reopen_initial_s", "reopen_max_s"):
@@ -103,6 +112,11 @@ class AgentStats(CapStats):
     invalid_readings: int = 0
     state_writes: int = 0
     state_write_failures: int = 0
+
+    @property
+    def rejected_total(self) -> int:
+        """Commands rejected as not the controller's (unsigned, bad signature, issuer)."""
+        return sum(self.ignored.get(reason, 0) for reason in REJECTIONS)
 
 
 class NodeAgent:
@@ -154,7 +168,8 @@ class NodeAgent:
         cfg = self.config
         self._infos = await asyncio.to_thread(self._open)
         self.spec = self._spec(self._infos)
-        self.gate = CapGate(self.spec, clock=self._clock)
+        self.gate = CapGate(self.spec, clock=self._clock, key=cfg.command_key,
+                            issuer=cfg.issuer)
         self._load()
         self._seq = int(self._clock() * 1000)      # increases across restarts too
         await self.tick(publish=False)               # restore the caps before the broker
@@ -444,7 +459,8 @@ class NodeAgent:
                 gpus=[GpuTelemetry(index=k, power_w=r.power_w, temp_c=r.temp_c,
                                    limit_w=r.limit_w, throttle=list(r.throttle))
                       for k, r in enumerate(readings)],
-                cap_restores=self.stats.cap_restores)
+                cap_restores=self.stats.cap_restores,
+                commands_rejected=self.stats.rejected_total)
         except ValidationError as exc:
             self.stats.invalid_readings += 1
             self._faults.fault("reading", "the GPUs gave values outside the contract: %s",
@@ -474,7 +490,15 @@ class NodeAgent:
         decision = self.gate.decide(cmd)
         if decision.ignore is not None:
             self.stats.count_ignored(decision.ignore)
+            if decision.ignore in REJECTIONS:
+                self._faults.fault(f"reject {decision.ignore}",
+                                   "rejected cap command %s from issuer %s: %s (not the "
+                                   "controller's)", ascii(cmd.id), ascii(cmd.issuer),
+                                   _REJECTION_TEXT[decision.ignore])
             return None
+        if self._faults.active:
+            for reason in REJECTIONS:
+                self._faults.recovered(f"reject {reason}")
         self.gate.taken(cmd)                  # acked or refused, its seq cannot come back
         if decision.refuse is not None or self.config.read_only:
             reason = decision.refuse or "read-only agent: no setting is changed"

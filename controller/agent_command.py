@@ -4,9 +4,12 @@ It applies the controller's GPU power caps (NVML, or the fake backend of tests a
 reads them back and acknowledges them over MQTT (docs/mqtt.md), publishes GPU telemetry every
 period, keeps the last commanded caps on disk and restores them after a restart, a reboot or a
 driver reload. With --config it learns its topics, GPU count and cap range from the hall
-config's agent bindings. It prints one JSON line per event on stdout, the first
-{"event": "ready", ...} once it is connected to the broker. SIGTERM or Ctrl-C stops it cleanly;
-with --backend fake, SIGUSR1 simulates a driver reload (every limit back to its default).
+config's agent bindings. It takes only cap commands signed with the controller's command key
+(--command-key-file or RAMPGUARD_COMMAND_KEY) and issued by --issuer (docs/security.md); a
+--read-only agent, which changes nothing, needs no key. It prints one JSON line per event on
+stdout, the first {"event": "ready", ...} once it is connected to the broker. SIGTERM or Ctrl-C
+stops it cleanly; with --backend fake, SIGUSR1 simulates a driver reload (every limit back to
+its default).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ _NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,120}$")
 
 
 def add_command(sub: Any) -> None:
+    from controller.credentials import add_command_key_argument, add_mqtt_arguments
+
     agent = sub.add_parser("agent", help="the node agent: GPU power caps over NVML and MQTT",
                            description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,6 +54,14 @@ def add_command(sub: Any) -> None:
                        help="telemetry and reconcile period (default 1 s)")
     agent.add_argument("--topic-prefix", default=None,
                        help="topic prefix without --config (default rampguard/agents/{server})")
+    agent.add_argument("--issuer", default="rampguard",
+                       help="the controller's name: the only issuer whose commands are taken "
+                            "(default rampguard, as `rampguard run --issuer`)")
+    add_command_key_argument(agent, required_for="required unless --read-only or "
+                             "--insecure-accept-unsigned")
+    agent.add_argument("--insecure-accept-unsigned", action="store_true",
+                       help="take unsigned cap commands (a test rig on a closed network only)")
+    add_mqtt_arguments(agent)
     fake = agent.add_argument_group("fake backend (without --config)")
     fake.add_argument("--fake-gpus", type=int, default=None, help="GPUs (default 8)")
     fake.add_argument("--fake-min-w", type=float, default=None,
@@ -66,9 +79,9 @@ def _bad(message: str) -> int:
 def _cmd_agent(args: argparse.Namespace) -> int:
     from controller.agent import AgentConfig
     from controller.agent_state import state_path
+    from controller.credentials import command_key, mqtt_config
+    from controller.errors import CredentialError
     from drivers.caps import AgentSpec
-    from drivers.errors import DriverConfigError
-    from drivers.mqtt import MqttConfig
     from drivers.payloads import AgentTopics
 
     server = args.node
@@ -78,10 +91,13 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         return _bad(f"--period-s must be between 0.05 and 3600, got {args.period_s}")
     if not args.mqtt.startswith(("mqtt://", "mqtts://")):
         return _bad(f"--mqtt must be mqtt://HOST[:PORT] or mqtts://..., got {args.mqtt!r}")
+    if not _NAME.match(args.issuer):
+        return _bad(f"--issuer must be 1 to 120 letters, digits or _ . : -, got {args.issuer!r}")
     try:
-        mqtt = MqttConfig.from_url(args.mqtt, client_id=f"rampguard-agent-{server}")
-    except DriverConfigError as exc:
-        return _bad(f"--mqtt: {exc}")
+        mqtt = mqtt_config(args.mqtt, args, client_id=f"rampguard-agent-{server}")
+        key = command_key(args.command_key_file)
+    except CredentialError as exc:
+        return _bad(str(exc))
     expected: AgentSpec | None = None
     if args.config is not None:
         if args.topic_prefix is not None:
@@ -101,9 +117,16 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     state = _state_dir(Path(args.state_dir), read_only=args.read_only)
     if isinstance(state, str):
         return _bad(state)
+    if key is None and not (args.read_only or args.insecure_accept_unsigned):
+        return _bad("the cap-command key is needed: --command-key-file FILE or "
+                    "RAMPGUARD_COMMAND_KEY (or --insecure-accept-unsigned on a test rig)")
+    if key is None and args.insecure_accept_unsigned:
+        print("rampguard agent: warning: taking unsigned cap commands "
+              "(--insecure-accept-unsigned)", file=sys.stderr)
     config = AgentConfig(server=server, topics=topics, mqtt=mqtt,
                          state_path=state_path(state, server), read_only=args.read_only,
-                         period_s=args.period_s, expected=expected)
+                         period_s=args.period_s, expected=expected, command_key=key,
+                         issuer=args.issuer)
     return asyncio.run(_run(config, backend))
 
 

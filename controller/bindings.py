@@ -20,6 +20,11 @@ Rules (docs/registers.md, docs/configuration.md):
   Actuators switch outlets of switched rack PDUs (coil n − 1 for outlet n), with
   ``rampguard-pdu-v1`` or a generic profile.
 * Agents: the first agent binding whose glob matches a server gives its topic prefix.
+
+Actuation allowlists (docs/security.md): :func:`coil_allowlist` names every coil the config's
+actuator bindings switch (outlets with a node behind them), :func:`command_allowlist` every
+agent's ``caps/set`` topic; the controller hands them to the drivers, which refuse any other
+write or command publish before anything is sent.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from controller.errors import ConfigError, ConfigIssue
 from controller.model import HallConfig, ModbusAddressing, RackPduModel
 from controller.topology import KIND_CODE, KIND_NAMES, Topology
 from drivers.caps import AgentSpec
-from drivers.modbus import ModbusDeviceConfig
+from drivers.modbus import CoilAllowlist, ModbusDeviceConfig
+from drivers.mqtt import TopicAllowlist
 from drivers.payloads import AgentTopics
 from drivers.registers import (
     PROFILE_METER,
@@ -47,6 +53,8 @@ __all__ = [
     "MqttMeter",
     "PduNodes",
     "ResolvedBindings",
+    "coil_allowlist",
+    "command_allowlist",
     "meter_targets",
     "pdu_models_by_node",
     "pdu_nodes",
@@ -124,6 +132,25 @@ def pdu_nodes(config: HallConfig, topology: Topology) -> dict[str, PduNodes]:
                       tuple(index.get(f"{pdu}-{b.id}-{k}", -1)
                             for b in model.banks for k in range(1, b.outlets + 1)))
         for pdu, model in pdu_models_by_node(config).items()}
+
+
+def coil_allowlist(bindings: ResolvedBindings, layout: dict[str, PduNodes]) -> CoilAllowlist:
+    """``(host, port, unit id, coil)`` of every outlet an actuator binding switches and the
+    compiled tree has a node behind (outlet n is coil n − 1); nothing else may be written."""
+    allowed: set[tuple[str, int, int, int]] = set()
+    for cfg in bindings.modbus:
+        if not cfg.actuator or cfg.node_id not in layout:
+            continue
+        for n, node in enumerate(layout[cfg.node_id].outlets[:cfg.outlets], 1):
+            if node >= 0:
+                allowed.add((cfg.host, cfg.port, cfg.unit_id, n - 1))
+    return frozenset(allowed)
+
+
+def command_allowlist(bindings: ResolvedBindings) -> TopicAllowlist:
+    """The topics the controller may publish commands to: each bound agent's ``caps/set``
+    (its own retained status is allowed by the link itself)."""
+    return TopicAllowlist(exact=frozenset(a.topics.caps_set for a in bindings.agents))
 
 
 def _generic_profiles(config: HallConfig) -> dict[str, GenericProfile]:

@@ -11,10 +11,12 @@
     │     │     .path, .os_error
     │     └── AuditReadError    an audit log that is missing, unreadable or not an audit log
     │           .path, .os_error (None when the file was read but is not an audit log)
-    └── StateFileError          the node agent's state file cannot be read or is another
-          │                     server's (exit code 2)
-          └── StateFileCorrupt  it reads but is not a state file: the agent reports it, moves
-                                it aside and starts without re-applying caps
+    ├── StateFileError          the node agent's state file cannot be read or is another
+    │     │                     server's (exit code 2)
+    │     └── StateFileCorrupt  it reads but is not a state file: the agent reports it, moves
+    │                           it aside and starts without re-applying caps
+    └── CredentialError         a secret (password, token, key) or TLS file that cannot be
+                                used: missing, empty, unreadable, too short (exit 2)
 
 Later layers (drivers, telemetry, service) add their own branches under the same root. A user's
 mistake is a :class:`ConfigError` and is reported without a traceback; anything else escaping the
@@ -88,3 +90,8 @@ class StateFileError(RampguardError):
 
 class StateFileCorrupt(StateFileError):  # noqa: N818 (reads as what it is)
     """The state file reads but is not one: truncated, not JSON, wrong fields."""
+
+
+class CredentialError(RampguardError):
+    """A secret or TLS file that cannot be used (a user's mistake: exit code 2). The message
+    names the option or variable and the file, never the secret."""

@@ -14,10 +14,12 @@ route                        answer
 ``POST /ramp/pause``         ``commands.pause()``
 ``POST /ramp/resume``        ``commands.resume()``
 ``POST /ramp/abort``         ``commands.abort()``
-``GET /healthz``             ``{"ok": true}`` (open even when a token is configured)
+``GET /healthz``             ``{"ok": true}`` (open: no token needed)
 ===========================  ==================================================================
 
-Status codes: 200 done; 400 a malformed request; 401 a token is configured and
+Every route but ``/healthz`` needs ``Authorization: Bearer <token>``: the token is mandatory
+(``rampguard run`` reads it from a file or the environment, or generates one into a file of mode
+0600; docs/security.md). Status codes: 200 done; 400 a malformed request; 401
 ``Authorization: Bearer <token>`` is missing or wrong; 404 an unknown path (paths are compared
 as sent: no decoding, no normalization, a query string is ignored); 405 a wrong method (with
 ``Allow``); 408 the request head or body did not arrive within its timeout; 409 the command was
@@ -219,26 +221,32 @@ def render_response(status: int, body: Any,
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
 
 
+def check_token(token: str) -> None:
+    """Raise ValueError (without the token) unless ``token`` is a non-empty token68 string."""
+    if not isinstance(token, str) or not _TOKEN68_RE.match(token):
+        raise ValueError("the operator API token must be a non-empty token68 string "
+                         "(letters, digits, -._~+/ and trailing =)")
+
+
 class OperatorApi:
     """The operator HTTP server: ``async with OperatorApi(commands) as api: ... api.port``.
 
-    ``token``: when set, every route but ``/healthz`` needs ``Authorization: Bearer <token>``.
+    ``token`` (required): every route but ``/healthz`` needs ``Authorization: Bearer <token>``;
+    it is compared in constant time and never logged.
     ``header_timeout_s`` bounds the wait for a request head (slow clients get 408),
     ``body_timeout_s`` the wait for its body, ``write_timeout_s`` the wait for a client to take
     the answer. At most ``max_connections`` are served at once (more get 503).
     """
 
     def __init__(self, commands: OperatorCommands, host: str = "127.0.0.1", port: int = 0,
-                 token: str | None = None, *, header_timeout_s: float = 5.0,
+                 *, token: str, header_timeout_s: float = 5.0,
                  body_timeout_s: float = 5.0, write_timeout_s: float = 5.0,
                  max_connections: int = 32) -> None:
-        if token is not None and not _TOKEN68_RE.match(token):
-            raise ValueError("the operator API token must be a non-empty token68 string "
-                             "(letters, digits, -._~+/ and trailing =)")
+        check_token(token)
         self._commands = commands
         self._host = host
         self._port = port
-        self._token = token.encode("ascii") if token is not None else None
+        self._token = token.encode("ascii")
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s
         self.write_timeout_s = write_timeout_s
@@ -268,8 +276,7 @@ class OperatorApi:
     async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._serve_connection, self._host,
                                                   self._port, limit=MAX_LINE_BYTES)
-        log.info("operator API listening on %s (%s)", self.url,
-                 "bearer token required" if self._token else "no token")
+        log.info("operator API listening on %s (bearer token required)", self.url)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -362,8 +369,6 @@ class OperatorApi:
         return 200, result, ()
 
     def _authorized(self, request: Request) -> bool:
-        if self._token is None:
-            return True
         value = request.header("authorization") or ""
         scheme, _, credentials = value.partition(" ")
         if scheme.lower() != "bearer":

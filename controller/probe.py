@@ -34,6 +34,7 @@ answer has answered.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import os
 import time
@@ -331,10 +332,12 @@ def _redacted(url: str) -> str:
 class _Probe:
     def __init__(self, config: HallConfig, topo: Topology, bindings: ResolvedBindings, *,
                  timeout_s: float, mqtt_url: str | None, client_factory: ClientFactory,
-                 mqtt_client_factory: Any | None) -> None:
+                 mqtt_client_factory: Any | None, mqtt_config: MqttConfig | None = None
+                 ) -> None:
         self.config, self.topo, self.bindings = config, topo, bindings
         self.timeout_s = timeout_s
         self.mqtt_url = mqtt_url
+        self.mqtt_config = mqtt_config
         self.client_factory = client_factory
         self.mqtt_client_factory = mqtt_client_factory
         self.pdus = pdu_nodes(config, topo)
@@ -600,10 +603,12 @@ class _Probe:
         broker = self.broker
         loop = asyncio.get_running_loop()
         try:
-            mqtt = MqttConfig.from_url(
-                self.mqtt_url or "",
-                client_id=f"rampguard-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}",
-                connect_timeout_s=max(min(5.0, until - loop.time()), 0.01))
+            overrides: dict[str, Any] = {
+                "client_id": f"rampguard-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+                "connect_timeout_s": max(min(5.0, until - loop.time()), 0.01)}
+            mqtt = (dataclasses.replace(self.mqtt_config, **overrides)
+                    if self.mqtt_config is not None
+                    else MqttConfig.from_url(self.mqtt_url or "", **overrides))
         except DriverConfigError as exc:     # the CLI checks the URL first: a caller's bug
             broker.problems.append(f"bad broker URL: {exc.message}")
             return
@@ -711,13 +716,15 @@ async def probe(
     client_factory: ClientFactory = pymodbus_client,
     mqtt_client_factory: Any | None = None,
     started_s: float | None = None,
+    mqtt_config: MqttConfig | None = None,
 ) -> ProbeReport:
     """Probe every endpoint of ``bindings`` once, read-only; returns within ``timeout_s`` of
     ``started_s`` (a ``time.monotonic()`` reading, default now: the CLI passes the moment it
     began, before loading the config).
 
     ``mqtt_url`` is the broker of the agents and MQTT meters (only used when the bindings name
-    any). ``client_factory`` and ``mqtt_client_factory`` are the drivers' transport seams.
+    any); ``mqtt_config`` (credentials, TLS: the CLI's ``--mqtt-*`` options) replaces it when
+    given. ``client_factory`` and ``mqtt_client_factory`` are the drivers' transport seams.
     """
     if not (math.isfinite(timeout_s) and timeout_s > 0):
         raise ValueError(f"timeout_s must be a positive number, got {timeout_s!r}")
@@ -725,7 +732,8 @@ async def probe(
     started = loop.time() if started_s is None else loop.time() - (time.monotonic() - started_s)
     until = started + timeout_s * (1.0 - CLOSE_SHARE)
     run = _Probe(config, topo, bindings, timeout_s=timeout_s, mqtt_url=mqtt_url,
-                 client_factory=client_factory, mqtt_client_factory=mqtt_client_factory)
+                 client_factory=client_factory, mqtt_client_factory=mqtt_client_factory,
+                 mqtt_config=mqtt_config)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(run.run_modbus(until), name="probe modbus")
         if run.broker is not None:

@@ -56,6 +56,9 @@ def add_command(sub: Any) -> None:
     cmd.add_argument("--mqtt", metavar="URL", default=DEFAULT_MQTT_URL,
                      help="broker of the node agents and MQTT meters, mqtt://HOST[:PORT] or "
                           f"mqtts://... (default {DEFAULT_MQTT_URL}; the config names none)")
+    from controller.credentials import add_mqtt_arguments
+
+    add_mqtt_arguments(cmd)
     cmd.set_defaults(handler=run)
 
 
@@ -63,15 +66,15 @@ def run(args: argparse.Namespace) -> int:
     started_s = time.monotonic()        # the budget includes loading and compiling the config
     from controller.bindings import resolve_bindings
     from controller.config import load_hall_config
+    from controller.credentials import mqtt_config
+    from controller.errors import CredentialError
     from controller.probe import format_report, probe
     from controller.topology import compile_hall
-    from drivers.errors import DriverConfigError
-    from drivers.mqtt import MqttConfig
 
     try:
-        MqttConfig.from_url(args.mqtt)
-    except DriverConfigError as exc:
-        print(f"rampguard: --mqtt: {exc.message}", file=sys.stderr)
+        broker = mqtt_config(args.mqtt, args)
+    except CredentialError as exc:
+        print(f"rampguard: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     config = load_hall_config(args.config)
     topo = compile_hall(config, source=args.config)
@@ -80,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         for name in _QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.CRITICAL)
     report = asyncio.run(probe(config, topo, bindings, timeout_s=args.timeout,
-                               mqtt_url=args.mqtt, started_s=started_s))
+                               mqtt_url=args.mqtt, mqtt_config=broker,
+                               started_s=started_s))
     if args.json:
         print(json.dumps({"config": args.config, **report.to_dict()}, indent=2,
                          allow_nan=False))

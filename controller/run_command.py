@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.cli import EXIT_BAD_INPUT, EXIT_OK
+from controller.credentials import add_command_key_argument, add_mqtt_arguments
 
 _DESCRIPTION = """\
 Run the controller service against the hall a config describes: poll every bound Modbus meter
@@ -26,7 +27,9 @@ and switched rack PDU, take node agents' telemetry over MQTT, and every control 
 (the decision core of the dry run), act (outlets by Modbus coil writes confirmed by read-back,
 GPU caps by MQTT commands) and audit (every action is made durable in the audit log before it
 is sent). The operator API (GET /status, GET /plan, POST /ramp/start|pause|resume|abort) and
-the Prometheus metrics listen on 127.0.0.1 unless told otherwise. It prints one JSON line when
+the Prometheus metrics listen on 127.0.0.1 unless told otherwise; the API needs a bearer token
+(--token-file or RAMPGUARD_API_TOKEN; without either a random one is written, mode 0600, to
+AUDIT.token, and the ready line names that file). It prints one JSON line when
 every endpoint is up, logs JSON lines on stderr, and stops cleanly on SIGTERM or Ctrl-C,
 leaving the hardware as it is. On start it rebuilds its state from read-backs and resumes a
 ramp the audit log shows active (docs/operations.md).
@@ -47,9 +50,9 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--audit", metavar="PATH", default="rampguard-audit.jsonl",
                    help="audit log (JSON Lines, appended; default rampguard-audit.jsonl)")
     p.add_argument("--token-file", metavar="FILE", default=None,
-                   help="operator API bearer token, read from this file (or the environment "
-                        "variable RAMPGUARD_API_TOKEN); without one the API is open on its "
-                        "address")
+                   help="operator API bearer token, read from this file (else the environment "
+                        "variable RAMPGUARD_API_TOKEN; else a random one is written to "
+                        "AUDIT.token, mode 0600)")
     p.add_argument("--issuer", default="rampguard",
                    help="the controller's name in cap commands and its status (default "
                         "rampguard)")
@@ -60,6 +63,9 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                    help="run the controller's clock this many times faster than the wall "
                         "clock: only against `rampguard sim serve --speed` with the same "
                         "factor (default 1: real hardware)")
+    add_command_key_argument(p, required_for="without one, cap commands go out unsigned and "
+                             "agents that verify (the default) ignore them")
+    add_mqtt_arguments(p)
     p.set_defaults(handler=_cmd_run)
 
 
@@ -109,34 +115,28 @@ def _wall_clock(path: str) -> Callable[[], float]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from controller.config import load_hall_config
-    from controller.errors import AuditError
+    from controller.credentials import command_key, mqtt_config, operator_token
+    from controller.errors import AuditError, CredentialError
+    from controller.operator_api import check_token
     from controller.service import Service, ServiceOptions, install_signal_handlers, ready_line
     from controller.topology import compile_hall
-    from drivers import DriverConfigError, MqttConfig
 
     try:
         http = _address(args.http, "--http")
         metrics = None if args.metrics == "off" else _address(args.metrics, "--metrics")
     except ValueError as exc:
         return _err(str(exc))
-    mqtt = None if args.mqtt == "none" else args.mqtt
-    if mqtt is not None:
-        try:
-            MqttConfig.from_url(mqtt)
-        except (DriverConfigError, ValueError) as exc:
-            return _err(f"--mqtt: {exc}")
     if not (math.isfinite(args.clock_speed) and 0 < args.clock_speed <= 1000):
         return _err(f"--clock-speed must be in (0, 1000], got {args.clock_speed}")
     if not (math.isfinite(args.startup_wait_s) and args.startup_wait_s >= 0):
         return _err(f"--startup-wait-s must be >= 0, got {args.startup_wait_s}")
-    token = os.environ.get("RAMPGUARD_API_TOKEN") or None
-    if args.token_file is not None:
-        try:
-            token = Path(args.token_file).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            return _err(f"--token-file {args.token_file}: {exc}")
-        if not token:
-            return _err(f"--token-file {args.token_file} is empty")
+    mqtt = None if args.mqtt == "none" else args.mqtt
+    try:
+        broker = None if mqtt is None else mqtt_config(
+            mqtt, args, client_id=f"{args.issuer}-controller")
+        key = command_key(args.command_key_file)
+    except CredentialError as exc:
+        return _err(str(exc))
     wall_clock = _wall_clock(os.environ[WALL_OFFSET_ENV]) if os.environ.get(
         WALL_OFFSET_ENV) else time.time
     config = load_hall_config(args.config)
@@ -147,12 +147,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # our drivers report faults once
+    try:
+        token = operator_token(args.token_file, Path(args.audit))
+        check_token(token.token)
+    except CredentialError as exc:
+        return _err(str(exc))
+    except ValueError as exc:
+        return _err(f"{args.token_file or 'RAMPGUARD_API_TOKEN'}: {exc}")
+    token_file = None if token.path is None else str(token.path)
+    log = logging.getLogger(__name__)
+    if token.source == "generated":
+        log.warning("no --token-file and no RAMPGUARD_API_TOKEN: the operator API token was "
+                    "generated into %s (mode 0600)", token_file)
+    else:
+        log.info("operator API token from %s", token_file or "RAMPGUARD_API_TOKEN")
+    if key is None and mqtt is not None:
+        log.warning("no --command-key-file and no RAMPGUARD_COMMAND_KEY: cap commands go out "
+                    "unsigned, and agents that verify signatures ignore them")
     options = ServiceOptions(
-        mqtt_url=mqtt, http_host=http[0], http_port=http[1],
+        mqtt_url=mqtt, mqtt=broker, http_host=http[0], http_port=http[1],
         metrics_host=metrics[0] if metrics else "127.0.0.1",
         metrics_port=metrics[1] if metrics else None,
-        audit_path=Path(args.audit), token=token, issuer=args.issuer,
-        startup_wait_s=args.startup_wait_s, clock_speed=args.clock_speed)
+        audit_path=Path(args.audit), token=token.token, token_file=token_file, command_key=key,
+        issuer=args.issuer, startup_wait_s=args.startup_wait_s, clock_speed=args.clock_speed)
 
     def ready(info: dict[str, Any]) -> None:
         print(ready_line(info), flush=True)
@@ -174,5 +191,5 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _err(str(exc))
     except OSError as exc:  # an address in use, a port we may not bind
         return _err(f"cannot start: {exc}")
-    logging.getLogger(__name__).info("stopped after %.1f s", time.monotonic() - started)
+    log.info("stopped after %.1f s", time.monotonic() - started)
     return EXIT_OK

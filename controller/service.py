@@ -39,7 +39,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ from controller import core
 from controller.audit import AuditLog, pending_intents, read_audit
 from controller.bindings import (
     ResolvedBindings,
+    coil_allowlist,
+    command_allowlist,
     meter_targets,
     pdu_nodes,
     resolve_bindings,
@@ -82,7 +84,7 @@ from drivers import (
     Subscription,
     ZoneTelemetry,
 )
-from drivers.payloads import CONTROLLER_STATUS_TOPIC, zone_topic
+from drivers.payloads import CONTROLLER_STATUS_TOPIC, sign_command, zone_topic
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,12 @@ TICK_LOG_EVERY = 60
 class ServiceOptions:
     """How the service is wired: broker URL (None: no MQTT), operator API and metrics
     addresses (port 0: any free port), the audit log path, the operator token, the issuer name
-    of its commands, and how long the first decision waits for the outlets' read-backs."""
+    of its commands, and how long the first decision waits for the outlets' read-backs.
+
+    ``token`` is required (the API refuses to start without one); ``token_file`` only names
+    where it came from in the ready line. ``mqtt`` (credentials, TLS) replaces ``mqtt_url``
+    when given. ``command_key`` signs cap commands (None: unsigned; agents that verify ignore
+    them). Secrets are hidden from ``repr``."""
 
     mqtt_url: str | None = "mqtt://127.0.0.1:1883"
     http_host: str = "127.0.0.1"
@@ -116,7 +123,10 @@ class ServiceOptions:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = 9108
     audit_path: Path = Path("rampguard-audit.jsonl")
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
+    token_file: str | None = None
+    mqtt: MqttConfig | None = None
+    command_key: bytes | None = field(default=None, repr=False)
     issuer: str = "rampguard"
     startup_wait_s: float = 10.0
     fsync: bool = True
@@ -492,8 +502,10 @@ class Service:
                            wall_clock=self.wall_clock) as audit:
             self._audit = audit
             link = None
-            if o.mqtt_url is not None:
-                link = MqttLink(MqttConfig.from_url(o.mqtt_url, client_id=f"{o.issuer}-controller"),
+            if o.mqtt is not None or o.mqtt_url is not None:
+                mqtt = o.mqtt or MqttConfig.from_url(o.mqtt_url or "",
+                                                     client_id=f"{o.issuer}-controller")
+                link = MqttLink(mqtt, allowed_topics=command_allowlist(self.bindings),
                                 subscriptions=self._subscriptions(),
                                 status=StatusSpec(CONTROLLER_STATUS_TOPIC,
                                                   lambda: self._status_payload(),
@@ -502,7 +514,8 @@ class Service:
             async with contextlib.AsyncExitStack() as stack:
                 poller = await stack.enter_async_context(ModbusPoller(
                     meter_cfgs, period_s=min(self.settings.tick_s, 1.0) / self._speed,
-                    on_snapshot=self._on_snapshot, on_error=self._on_error))
+                    on_snapshot=self._on_snapshot, on_error=self._on_error,
+                    allowed_coils=coil_allowlist(self.bindings, self._layout)))
                 self._poller = poller
                 # coil writes go through the poller's own client of each device (one client
                 # per device: its requests run one at a time)
@@ -511,7 +524,7 @@ class Service:
                 if link is not None:
                     self._link = await stack.enter_async_context(link)
                 self.api = await stack.enter_async_context(
-                    OperatorApi(self, o.http_host, o.http_port, token=o.token))
+                    OperatorApi(self, o.http_host, o.http_port, token=o.token or ""))
                 if o.metrics_port is not None:
                     self.exporter = stack.enter_context(
                         self.metrics.serve(o.metrics_host, o.metrics_port))
@@ -521,6 +534,7 @@ class Service:
                                    "metrics": None if self.exporter is None
                                    else self.exporter.url,
                                    "audit": str(o.audit_path), "mqtt": o.mqtt_url,
+                                   "token_file": o.token_file,
                                    "devices": len(meter_cfgs), "outlets": self.ctx.n_outlets})
                 async with asyncio.TaskGroup() as tg:
                     loop_task = tg.create_task(self._loop(), name="control loop")
@@ -786,6 +800,8 @@ class Service:
             payload = CapCommand(v=1, t=self.wall_clock(), id=cmd_id, issuer=self.options.issuer,
                                  seq=action_id, server=server, cap_w=[float(cap)],
                                  valid_s=CAP_VALID_S)
+            if self.options.command_key is not None:
+                payload = sign_command(payload, self.options.command_key)
             try:
                 await self._link.publish(spec.topics.caps_set, payload, qos=1)
                 self._cap_action[cmd_id] = action_id

@@ -22,6 +22,7 @@ EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
 def add_command(sub: Any) -> None:
     from controller.cli import _Parser
+    from controller.credentials import add_command_key_argument, add_mqtt_arguments
 
     sim = sub.add_parser("sim", help="the simulator's hardware-in-the-loop endpoints",
                          description=__doc__)
@@ -57,6 +58,9 @@ def add_command(sub: Any) -> None:
     serve.add_argument("--stats-s", type=float, default=None, metavar="SECONDS",
                        help="print a JSON line of counters (steps, overruns, lag, telemetry "
                             "published) every SECONDS of plant time (default: none)")
+    add_command_key_argument(serve, required_for="when given, the simulated agents take only "
+                             "commands signed with it (default: any)")
+    add_mqtt_arguments(serve)
     serve.set_defaults(handler=_cmd_serve)
 
 
@@ -75,6 +79,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.mqtt is not None and not args.mqtt.startswith(("mqtt://", "mqtts://")):
         print(f"rampguard: --mqtt must be mqtt://HOST[:PORT] or mqtts://..., got {args.mqtt!r}",
               file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from controller.credentials import command_key, mqtt_config
+    from controller.errors import CredentialError
+
+    try:
+        args.mqtt_config = None if args.mqtt is None else mqtt_config(args.mqtt, args)
+        args.key = command_key(args.command_key_file)
+    except CredentialError as exc:
+        print(f"rampguard: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     from sim import ScenarioError, resolve_scenario
 
@@ -129,7 +142,9 @@ async def _serve(args: argparse.Namespace, config: Any, topo: Any,
                      record=record if record_file is not None else None,
                      scenario_armed=armed,
                      stats=stats if args.stats_s is not None else None,
-                     stats_every_s=args.stats_s or 10.0)
+                     stats_every_s=args.stats_s or 10.0,
+                     mqtt_config=getattr(args, "mqtt_config", None),
+                     command_key=getattr(args, "key", None))
         if args.duration_s is not None:
             try:
                 await asyncio.wait_for(work, timeout=args.duration_s)

@@ -31,6 +31,7 @@ Public API:
 from drivers._link import LinkState
 from drivers.caps import AgentSpec, CapDecision, CapGate, CapResult, CapStats, make_ack
 from drivers.errors import (
+    AuthenticationFailed,
     DecodeError,
     DeviceException,
     DeviceMismatch,
@@ -42,6 +43,7 @@ from drivers.errors import (
     GpuNotSupported,
     GpuPermissionDenied,
     GpuUnavailable,
+    NotAllowed,
     NotConnected,
     PayloadError,
     WriteNotConfirmed,
@@ -56,7 +58,15 @@ from drivers.modbus import (
     lean_client,
     pymodbus_client,
 )
-from drivers.mqtt import MqttConfig, MqttCounters, MqttLink, StatusSpec, Subscription, TlsConfig
+from drivers.mqtt import (
+    MqttConfig,
+    MqttCounters,
+    MqttLink,
+    StatusSpec,
+    Subscription,
+    TlsConfig,
+    TopicAllowlist,
+)
 from drivers.payloads import (
     AgentStatus,
     AgentTelemetry,
@@ -100,6 +110,7 @@ __all__ = [
     "AgentStatus",
     "AgentTelemetry",
     "AgentTopics",
+    "AuthenticationFailed",
     "BankSnapshot",
     "CapAck",
     "CapCommand",
@@ -136,6 +147,7 @@ __all__ = [
     "MqttConfig",
     "MqttCounters",
     "MqttLink",
+    "NotAllowed",
     "NotConnected",
     "NvmlBackend",
     "OutletSnapshot",
@@ -150,6 +162,7 @@ __all__ = [
     "StatusSpec",
     "Subscription",
     "TlsConfig",
+    "TopicAllowlist",
     "TripCause",
     "WriteNotConfirmed",
     "ZoneTelemetry",

@@ -1,10 +1,13 @@
 """The rules by which an agent takes a cap command (docs/mqtt.md), shared by the simulator's
 stand-in agents and the real node agent so the two cannot drift.
 
-An agent *ignores* (no ack) a command that is not for its server, whose ``seq`` is not above
-the last one it took from that issuer (a replay), or whose ``t + valid_s`` has passed. It
-*refuses* (ack with ``ok = false``, the caps enforced now, and a reason) a command whose number of
-caps is neither 1 nor its GPU count, or whose caps fall outside the GPUs' [minimum, maximum].
+An agent given the controller's command key *rejects* (no ack, counted by reason) a command
+that is ``unsigned``, whose signature is wrong (``bad_signature``), or whose issuer is not the
+controller it answers to (``wrong_issuer``): docs/security.md. Then it *ignores* (no ack) a
+command that is not for its server, whose ``seq`` is not above the last one it took from that
+issuer (a replay), or whose ``t + valid_s`` has passed. It *refuses* (ack with ``ok = false``,
+the caps enforced now, and a reason) a command whose number of caps is neither 1 nor its GPU
+count, or whose caps fall outside the GPUs' [minimum, maximum].
 Otherwise it applies the caps and acks with the caps read back.
 """
 
@@ -15,9 +18,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from drivers.payloads import AgentTopics, CapAck, CapCommand
+from drivers.payloads import AgentTopics, CapAck, CapCommand, command_signature_error
 
-__all__ = ["AgentSpec", "CapDecision", "CapGate", "CapResult", "CapStats", "make_ack"]
+__all__ = ["REJECTIONS", "AgentSpec", "CapDecision", "CapGate", "CapResult", "CapStats",
+           "make_ack"]
+
+#: The reasons for which a command is rejected as not the controller's (no ack, counted).
+REJECTIONS = ("unsigned", "bad_signature", "wrong_issuer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,17 +59,23 @@ class CapDecision:
 
 @dataclass
 class CapGate:
-    """Replay, staleness and range checks of one agent's cap commands (wall clock, s)."""
+    """Identity, replay, staleness and range checks of one agent's cap commands (wall clock,
+    s). ``key``: the command key (None: signatures are not checked); ``issuer``: the only
+    issuer taken (None: any)."""
 
     spec: AgentSpec
     clock: Callable[[], float] = time.time
     last_seq: dict[str, int] = field(default_factory=dict)
     ignored: dict[str, int] = field(default_factory=dict)
+    key: bytes | None = field(default=None, repr=False)
+    issuer: str | None = None
 
     def decide(self, cmd: CapCommand) -> CapDecision:
         """Judge a command that parsed; call :meth:`taken` once it has been acked."""
-        reason = None
-        if cmd.server != self.spec.server:
+        reason = self.rejection(cmd)
+        if reason is not None:
+            pass                                    # not the controller's: judged no further
+        elif cmd.server != self.spec.server:
             reason = "other_server"
         elif cmd.seq <= self.last_seq.get(cmd.issuer, -1):
             reason = "replay"
@@ -83,6 +96,16 @@ class CapGate:
                 return CapDecision(refuse=f"cap {cap:g} W for GPU {k} is outside "
                                    f"[{lo:g}, {hi:g}] W")
         return CapDecision(caps_w=tuple(caps))
+
+    def rejection(self, cmd: CapCommand) -> str | None:
+        """One of :data:`REJECTIONS` when ``cmd`` is not the controller's, else None."""
+        if self.key is not None:
+            reason = command_signature_error(cmd, self.key)
+            if reason is not None:
+                return reason
+        if self.issuer is not None and cmd.issuer != self.issuer:
+            return "wrong_issuer"
+        return None
 
     def taken(self, cmd: CapCommand) -> None:
         """Record that ``cmd`` was acked (applied or refused): its seq cannot be replayed."""

@@ -5,8 +5,12 @@
     DriverError                      .device .unit_id .register .topic (None where not apt)
     ├── DriverConfigError (ValueError)   a driver config that cannot work (a bug or a bad binding)
     ├── DeviceUnreachable (ConnectionError)  no transport to the device or broker
-    │     └── NotConnected                 not connected now; nothing was sent (a supervisor is
-    │                                       reconnecting): the caller decides what to do
+    │     ├── NotConnected                 not connected now; nothing was sent (a supervisor is
+    │     │                                 reconnecting): the caller decides what to do
+    │     └── AuthenticationFailed          the broker refused the credentials, or the TLS
+    │                                       handshake failed (an untrusted or wrong certificate)
+    ├── NotAllowed (PermissionError)     an actuation the allowlist does not name (.target):
+    │                                       refused before anything was sent
     ├── DeviceTimeout (TimeoutError)     the request went out and no answer came in time
     ├── DeviceException                  the device answered with a Modbus exception
     │                                       .exception_code (1 illegal function, 2 address,
@@ -33,6 +37,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AuthenticationFailed",
     "DecodeError",
     "DeviceException",
     "DeviceMismatch",
@@ -44,6 +49,7 @@ __all__ = [
     "GpuNotSupported",
     "GpuPermissionDenied",
     "GpuUnavailable",
+    "NotAllowed",
     "NotConnected",
     "PayloadError",
     "WriteNotConfirmed",
@@ -110,6 +116,21 @@ class DeviceUnreachable(DriverError, ConnectionError):  # noqa: N818 (names of t
 
 class NotConnected(DeviceUnreachable):
     """Not connected at this moment, so nothing was sent; a supervisor is reconnecting."""
+
+
+class AuthenticationFailed(DeviceUnreachable):
+    """The broker refused the user name or password (CONNACK "bad user name or password",
+    "not authorised"), or the TLS handshake failed: the broker's certificate is not signed by a
+    trusted CA or does not name the host, or the broker wants a client certificate."""
+
+
+class NotAllowed(DriverError, PermissionError):  # noqa: N818 (names of the contract)
+    """An actuation (a coil write, a command publish) to a target the allowlist built from the
+    config does not name. Raised before anything is sent. ``target`` names what was refused."""
+
+    def __init__(self, message: str, *, target: str, **where: Any) -> None:
+        self.target = target
+        super().__init__(message, **where)
 
 
 class DeviceTimeout(DriverError, TimeoutError):  # noqa: N818 (names of the contract)

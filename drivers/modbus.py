@@ -62,6 +62,7 @@ from drivers.errors import (
     DeviceUnreachable,
     DriverConfigError,
     DriverError,
+    NotAllowed,
     NotConnected,
     WriteNotConfirmed,
 )
@@ -88,6 +89,7 @@ from drivers.registers import (
 
 __all__ = [
     "ClientFactory",
+    "CoilAllowlist",
     "DeviceCounters",
     "LinkState",
     "ModbusClient",
@@ -104,6 +106,12 @@ _GUARD_S = 0.25
 _PHASE_S = 0.02         # default poll slot: polls within one slot share event-loop wake-ups
 T = TypeVar("T")
 _EMPTY_LAYOUT = Layout((), ())
+_FC_WRITE_SINGLE_COIL = 5
+
+#: The coils a device may write: ``(host, port, unit id, coil address)`` tuples, built by the
+#: controller from the config's actuator bindings. A write to any other coil raises
+#: :class:`~drivers.errors.NotAllowed` before a byte is sent. None: no allowlist (tests, tools).
+CoilAllowlist = frozenset[tuple[str, int, int, int]]
 
 
 # ============================================================================================
@@ -297,6 +305,8 @@ class DeviceCounters:
     decode_errors: int = 0
     writes: int = 0
     write_failures: int = 0
+    #: coil writes the allowlist refused (nothing sent)
+    writes_refused: int = 0
 
 
 class ModbusDevice(StatefulLink):
@@ -312,7 +322,10 @@ class ModbusDevice(StatefulLink):
     Entering starts the connection supervisor and returns at once: a device that is down at
     start is not an error until it is used (:class:`NotConnected`). ``client_factory``,
     ``clock`` (monotonic s), ``wall_clock`` (Unix s) and ``rng`` (backoff jitter) are
-    injectable; ``start_delay_s`` delays the first connect attempt.
+    injectable; ``start_delay_s`` delays the first connect attempt. ``allowed_coils``: when
+    given, a coil write to an address it does not name raises
+    :class:`~drivers.errors.NotAllowed` before anything is sent (counted in
+    ``counters.writes_refused``).
     """
 
     _link_name = "device"
@@ -326,12 +339,14 @@ class ModbusDevice(StatefulLink):
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         start_delay_s: float = 0.0,
+        allowed_coils: CoilAllowlist | None = None,
     ) -> None:
         if config.port == 0:
             raise DriverConfigError("a device to connect to needs a port (not 0)",
                                     device=config.key)
         self.config = config
         self.key = config.key
+        self._allowed_coils = allowed_coils
         self.counters = DeviceCounters()
         self._start_delay_s = start_delay_s
         self._factory = client_factory
@@ -436,6 +451,8 @@ class ModbusDevice(StatefulLink):
     async def _request(self, function: int, address: int, count: int,
                        write: bool | None = None) -> Sequence[int]:
         """One request, mapped: returns registers or bits, or raises one of our errors."""
+        if function == _FC_WRITE_SINGLE_COIL:
+            self._check_allowed(address)
         client = self._client
         if client is None or self._state is not LinkState.CONNECTED or not client.connected:
             if self._state is LinkState.CONNECTED:
@@ -453,7 +470,7 @@ class ModbusDevice(StatefulLink):
             call = client.read_coils(address, count=count, device_id=unit)
         elif function == FC_READ_DISCRETE_INPUTS:
             call = client.read_discrete_inputs(address, count=count, device_id=unit)
-        elif function == 5 and write is not None:
+        elif function == _FC_WRITE_SINGLE_COIL and write is not None:
             call = client.write_coil(address, write, device_id=unit)
         else:  # pragma: no cover - a bug in a plan
             raise DriverConfigError(f"unsupported function {function}", device=self.key)
@@ -479,7 +496,7 @@ class ModbusDevice(StatefulLink):
                                code, function, address)
             raise DeviceException(f"function {function} at {address}", exception_code=code,
                                   function_code=function, device=self.key, register=address)
-        if function in (FC_READ_COILS, FC_READ_DISCRETE_INPUTS, 5):
+        if function in (FC_READ_COILS, FC_READ_DISCRETE_INPUTS, _FC_WRITE_SINGLE_COIL):
             bits = list(response.bits)
             if len(bits) < (1 if function == 5 else count):
                 self.counters.decode_errors += 1
@@ -605,6 +622,17 @@ class ModbusDevice(StatefulLink):
             raise
         return bool(back[0])
 
+    def _check_allowed(self, coil: int) -> None:
+        cfg = self.config
+        allowed = self._allowed_coils
+        if allowed is not None and (cfg.host, cfg.port, cfg.unit_id, coil) not in allowed:
+            self.counters.writes_refused += 1
+            self._faults.fault(f"refused {coil}", "coil %d write refused: not in the "
+                               "actuation allowlist (nothing sent)", coil)
+            raise NotAllowed(f"coil {coil} is not in the actuation allowlist; nothing sent",
+                             target=f"{self.key} coil {coil}", device=self.key,
+                             unit_id=cfg.unit_id, register=coil)
+
     def _need_outlets(self) -> None:
         if not self.config.actuator and self.config.profile != PROFILE_PDU:
             raise DriverConfigError("this device has no switchable outlets", device=self.key)
@@ -659,6 +687,7 @@ class ModbusPoller:
     ``on_snapshot(device, snapshot)`` and ``on_error(device, error)`` are called from the
     polling tasks (synchronously; they must not block). An exception escaping them is a bug:
     it stops the poller, and :meth:`__aexit__` and :meth:`wait` raise it.
+    ``allowed_coils`` is handed to every device (see :class:`ModbusDevice`).
     """
 
     def __init__(
@@ -672,6 +701,7 @@ class ModbusPoller:
         on_snapshot: Callable[[ModbusDevice, Snapshot], None] | None = None,
         on_error: Callable[[ModbusDevice, DriverError], None] | None = None,
         rng: random.Random | None = None,
+        allowed_coils: CoilAllowlist | None = None,
     ) -> None:
         if not (math.isfinite(period_s) and period_s > 0):
             raise DriverConfigError(f"period_s must be positive, got {period_s!r}")
@@ -694,7 +724,8 @@ class ModbusPoller:
         self.devices: dict[str, ModbusDevice] = {
             c.key: ModbusDevice(c, client_factory=client_factory, clock=clock,
                                 rng=random.Random(rng.random()),  # noqa: S311
-                                start_delay_s=spread_s * (k % self.phases) / self.phases)
+                                start_delay_s=spread_s * (k % self.phases) / self.phases,
+                                allowed_coils=allowed_coils)
             for k, c in enumerate(configs)
         }
         self.stats: dict[str, PollStats] = {k: PollStats() for k in self.devices}

@@ -47,12 +47,16 @@ from typing import Any, Self
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 
 from drivers._link import Backoff, FaultLog, LinkState, StatefulLink, stop_task
 from drivers.errors import (
+    AuthenticationFailed,
     DeviceTimeout,
     DeviceUnreachable,
     DriverConfigError,
+    DriverError,
+    NotAllowed,
     NotConnected,
     PayloadError,
 )
@@ -65,6 +69,8 @@ __all__ = [
     "StatusSpec",
     "Subscription",
     "TlsConfig",
+    "TopicAllowlist",
+    "tls_context",
     "topic_matches",
 ]
 
@@ -72,6 +78,31 @@ _log = logging.getLogger(__name__)
 _ROUTE_CACHE_MAX = 200_000
 _SUBSCRIBE_BATCH = 256
 _PENDING_CALLS_WARNING = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicAllowlist:
+    """The topics a link may publish to: exact topics and topic prefixes (each prefix ends in
+    ``/``). :meth:`MqttLink.publish` refuses any other topic with
+    :class:`~drivers.errors.NotAllowed` before anything is sent; the link's own status topic
+    is always allowed. The controller builds one from the config's bindings (the agents'
+    ``caps/set`` topics)."""
+
+    exact: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for topic in (*self.exact, *self.prefixes):
+            if not topic or any(c in topic for c in "+#\0"):
+                raise DriverConfigError(f"an allowlisted topic needs no wildcards, got "
+                                        f"{topic!r}")
+        for prefix in self.prefixes:
+            if not prefix.endswith("/"):
+                raise DriverConfigError(f"an allowlisted topic prefix ends in '/', got "
+                                        f"{prefix!r}")
+
+    def allows(self, topic: str) -> bool:
+        return topic in self.exact or any(topic.startswith(p) for p in self.prefixes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +221,8 @@ class MqttCounters:
     rejected: dict[str, int] = field(default_factory=dict)
     published: int = 0
     publish_failures: int = 0
+    #: publishes refused by the link's allowlist (nothing sent)
+    publish_refused: int = 0
     dropped: int = 0
     connects: int = 0
     connect_failures: int = 0
@@ -218,25 +251,69 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
     return len(f_levels) == len(t_levels)
 
 
+#: CONNACK codes of refused credentials: MQTT 3.1.1 (4, 5) and their MQTT 5 reason codes
+#: (134 bad user name or password, 135 not authorized), which paho 2 reports for both.
+_AUTH_CODES = frozenset({4, 5, 134, 135})
+
+
+def _connect_error(exc: aiomqtt.MqttError, config: MqttConfig) -> DriverError:
+    """Our error for a failed connect or a lost connection (a refused login or TLS handshake
+    is :class:`AuthenticationFailed`)."""
+    text = str(exc)
+    rc = getattr(exc, "rc", None)
+    code = getattr(rc, "value", rc)
+    if isinstance(exc, MqttConnectError) and code in _AUTH_CODES:
+        who = f"user {config.username!r}" if config.username else "an anonymous client"
+        return AuthenticationFailed(f"the broker refused the credentials of {who} ({text})",
+                                    device=config.name)
+    if config.tls is not None and ("SSL" in text or "certificate" in text.lower()):
+        return AuthenticationFailed(f"TLS handshake failed ({text})", device=config.name)
+    return DeviceUnreachable(text, device=config.name)
+
+
 MessageQueue = type["asyncio.Queue[aiomqtt.Message]"]
 ClientFactory = Callable[[MqttConfig, "aiomqtt.Will | None", MessageQueue], aiomqtt.Client]
+
+
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """Closes itself when its handshake fails: paho-mqtt 2.2 drops a socket whose handshake
+    failed without closing it (a file descriptor and a ResourceWarning per attempt, and the
+    link retries forever against a broker with another CA)."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+
+def tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """The client's TLS context: the CA bundle (None: the system's), hostname and certificate
+    checks (off only with ``insecure``), TLS 1.2 or newer, the client certificate if given.
+    Raises ``OSError``/``ssl.SSLError`` for files that cannot be loaded."""
+    context = ssl.create_default_context(cafile=tls.ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if tls.cert_file is not None:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    context.sslsocket_class = _ClosingSSLSocket
+    return context
 
 
 def aiomqtt_client(config: MqttConfig, will: aiomqtt.Will | None,
                    queue_type: MessageQueue) -> aiomqtt.Client:
     """The default factory: one ``aiomqtt.Client`` (MQTT 3.1.1, clean session)."""
-    tls_params = None
-    if config.tls is not None:
-        tls_params = aiomqtt.TLSParameters(
-            ca_certs=config.tls.ca_file, certfile=config.tls.cert_file,
-            keyfile=config.tls.key_file,
-            cert_reqs=ssl.CERT_NONE if config.tls.insecure else ssl.CERT_REQUIRED,
-        )
     client = aiomqtt.Client(
         config.host, config.port, identifier=config.client_id, username=config.username,
         password=config.password, will=will, keepalive=config.keepalive_s,
         timeout=config.connect_timeout_s, clean_session=True,
-        tls_params=tls_params, queue_type=queue_type,
+        tls_context=None if config.tls is None else tls_context(config.tls),
+        queue_type=queue_type,
         tls_insecure=config.tls.insecure if config.tls is not None else None,
     )
     # Concurrent publishes (a batch of telemetry) are intended: no warning per pending call.
@@ -258,7 +335,13 @@ class MqttLink(StatefulLink):
     to check payload timestamps (Unix s); ``rng`` the backoff jitter; ``client_factory`` makes
     the one ``aiomqtt.Client``; ``on_connect`` is awaited after every (re)connect, once the
     subscriptions and the status are in place and before the link reports CONNECTED (it may
-    publish; listeners are not told of the state until it returns).
+    publish; listeners are not told of the state until it returns). ``allowed_topics``: when
+    given, :meth:`publish` refuses every other topic (:class:`~drivers.errors.NotAllowed`).
+
+    A connect the broker refuses for its credentials, or whose TLS handshake fails, is an
+    :class:`~drivers.errors.AuthenticationFailed` in :attr:`last_error` (logged once at ERROR;
+    the link keeps retrying with its backoff, since a broker's password file can be fixed
+    while the controller runs); :meth:`wait_connected` names the last error when it times out.
     """
 
     def __init__(
@@ -271,8 +354,12 @@ class MqttLink(StatefulLink):
         rng: random.Random | None = None,
         client_factory: ClientFactory = aiomqtt_client,
         on_connect: Callable[[], Awaitable[None]] | None = None,
+        allowed_topics: TopicAllowlist | None = None,
     ) -> None:
         self.config = config
+        self._allowed = allowed_topics
+        #: why the last connect attempt or connection failed (None once connected)
+        self.last_error: DriverError | None = None
         self._on_connect = on_connect
         self._in_hook = False
         self.counters = MqttCounters()
@@ -332,6 +419,14 @@ class MqttLink(StatefulLink):
                                                dumps(self._status.offline()), qos=1,
                                                retain=True)
         failure = await stop_task(runner)
+        # aiomqtt 2.5 starts its housekeeping task from paho's socket-open callback through
+        # call_soon_threadsafe; a socket the broker closes at once (a refused login) can close
+        # before that task exists, so nothing cancels it and it lives on for up to a second
+        await asyncio.sleep(0)                      # let a pending create_misc_task run
+        misc = getattr(self._client, "_misc_task", None)
+        if isinstance(misc, asyncio.Task) and not misc.done():
+            misc.cancel()
+            await asyncio.gather(misc, return_exceptions=True)
         self._set_state(LinkState.CLOSED)
         return failure
 
@@ -342,8 +437,15 @@ class MqttLink(StatefulLink):
 
     # -- state (drivers._link.StatefulLink) ---------------------------------------------------
     async def wait_connected(self, timeout_s: float | None = None) -> None:
-        """Wait until connected and subscribed (:class:`DeviceTimeout` after ``timeout_s``)."""
-        await self._wait_for_connected(timeout_s, self.config.name)
+        """Wait until connected and subscribed (:class:`DeviceTimeout` after ``timeout_s``,
+        naming the last connect error)."""
+        try:
+            await self._wait_for_connected(timeout_s, self.config.name)
+        except DeviceTimeout as exc:
+            if self.last_error is None:
+                raise
+            raise DeviceTimeout(f"not connected within {timeout_s} s: {self.last_error.message}",
+                                device=self.config.name) from exc
 
     async def wait_disconnected(self, timeout_s: float | None = None) -> None:
         try:
@@ -376,6 +478,7 @@ class MqttLink(StatefulLink):
                         finally:
                             self._in_hook = False
                     connected = True
+                    self.last_error = None
                     self.counters.connects += 1
                     self._faults.recovered("connect")
                     self._faults.recovered("lost")
@@ -383,12 +486,14 @@ class MqttLink(StatefulLink):
                     self._set_state(LinkState.CONNECTED)
                     await self._until_disconnected_or_failed(client)
             except aiomqtt.MqttError as exc:
+                error = _connect_error(exc, self.config)
+                self.last_error = error
                 if connected:
                     self.counters.disconnects += 1
-                    self._faults.fault("lost", "connection lost: %s", exc)
+                    self._faults.fault("lost", "connection lost: %s", error.message)
                 else:
                     self.counters.connect_failures += 1
-                    self._faults.fault("connect", "cannot connect: %s", exc)
+                    self._faults.fault("connect", "cannot connect: %s", error.message)
             self._set_state(LinkState.BACKOFF)
             await asyncio.sleep(self._backoff.next_s())
 
@@ -466,6 +571,11 @@ class MqttLink(StatefulLink):
         """Publish now, or raise: :class:`NotConnected` while disconnected (nothing is sent or
         queued), :class:`DeviceTimeout` when a QoS 1 publish gets no PUBACK in time,
         :class:`DeviceUnreachable` when the connection fails under it."""
+        if (self._allowed is not None and not self._allowed.allows(topic)
+                and (self._status is None or topic != self._status.topic)):
+            self.counters.publish_refused += 1
+            raise NotAllowed("the allowlist does not name this topic; nothing sent",
+                             target=topic, device=self.config.name, topic=topic)
         data = payload if isinstance(payload, bytes) else dumps(payload)
         client = self._client
         if client is None or not (self._state is LinkState.CONNECTED or self._in_hook):

@@ -13,12 +13,20 @@ receiver's clock (at most 300 s in the future; never before 2017). Every failure
 ``future``      ``t`` more than :data:`MAX_FUTURE_S` ahead of the receiver's clock
 ==============  ================================================================
 
+Cap commands are signed (docs/security.md): ``sig`` is the HMAC-SHA256, in hex, of
+:func:`canonical_command` (every other field, as sorted compact JSON) under the key the
+controller and its agents share; :func:`sign_command` makes it, :func:`command_signature_error`
+checks it in constant time.
+
 Topics: :class:`AgentTopics` derives an agent's four topics from its prefix;
 :data:`SIM_STATUS_TOPIC`, :func:`zone_topic`, :data:`CONTROLLER_STATUS_TOPIC` name the others.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 from dataclasses import dataclass
 from typing import Annotated, Literal, TypeVar
 
@@ -51,8 +59,11 @@ __all__ = [
     "Payload",
     "SimStatus",
     "ZoneTelemetry",
+    "canonical_command",
+    "command_signature_error",
     "dumps",
     "parse",
+    "sign_command",
     "zone_topic",
 ]
 
@@ -70,6 +81,7 @@ Watts = Annotated[float, Field(ge=0, le=1e5)]
 ServerWatts = Annotated[float, Field(ge=0, le=1e6)]
 Celsius = Annotated[float, Field(ge=-50, le=200)]
 Seq = Annotated[int, Field(ge=0, le=2**53)]
+Signature = Annotated[str, Field(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")]
 
 
 class Payload(BaseModel):
@@ -116,6 +128,9 @@ class AgentTelemetry(Payload):
     #: last commanded (a reboot, a driver reload, someone else's ``nvidia-smi -pl``) and set it
     #: again; optional (the simulator's agents do not send it)
     cap_restores: Seq | None = None
+    #: how many cap commands the agent rejected as not the controller's (unsigned, wrongly
+    #: signed, another issuer) since it started; optional
+    commands_rejected: Seq | None = None
 
     @field_validator("gpus")
     @classmethod
@@ -128,7 +143,8 @@ class AgentTelemetry(Payload):
 
 
 class CapCommand(Payload):
-    """``PREFIX/caps/set``: one per-GPU cap each, or one for all; valid for ``valid_s``."""
+    """``PREFIX/caps/set``: one per-GPU cap each, or one for all; valid for ``valid_s``;
+    ``sig``: the issuer's HMAC-SHA256 over the rest (:func:`sign_command`), None unsigned."""
 
     id: CommandId
     issuer: Name
@@ -137,6 +153,7 @@ class CapCommand(Payload):
     cap_w: Annotated[list[Annotated[float, Field(gt=0, le=1e5)]],
                      Field(min_length=1, max_length=MAX_GPUS)]
     valid_s: Annotated[float, Field(gt=0, le=3600)]
+    sig: Signature | None = None
 
     @property
     def expires_s(self) -> float:
@@ -283,6 +300,35 @@ def _summary(model: type[Payload], exc: ValidationError) -> str:
         parts.append(f"{loc}: {e['msg']}")
     more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
     return f"invalid {model.__name__}: " + "; ".join(parts) + more
+
+
+def canonical_command(cmd: CapCommand) -> bytes:
+    """The bytes a cap command's signature covers: every field but ``sig``, as JSON with sorted
+    keys and no spaces. The same on both ends, since a float's JSON text round-trips."""
+    fields = cmd.model_dump(mode="json", exclude={"sig"})
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"),
+                      allow_nan=False).encode("utf-8")
+
+
+def _signature(cmd: CapCommand, key: bytes) -> str:
+    return hmac.new(key, canonical_command(cmd), hashlib.sha256).hexdigest()
+
+
+def sign_command(cmd: CapCommand, key: bytes) -> CapCommand:
+    """``cmd`` with ``sig`` set: HMAC-SHA256 of :func:`canonical_command` under ``key``."""
+    if not key:
+        raise ValueError("an empty key signs nothing")
+    return cmd.model_copy(update={"sig": _signature(cmd, key)})
+
+
+def command_signature_error(cmd: CapCommand, key: bytes) -> str | None:
+    """None when ``cmd`` carries the right signature for ``key``, else why not: ``unsigned``
+    or ``bad_signature`` (compared in constant time)."""
+    if cmd.sig is None:
+        return "unsigned"
+    if not hmac.compare_digest(cmd.sig, _signature(cmd, key)):
+        return "bad_signature"
+    return None
 
 
 def dumps(payload: Payload) -> bytes:

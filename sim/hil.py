@@ -211,6 +211,8 @@ async def serve(
     scenario_armed: asyncio.Event | None = None,
     stats: Callable[[dict[str, object]], None] | None = None,
     stats_every_s: float = 10.0,
+    mqtt_config: MqttConfig | None = None,
+    command_key: bytes | None = None,
 ) -> RunnerStats:
     """Serve the plant of ``config`` until cancelled (or forever).
 
@@ -232,6 +234,9 @@ async def serve(
     "seq", "issuer", "cap_w", "ok"}`` for every cap command applied or refused, and once, when
     the serving ends, ``{"event": "summary", "t_plant_s", "trips", "violations",
     "breakers_open"}`` (:func:`summary`).
+
+    ``mqtt_config`` (credentials, TLS) replaces ``mqtt_url`` when given; ``command_key``: the
+    simulated agents take only cap commands signed with it (docs/security.md).
 
     The meters' registers are refreshed and the agents' and zones' telemetry published once per
     second of plant time; ``ready`` is called once everything listens, with the bound ports.
@@ -256,18 +261,20 @@ async def serve(
         modbus = await stack.enter_async_context(ModbusEndpoints(
             bindings.modbus, view.snapshot, write, bind=bind, refresh_period_s=None))
         mqtt: MqttEndpoints | None = None
-        if mqtt_url is not None:
+        if mqtt_url is not None or mqtt_config is not None:
+            broker = mqtt_config or MqttConfig.from_url(mqtt_url or "")
             if external_agents:
                 await stack.enter_async_context(MqttLink(
-                    MqttConfig.from_url(mqtt_url),
+                    broker,
                     subscriptions=[Subscription(a.topics.caps_ack, CapAck,
                                                 _follow_acks(plant, a.server), qos=1)
                                    for a in bindings.agents]))
             mqtt = await stack.enter_async_context(MqttEndpoints(
-                MqttConfig.from_url(mqtt_url), () if external_agents else bindings.agents,
+                broker, () if external_agents else bindings.agents,
                 view.agent_state,
                 view.apply_caps, zones=topo.zone_id, zone_state=view.zone_state,
-                sim_clock=lambda: (speed, plant.t_s), period_s=None, on_result=on_result))
+                sim_clock=lambda: (speed, plant.t_s), period_s=None, on_result=on_result,
+                command_key=command_key))
         steps = 0
         # the plant is never paced by the broker: a round of telemetry is published in a task
         # of its own (the next round is skipped while one is still out), so a broker that is

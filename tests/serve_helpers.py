@@ -39,11 +39,13 @@ def rig_on_free_ports(tmp_path: Path, agent_prefix: str | None = None) -> tuple[
     return path, pdu_port, meter_port
 
 
-async def start_rampguard(*args: str) -> asyncio.subprocess.Process:
+async def start_rampguard(*args: str, env: dict[str, str] | None = None
+                          ) -> asyncio.subprocess.Process:
+    """`rampguard ARGS...` as a process, with ``env`` added to this one's environment."""
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "controller.cli", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
     )
 
 
@@ -62,3 +64,19 @@ async def stop_sim(proc: asyncio.subprocess.Process) -> tuple[int, str]:
     proc.send_signal(signal.SIGTERM)
     out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
     return proc.returncode or 0, out.decode()
+
+
+async def read_event(proc: asyncio.subprocess.Process, name: str | None = None,
+                     timeout_s: float = 90.0) -> dict[str, Any]:
+    """The next JSON line ``proc`` prints on stdout whose ``event`` is ``name`` (None: the
+    next line); fails with its stderr when it stops first."""
+    assert proc.stdout is not None
+    async with asyncio.timeout(timeout_s):
+        while True:
+            line = await proc.stdout.readline()
+            if not line:
+                err = await proc.stderr.read() if proc.stderr else b""
+                raise AssertionError(f"no {name or 'line'!r} event; stderr: {err.decode()}")
+            event = json.loads(line)
+            if name is None or event.get("event") == name:
+                return dict(event)

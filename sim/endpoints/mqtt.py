@@ -3,10 +3,12 @@
 One MQTT connection carries every simulated agent (a hall has thousands; a real agent has its
 own connection and its own last will). The simulated agents publish their telemetry and their
 retained ``online`` status on the node agent topics of docs/mqtt.md, take cap commands by the
-same rules as the real agent (:class:`drivers.caps.CapGate`) and ack them; the zones publish
-their telemetry; ``rampguard/sim/status`` is retained with the last will ``stopped``. On a clean
-stop every agent's status is set ``offline``; after a crash the agents' statuses stay
-``online`` but the simulator's status says ``stopped`` (its will) and their telemetry stops.
+same rules as the real agent (:class:`drivers.caps.CapGate`; given the controller's
+``command_key``, only signed ones, as the real agent: docs/security.md) and ack them; the
+zones publish their telemetry; ``rampguard/sim/status`` is retained with the last will
+``stopped``. On a clean stop every agent's status is set ``offline``; after a crash the agents'
+statuses stay ``online`` but the simulator's status says ``stopped`` (its will) and their
+telemetry stops.
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ class MqttEndpoints:
     e.g. by a virtual-time runner). ``clock``: the wall clock of the payloads (Unix s).
     ``status_topic`` is ``rampguard/sim/status`` (tests move it to keep a shared broker clean).
     ``on_result``: see :data:`ResultSink`.
+    ``command_key``: the stand-ins take only commands signed with it (None: any command, as a
+    rig without keys needs); ``issuer``: the only issuer taken (None: any).
     """
 
     def __init__(
@@ -132,12 +136,15 @@ class MqttEndpoints:
         backend: str = "sim",
         status_topic: str = SIM_STATUS_TOPIC,
         on_result: ResultSink | None = None,
+        command_key: bytes | None = None,
+        issuer: str | None = None,
     ) -> None:
         servers = [a.server for a in agents]
         if len(set(servers)) != len(servers):
             raise ValueError("each server may have one agent")
         self._agents = {a.server: a for a in agents}
-        self._gates = {a.server: CapGate(a, clock=clock) for a in agents}
+        self._gates = {a.server: CapGate(a, clock=clock, key=command_key, issuer=issuer)
+                       for a in agents}
         self._seq = dict.fromkeys(self._agents, 0)
         self._agent_state = agent_state
         self._apply = apply_caps

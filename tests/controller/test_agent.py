@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -28,10 +27,22 @@ from drivers.caps import AgentSpec
 from drivers.errors import GpuError
 from drivers.gpus import FakeGpuBackend
 from drivers.mqtt import MqttConfig, MqttLink, Subscription
-from drivers.payloads import AgentStatus, AgentTelemetry, AgentTopics, CapAck, CapCommand, dumps
+from drivers.payloads import (
+    AgentStatus,
+    AgentTelemetry,
+    AgentTopics,
+    CapAck,
+    CapCommand,
+    dumps,
+    sign_command,
+)
+from tests.serve_helpers import read_event
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = "RIG-S01"
+#: the cap-command key of the `rampguard agent` processes (RAMPGUARD_COMMAND_KEY), which the
+#: test controller signs with
+KEY = "agent-test-command-key-0123456789"
 
 
 def mqtt_config(broker: Any) -> MqttConfig:
@@ -78,7 +89,7 @@ class Controller:
                                   "issuer": "ctl-1", "seq": seq, "t": time.time(),
                                   "server": SERVER, "cap_w": caps, "valid_s": 30.0}
         fields.update(kw)
-        return CapCommand(**fields)
+        return sign_command(CapCommand(**fields), KEY.encode())
 
     async def send(self, cmd: CapCommand | bytes) -> None:
         assert self.link is not None
@@ -491,9 +502,16 @@ def test_state_round_trip_and_atomic_replace(tmp_path: Path) -> None:
     (["--node", "S1", "--config", "/nonexistent.toml"], "nonexistent"),
     (["--node", "S1", "--backend", "nope"], "invalid choice"),
     (["--backend", "fake"], "--node"),
+    (["--node", "S1", "--backend", "fake"], "the cap-command key is needed"),
+    (["--node", "S1", "--backend", "fake", "--command-key-file", "/nonexistent/key"],
+     "--command-key-file /nonexistent/key"),
+    (["--node", "S1", "--issuer", "a b"], "--issuer must be"),
+    (["--node", "S1", "--mqtt", "mqtt://u:pw@127.0.0.1"], "a password in the URL is refused"),
 ])
 def test_bad_arguments_exit_2(argv: list[str], message: str, tmp_path: Path,
-                              capsys: pytest.CaptureFixture[str]) -> None:
+                              capsys: pytest.CaptureFixture[str],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAMPGUARD_COMMAND_KEY", raising=False)
     assert cli(["agent", "--state-dir", str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -507,7 +525,9 @@ def cli(argv: list[str]) -> int | str | None:
 
 
 def test_bad_state_dir_and_state_file_exit_2(tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+                                             capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAMPGUARD_COMMAND_KEY", KEY)
     not_dir = tmp_path / "file"
     not_dir.write_text("x")
     assert main(["agent", "--node", "S1", "--backend", "fake", "--state-dir",
@@ -522,24 +542,15 @@ def test_bad_state_dir_and_state_file_exit_2(tmp_path: Path,
 
 async def _start(*args: str) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "controller.cli", "agent", *args,
+        sys.executable, "-m", "controller.cli", "agent", "--issuer", "ctl-1", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+        env={**os.environ, "PYTHONPATH": str(ROOT), "RAMPGUARD_COMMAND_KEY": KEY})
     return proc, await _event(proc, "ready")
 
 
 async def _event(proc: asyncio.subprocess.Process, name: str,
                  timeout_s: float = 60.0) -> dict[str, Any]:
-    assert proc.stdout is not None
-    async with asyncio.timeout(timeout_s):
-        while True:
-            line = await proc.stdout.readline()
-            if not line:
-                err = await proc.stderr.read() if proc.stderr else b""
-                raise AssertionError(f"no {name!r} event; stderr: {err.decode()}")
-            event = json.loads(line)
-            if event["event"] == name:
-                return event
+    return await read_event(proc, name, timeout_s)
 
 
 async def test_rampguard_agent_process_end_to_end(mqtt_broker: Any, tmp_path: Path) -> None:

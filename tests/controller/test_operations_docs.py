@@ -50,7 +50,7 @@ def test_the_limits_quoted_are_the_code() -> None:
     assert operator_api.MAX_LINE_BYTES == 8 * 1024 and "a line over 8 KiB" in DOC
     assert operator_api.MAX_HEAD_BYTES == 16 * 1024 and "a head over 16 KiB" in DOC
     assert operator_api.MAX_HEADERS == 64 and "more than 64 headers" in DOC
-    api = operator_api.OperatorApi(_Nothing())
+    api = operator_api.OperatorApi(_Nothing(), token="t")
     assert api.header_timeout_s == 5.0 and api.body_timeout_s == 5.0
     assert api.max_connections == 32 and "more than 32 connections" in DOC
 

@@ -28,6 +28,7 @@ from controller.operator_api import (
 )
 
 TOKEN = "s3cr3t-T0ken_with.chars~+/=="
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class FakeService:
@@ -78,9 +79,10 @@ def _protocol_check(service: OperatorCommands) -> OperatorCommands:
 
 def _request(port: int, method: str, path: str, headers: dict[str, str] | None = None,
              body: bytes | None = None) -> tuple[int, dict[str, str], Any]:
+    """One request; with the right token unless ``headers`` are given."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request(method, path, body=body, headers=headers or {})
+        conn.request(method, path, body=body, headers=AUTH if headers is None else headers)
         response = conn.getresponse()
         data = response.read()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, \
@@ -128,7 +130,7 @@ def _body_of(answer: bytes) -> Any:
 # ============================================================================================
 async def test_routes_commands_and_codes() -> None:
     service = FakeService()
-    async with OperatorApi(_protocol_check(service)) as api:
+    async with OperatorApi(_protocol_check(service), token=TOKEN) as api:
         assert api.host == "127.0.0.1" and api.port > 0
         assert api.url == f"http://127.0.0.1:{api.port}"
         status, headers, body = await _http(api.port, "GET", "/status")
@@ -167,7 +169,7 @@ async def test_routes_commands_and_codes() -> None:
 ])
 async def test_paths_are_matched_exactly(path: str) -> None:
     service = FakeService()
-    async with OperatorApi(service) as api:
+    async with OperatorApi(service, token=TOKEN) as api:
         status, _, body = await _http(api.port, "GET", path)
     assert (status, body) == (404, {"error": "not found"})
     assert service.calls == []
@@ -177,7 +179,7 @@ async def test_a_failing_command_is_500_logged_and_the_server_goes_on(
     caplog: pytest.LogCaptureFixture
 ) -> None:
     service = FakeService()
-    async with OperatorApi(service) as api:
+    async with OperatorApi(service, token=TOKEN) as api:
         service.fail_next = True
         with caplog.at_level(logging.ERROR, logger="controller.operator_api"):
             status, _, body = await _http(api.port, "POST", "/ramp/start")
@@ -224,24 +226,28 @@ async def test_token(authorization: str | None, expected: int,
     assert TOKEN not in caplog.text and TOKEN[:-1] not in caplog.text
 
 
-@pytest.mark.parametrize("token", ["", "with space", "new\nline", "é"])
-def test_a_bad_token_is_refused_at_construction(token: str) -> None:
+@pytest.mark.parametrize("token", ["", "with space", "new\nline", "é", None])
+def test_a_bad_or_missing_token_is_refused_at_construction(token: str) -> None:
     with pytest.raises(ValueError, match="token"):
         OperatorApi(FakeService(), token=token)
+    with pytest.raises(TypeError):
+        OperatorApi(FakeService())  # type: ignore[call-arg]  # the token is mandatory
 
 
 # ============================================================================================
 # hostile raw requests
 # ============================================================================================
-HOST = b"Host: x\r\n"
+HOST = b"Host: x\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n"
+BEARER = b"Authorization: Bearer " + TOKEN.encode()
 
 #: name -> (raw bytes, expected status)
 HOSTILE: dict[str, tuple[bytes, int]] = {
     "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)) + b"\n\n",
                 400),
     "tls-hello": (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n", 400),
-    "bare-lf": (b"GET /status HTTP/1.1\nHost: x\n\n", 200),
-    "http10-no-host": (b"GET /status HTTP/1.0\r\n\r\n", 200),
+    "bare-lf": (b"GET /status HTTP/1.1\nHost: x\n" + BEARER + b"\n\n", 200),
+    "http10-no-host": (b"GET /status HTTP/1.0\r\n" + BEARER + b"\r\n\r\n", 200),
+    "no-token": (b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n", 401),
     "leading-empty-lines": (b"\r\n\r\nGET /status HTTP/1.1\r\n" + HOST + b"\r\n", 200),
     "no-host": (b"GET /status HTTP/1.1\r\n\r\n", 400),
     "two-hosts": (b"GET /status HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
@@ -302,7 +308,7 @@ HOSTILE: dict[str, tuple[bytes, int]] = {
 async def test_hostile_requests(name: str) -> None:
     data, expected = HOSTILE[name]
     service = FakeService()
-    async with OperatorApi(service) as api:
+    async with OperatorApi(service, token=TOKEN) as api:
         answer = await _raw(api.port, data)
         if expected == -1:
             assert answer == b""                 # the client left: nothing to answer
@@ -318,7 +324,8 @@ async def test_hostile_requests(name: str) -> None:
 
 async def test_a_stalled_client_gets_408_and_others_are_served_meanwhile() -> None:
     service = FakeService()
-    async with OperatorApi(service, header_timeout_s=0.5, body_timeout_s=0.5) as api:
+    async with OperatorApi(service, token=TOKEN, header_timeout_s=0.5,
+                           body_timeout_s=0.5) as api:
         t0 = time.monotonic()
         slow_head = asyncio.create_task(_raw(api.port, b"GET /status HTTP/1.1\r\nHost: x\r\n",
                                              close_write=False))
@@ -333,7 +340,7 @@ async def test_a_stalled_client_gets_408_and_others_are_served_meanwhile() -> No
 
 
 async def test_slowloris_dripping_bytes_is_cut_by_the_head_deadline() -> None:
-    async with OperatorApi(FakeService(), header_timeout_s=0.6) as api:
+    async with OperatorApi(FakeService(), token=TOKEN, header_timeout_s=0.6) as api:
         reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
         t0 = time.monotonic()
         answer = b""
@@ -356,7 +363,8 @@ async def test_slowloris_dripping_bytes_is_cut_by_the_head_deadline() -> None:
 
 
 async def test_too_many_connections_get_503() -> None:
-    async with OperatorApi(FakeService(), max_connections=2, header_timeout_s=2.0) as api:
+    async with OperatorApi(FakeService(), token=TOKEN, max_connections=2,
+                           header_timeout_s=2.0) as api:
         idle = [await asyncio.open_connection("127.0.0.1", api.port) for _ in range(2)]
         try:
             await asyncio.sleep(0.1)
@@ -372,7 +380,7 @@ async def test_too_many_connections_get_503() -> None:
 
 
 async def test_closing_with_a_stalled_client_is_prompt() -> None:
-    api = OperatorApi(FakeService(), header_timeout_s=30.0)
+    api = OperatorApi(FakeService(), token=TOKEN, header_timeout_s=30.0)
     async with api:
         reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
         writer.write(b"GET /status HTTP/1.1\r\n")
@@ -388,9 +396,9 @@ async def test_closing_with_a_stalled_client_is_prompt() -> None:
 
 
 async def test_binds_loopback_by_default_and_a_given_port() -> None:
-    async with OperatorApi(FakeService()) as first:
+    async with OperatorApi(FakeService(), token=TOKEN) as first:
         port = first.port
-    async with OperatorApi(FakeService(), port=port) as api:
+    async with OperatorApi(FakeService(), token=TOKEN, port=port) as api:
         assert api.port == port
         assert (await _http(port, "GET", "/healthz"))[0] == 200
 

@@ -22,6 +22,11 @@ RIG = str(Path(__file__).resolve().parents[2] / "configs" / "rig.toml")
     (["--clock-speed", "-3"], "--clock-speed"),
     (["--startup-wait-s", "inf"], "--startup-wait-s"),
     (["--token-file", "/nonexistent/token"], "--token-file"),
+    (["--mqtt", "mqtt://user:pw@127.0.0.1:1883"], "a password in the URL is refused"),
+    (["--mqtt", "mqtt://127.0.0.1:1883", "--mqtt-ca", "/nonexistent/ca.pem"], "mqtts://"),
+    (["--mqtt", "mqtts://127.0.0.1:8883", "--mqtt-ca", "/nonexistent/ca.pem"], "--mqtt-ca"),
+    (["--mqtt", "mqtts://u@127.0.0.1:8883", "--mqtt-password-file", "/nonexistent/pw"],
+     "--mqtt-password-file"),
 ])
 def test_bad_options_exit_2_with_one_line(args: list[str], message: str,
                                           capsys: pytest.CaptureFixture[str]) -> None:
@@ -33,7 +38,9 @@ def test_bad_options_exit_2_with_one_line(args: list[str], message: str,
 
 
 def test_empty_token_file_and_bad_config_and_unusable_audit_path(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAMPGUARD_API_TOKEN", "from-the-environment")
     empty = tmp_path / "token"
     empty.write_text("  \n")
     assert main(["run", RIG, "--mqtt", "none", "--token-file", str(empty)]) == 2

@@ -22,17 +22,24 @@ from tests.serve_helpers import free_port, rig_on_free_ports, start_rampguard, s
 pytestmark = pytest.mark.slow
 
 SPEED = "20"
+#: the operator API token every test's controller reads from its --token-file
+TOKEN = "e2e-operator-token"
 
 
 def _prefix() -> str:
     return f"rampguard-test/{uuid.uuid4().hex[:8]}"
 
 
-async def _start_run(config: Path, broker: str, audit: Path, port: int,
-                     *extra: str) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
-    proc = await start_rampguard("run", str(config), "--mqtt", broker, "--http",
+async def _start_run(config: Path, broker: str, audit: Path, port: int, *extra: str,
+                     issuer: str | None = None
+                     ) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+    token_file = audit.with_name("operator.token")
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    proc = await start_rampguard("run", str(config), "--mqtt", broker, "--token-file",
+                                 str(token_file), "--http",
                                  f"127.0.0.1:{port}", "--metrics", "off", "--audit", str(audit),
-                                 "--issuer", f"ctl-{uuid.uuid4().hex[:6]}",
+                                 "--issuer", issuer or f"ctl-{uuid.uuid4().hex[:6]}",
                                  "--clock-speed", SPEED, *extra)
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
@@ -42,7 +49,8 @@ async def _start_run(config: Path, broker: str, audit: Path, port: int,
 
 def _http(port: int, path: str, method: str = "GET") -> dict[str, Any]:
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
-                                 data=b"" if method == "POST" else None)
+                                 data=b"" if method == "POST" else None,
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(req, timeout=5) as resp:
         return dict(json.loads(resp.read()))
 
@@ -195,18 +203,25 @@ async def test_ramps_the_rig_with_real_node_agent_processes(tmp_path: Path,
     sim, info = await start_sim(config, "--speed", SPEED, "--mqtt", mqtt_broker.url,
                                 "--external-agents")
     assert info["external_agents"] is True and info["agents"] == 0
+    # the agents take only commands signed with the controller's key and issued by it
+    issuer = f"ctl-{uuid.uuid4().hex[:6]}"
+    key_file = tmp_path / "command.key"
+    key_file.write_text(uuid.uuid4().hex + "\n")
+    key_file.chmod(0o600)
     agents = []
     for k in range(1, 5):
         proc = await start_rampguard("agent", "--backend", "fake", "--config", str(config),
                                      "--node", f"RIG-S0{k}", "--mqtt", mqtt_broker.url,
-                                     "--state-dir", str(tmp_path / "agents"))
+                                     "--state-dir", str(tmp_path / "agents"),
+                                     "--issuer", issuer, "--command-key-file", str(key_file))
         assert proc.stdout is not None
         line = json.loads(await asyncio.wait_for(proc.stdout.readline(), timeout=60))
         assert line["event"] == "ready"
         agents.append(proc)
     audit = tmp_path / "audit.jsonl"
     port = free_port()
-    run, _ = await _start_run(config, mqtt_broker.url, audit, port)
+    run, _ = await _start_run(config, mqtt_broker.url, audit, port, "--command-key-file",
+                              str(key_file), issuer=issuer)
     try:
         await _get(port, "/ramp/start", "POST")
         steady = await _wait_mode(port, {"STEADY"}, 60)

@@ -27,6 +27,7 @@ from drivers.payloads import (
     Payload,
     SimStatus,
     ZoneTelemetry,
+    command_signature_error,
     dumps,
     parse,
 )
@@ -63,6 +64,8 @@ def test_doc_examples_parse_and_round_trip(topic: str, body: str) -> None:
     model = DOC_MODELS[topic]
     payload = parse(model, body.encode(), now_s=NOW)
     assert json.loads(dumps(payload)) == json.loads(body)
+    if isinstance(payload, CapCommand):      # signed with the key the doc names
+        assert command_signature_error(payload, b"example-command-key-0123456789") is None
 
 
 TELEMETRY = {"v": 1, "server": "Z1-R001-S01", "t": NOW, "seq": 812,
