@@ -783,27 +783,36 @@ class Service:
         self.state = st.replace(psu_commanded=cmd, psu_on_s=on_s)
 
     async def _caps(self, a: core.SetCaps) -> None:
+        """Every cap of ``a``: the intents written in one audit batch (one ``fsync`` for the
+        tick, not one per server), then, once they are durable, the commands published."""
         assert self._audit is not None
-        for s, cap in zip(a.servers.tolist(), a.cap_w.tolist(), strict=True):
-            if self._stop.is_set():
+        link = self._link
+        ready: list[tuple[int, str, Any, CapCommand]] = []
+        with self._audit.batch():
+            for s, cap in zip(a.servers.tolist(), a.cap_w.tolist(), strict=True):
+                self._cap_sent_s[s] = self.clock()
+                server = self.topo.server_id[s]
+                spec = self._agent_specs.get(server)
+                action_id = self._audit.intent(
+                    {"type": "set_caps", "targets": [server], "cap_w": cap},
+                    a.reason.to_dict())
+                if spec is None or link is None:
+                    self._audit.result(action_id, False, {}, "no agent bound or no broker")
+                    self.metrics.count_action("set_caps", "failed")
+                    continue
+                cmd_id = f"{self.options.issuer}:{action_id:06d}"
+                payload = CapCommand(v=1, t=self.wall_clock(), id=cmd_id,
+                                     issuer=self.options.issuer, seq=action_id, server=server,
+                                     cap_w=[float(cap)], valid_s=CAP_VALID_S)
+                if self.options.command_key is not None:
+                    payload = sign_command(payload, self.options.command_key)
+                ready.append((action_id, cmd_id, spec, payload))
+        # the block has exited: every intent above is durable (a failed fsync raised instead)
+        for action_id, cmd_id, spec, payload in ready:
+            if self._stop.is_set() or link is None:
                 return
-            self._cap_sent_s[s] = self.clock()
-            server = self.topo.server_id[s]
-            spec = self._agent_specs.get(server)
-            action_id = self._audit.intent(
-                {"type": "set_caps", "targets": [server], "cap_w": cap}, a.reason.to_dict())
-            if spec is None or self._link is None:
-                self._audit.result(action_id, False, {}, "no agent bound or no broker")
-                self.metrics.count_action("set_caps", "failed")
-                continue
-            cmd_id = f"{self.options.issuer}:{action_id:06d}"
-            payload = CapCommand(v=1, t=self.wall_clock(), id=cmd_id, issuer=self.options.issuer,
-                                 seq=action_id, server=server, cap_w=[float(cap)],
-                                 valid_s=CAP_VALID_S)
-            if self.options.command_key is not None:
-                payload = sign_command(payload, self.options.command_key)
             try:
-                await self._link.publish(spec.topics.caps_set, payload, qos=1)
+                await link.publish(spec.topics.caps_set, payload, qos=1)
                 self._cap_action[cmd_id] = action_id
                 self.metrics.count_action("set_caps", "sent")
             except DriverError as exc:
