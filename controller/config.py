@@ -59,19 +59,25 @@ def loads_hall_config(data: bytes | str, source: str = "<config>") -> HallConfig
         text = data
     if not text.strip():
         raise ConfigError(source, [ConfigIssue("", "empty file, expected a TOML hall config")])
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, [ConfigIssue("", f"not valid TOML: {exc}")]) from None
-    except RecursionError:
-        raise ConfigError(source, [ConfigIssue("", "not usable TOML: nested too deeply")]) from None
-    except ValueError as exc:  # tomllib's int(): a literal over Python's 4300-digit limit
-        raise ConfigError(source, [ConfigIssue(
-            "", f"not usable TOML: {str(exc).partition(';')[0]}")]) from None
-    issue = toml_integer_issue(raw)
+    raw, issue = parse_toml(text, deep="not usable TOML: nested too deeply")
     if issue is not None:
         raise ConfigError(source, [issue])
     return validate_hall_dict(raw, source=source)
+
+
+def parse_toml(text: str, deep: str) -> tuple[dict[str, Any], ConfigIssue | None]:
+    """``text`` as a TOML document, or the one issue that makes it unusable: not TOML, nested
+    too deeply (``deep`` is its message), an integer literal over Python's 4300-digit limit
+    (tomllib's ``int()``), or one too large for any field (:func:`toml_integer_issue`)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        return {}, ConfigIssue("", f"not valid TOML: {exc}")
+    except RecursionError:
+        return {}, ConfigIssue("", deep)
+    except ValueError as exc:
+        return {}, ConfigIssue("", f"not usable TOML: {str(exc).partition(';')[0]}")
+    return raw, toml_integer_issue(raw)
 
 
 #: Integers longer than this (bits) are refused before validation (about 300 digits: far beyond

@@ -37,14 +37,13 @@ Scenario file format (docs/simulator.md has the full reference)::
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from controller.config import short_repr, toml_integer_issue
+from controller.config import parse_toml, short_repr
 from controller.errors import ConfigIssue, RampguardError
 from controller.model import format_loc
 from sim.options import PlantOptions
@@ -365,16 +364,7 @@ def loads_scenario(data: bytes | str, source: str = "<scenario>") -> Scenario:
         text = data
     if not text.strip():
         raise ScenarioError(source, [ConfigIssue("", "empty file, expected a TOML scenario")])
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(source, [ConfigIssue("", f"not valid TOML: {exc}")]) from None
-    except RecursionError:
-        raise ScenarioError(source, [ConfigIssue("", "nested too deeply")]) from None
-    except ValueError as exc:  # tomllib's int(): a literal over Python's 4300-digit limit
-        raise ScenarioError(source, [ConfigIssue(
-            "", f"not usable TOML: {str(exc).partition(';')[0]}")]) from None
-    issue = toml_integer_issue(raw)
+    raw, issue = parse_toml(text, deep="nested too deeply")
     if issue is not None:
         raise ScenarioError(source, [issue])
     try:
