@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
 import math
@@ -104,6 +105,8 @@ STATUS_TICKS = 120
 #: Every this many ticks one INFO line lists their exact durations (the load benchmark reads
 #: them from the log: it needs no answer from a busy event loop).
 TICK_LOG_EVERY = 60
+#: On stop, how long a switch being sent may take to finish before it is cancelled (s).
+SWITCH_STOP_WAIT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,20 @@ class ServiceOptions:
     #: the controller's clock runs this many times faster than the wall clock: only for a
     #: hardware-in-the-loop simulator served at the same ``--speed`` (1 for real hardware)
     clock_speed: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class _Switch:
+    """One outlet switch queued to its device's worker, in time order (``action_id``, the
+    audit intent's sequence number, breaks ties in the order they were planned)."""
+
+    at_s: float
+    action_id: int
+    outlet: int = field(compare=False)
+    on: bool = field(compare=False)
+    key: str = field(compare=False)        # the device
+    n: int = field(compare=False)          # its 1-based outlet
+    node_id: str = field(compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +241,10 @@ class Service:
         self._link: MqttLink | None = None
         self._poller: ModbusPoller | None = None
         self._actuators: dict[str, ModbusDevice] = {}
+        # outlet switches waiting for their time, per device, and each device's worker
+        self._switch_queue: dict[str, list[_Switch]] = {}
+        self._switch_workers: dict[str, asyncio.Task[None]] = {}
+        self._switch_wake: dict[str, asyncio.Event] = {}
         self._last: core.Decision | None = None
         self._stop = asyncio.Event()
         self._reconciled = False
@@ -536,15 +557,20 @@ class Service:
                                    "audit": str(o.audit_path), "mqtt": o.mqtt_url,
                                    "token_file": o.token_file,
                                    "devices": len(meter_cfgs), "outlets": self.ctx.n_outlets})
-                async with asyncio.TaskGroup() as tg:
-                    loop_task = tg.create_task(self._loop(), name="control loop")
-                    watch = [tg.create_task(poller.wait(), name="poller")]
-                    if self._link is not None:
-                        watch.append(tg.create_task(self._link.wait(), name="mqtt"))
-                    await self._stop.wait()
-                    loop_task.cancel()
-                    for w in watch:
-                        w.cancel()
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        loop_task = tg.create_task(self._loop(), name="control loop")
+                        watch = [tg.create_task(poller.wait(), name="poller")]
+                        if self._link is not None:
+                            watch.append(tg.create_task(self._link.wait(), name="mqtt"))
+                        await self._stop.wait()
+                        loop_task.cancel()
+                        for w in watch:
+                            w.cancel()
+                finally:
+                    self._stop.set()
+                    await self._stop_switching()
+                    self._drain()       # the last switches' results
             self._audit_event("stop", mode=self.state.mode.value)
             self._audit = None
 
@@ -701,6 +727,9 @@ class Service:
 
     # ================================================================== acting
     async def _act(self, actions: tuple[core.CoreAction, ...]) -> None:
+        """Carry out a tick's actions in their order. Cap commands are published here; outlet
+        switches are queued to their device's worker (:meth:`_switch_worker`), so that a tick
+        never waits for the switch-on times of its plan nor for slow devices."""
         alarms = [a for a in actions if isinstance(a, core.Alarm)]
         if alarms:
             self._alarms(alarms)
@@ -713,10 +742,10 @@ class Service:
                 continue
             try:
                 if isinstance(a, core.Energize):
-                    await self._switch(a.outlets, a.at_s, True, a.reason)
+                    self._queue_switches(a.outlets, a.at_s, True, a.reason)
                 elif isinstance(a, core.SwitchOff):
-                    await self._switch(a.outlets, np.full(a.outlets.size, self.clock()),
-                                       False, a.reason)
+                    self._queue_switches(a.outlets, np.full(a.outlets.size, self.clock()),
+                                         False, a.reason)
                 elif isinstance(a, core.SetCaps):
                     await self._caps(a)
             except AuditWriteError as exc:
@@ -739,37 +768,119 @@ class Service:
             log.warning("... and %d more alarms this tick (all in the audit log up to %d)",
                         len(alarms) - MAX_ALARMS_LOGGED, MAX_ALARMS_LISTED)
 
-    async def _switch(self, outlets: npt.NDArray[np.int32], at_s: F64, on: bool,
-                      reason: core.Reason) -> None:
+    def _queue_switches(self, outlets: npt.NDArray[np.int32], at_s: F64, on: bool,
+                        reason: core.Reason) -> None:
+        """Write the intents of ``outlets`` in one audit batch (durable before anything is
+        sent: rule 7), then hand each to its device's worker, which sends it at its time.
+
+        A refused batch raises :class:`AuditWriteError` and nothing is queued."""
         assert self._audit is not None
-        order = np.argsort(at_s, kind="stable")
-        for k in order:
-            if self._stop.is_set():
-                return
-            outlet = int(outlets[k])
-            delay = float(at_s[k]) - self.clock()
-            if delay > 0:
-                await asyncio.sleep(delay / self._speed)
-            key, n = self._outlet_addr[outlet]
-            node_id = self.topo.node_id[self.ctx.outlet_node[outlet]]
-            action_id = self._audit.intent(
-                {"type": "switch_outlet", "targets": [node_id], "on": on,
-                 "device": key, "outlet": n}, reason.to_dict())
-            dev = self._actuators.get(key)
-            try:
-                if dev is None:
-                    raise RuntimeError(f"no actuator for {key}")
-                state = await dev.switch_outlet(n, on)
-                self._audit.result(action_id, True, {"on": state})
-                self._outlet_on[outlet] = state
-                self._outlet_seen_s[outlet] = self.clock()
-                self.metrics.count_action("switch_on" if on else "switch_off", "ok")
-            except (DriverError, RuntimeError) as exc:
-                self._audit.result(action_id, False, {}, str(exc))
-                self.metrics.count_action("switch_on" if on else "switch_off", "failed")
-                log.error("switching %s %s failed: %s", node_id, "on" if on else "off", exc)
-                if on:
-                    self._not_energized(outlet)
+        items: list[_Switch] = []
+        with self._audit.batch():
+            for k in np.argsort(at_s, kind="stable").tolist():
+                outlet = int(outlets[k])
+                key, n = self._outlet_addr[outlet]
+                node_id = self.topo.node_id[self.ctx.outlet_node[outlet]]
+                action_id = self._audit.intent(
+                    {"type": "switch_outlet", "targets": [node_id], "on": on,
+                     "device": key, "outlet": n}, reason.to_dict())
+                items.append(_Switch(float(at_s[k]), action_id, outlet, on, key, n, node_id))
+        for item in items:
+            queue = self._switch_queue.setdefault(item.key, [])
+            heapq.heappush(queue, item)
+            worker = self._switch_workers.get(item.key)
+            if worker is None or worker.done():
+                self._switch_workers[item.key] = asyncio.create_task(
+                    self._switch_worker(item.key), name=f"switch {item.key}")
+            else:
+                self._switch_wake.setdefault(item.key, asyncio.Event()).set()
+
+    async def _switch_worker(self, key: str) -> None:
+        """Send the queued switches of one device in time order, one at a time.
+
+        A switch-on is sent at its planned time and never sooner than its PDU's inrush guard
+        after the previous switch-on of this device *completed* (the outlet switched somewhere
+        between send and reply, so that spacing holds whatever the device's latency). Results
+        are written at the next tick's drain (one ``fsync`` for all), as are the state changes
+        of a switch-on that failed; nothing here touches the core's state directly, which a
+        decision may be computing off the event loop meanwhile."""
+        queue = self._switch_queue.setdefault(key, [])
+        wake = self._switch_wake.setdefault(key, asyncio.Event())
+        guard = self.topo.inrush_guard_s
+        last_on_s = -math.inf
+        try:
+            while queue and not self._stop.is_set():
+                item = queue[0]
+                due_s = item.at_s
+                if item.on:
+                    due_s = max(due_s, last_on_s + float(guard[self.ctx.outlet_node[item.outlet]]))
+                wait_s = due_s - self.clock()
+                if wait_s > 0:
+                    wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait_s / self._speed):
+                            await wake.wait()   # an earlier switch was queued: look again
+                    continue
+                heapq.heappop(queue)
+                if item.on and self.state.mode == Mode.SAFE:
+                    self._switch_done(item, None, "not sent: the controller is SAFE")
+                    continue
+                dev = self._actuators.get(key)
+                try:
+                    if dev is None:
+                        raise RuntimeError(f"no actuator for {key}")
+                    state = await dev.switch_outlet(item.n, item.on)
+                except (DriverError, RuntimeError) as exc:
+                    self._switch_done(item, None, str(exc))
+                else:
+                    self._switch_done(item, state, "")
+                if item.on:
+                    last_on_s = self.clock()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # rule 9: a bug here moves the controller to SAFE
+            log.exception("outlet switching on %s failed: going SAFE", key)
+            reason = f"internal error switching on {key}: {exc!r}"
+            self._pending.append(lambda: setattr(
+                self, "state", core.enter_safe(self.state, reason, self.clock())))
+
+    def _switch_done(self, item: _Switch, state: bool | None, error: str, *,
+                     quiet: bool = False) -> None:
+        """Record what a switch did (``state``: the outlet read back, None: not done)."""
+        what = "switch_on" if item.on else "switch_off"
+        audit = self._audit
+        if state is not None:
+            self._outlet_on[item.outlet] = state
+            self._outlet_seen_s[item.outlet] = self.clock()
+            self.metrics.count_action(what, "ok")
+            if audit is not None:
+                self._pending.append(lambda: audit.result(item.action_id, True, {"on": state}))
+            return
+        self.metrics.count_action(what, "failed")
+        if not quiet:
+            log.error("switching %s %s failed: %s", item.node_id, "on" if item.on else "off",
+                      error)
+        if audit is not None:
+            self._pending.append(lambda: audit.result(item.action_id, False, {}, error))
+        if item.on:
+            outlet = item.outlet
+            self._pending.append(lambda: self._not_energized(outlet))
+
+    async def _stop_switching(self) -> None:
+        """On stop: a switch being sent finishes (briefly), the queued ones are not sent."""
+        workers = [w for w in self._switch_workers.values() if not w.done()]
+        for wake in self._switch_wake.values():
+            wake.set()
+        if workers:
+            _done, late = await asyncio.wait(workers, timeout=SWITCH_STOP_WAIT_S)
+            for w in late:
+                w.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        for queue in self._switch_queue.values():
+            while queue:
+                item = heapq.heappop(queue)
+                self._switch_done(item, None, "not sent: the service stopped", quiet=True)
+        self._switch_workers.clear()
 
     def _not_energized(self, outlet: int) -> None:
         """A switch-on that was refused or not confirmed: the outlet is off, so it may be
