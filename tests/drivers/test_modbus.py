@@ -4,6 +4,7 @@ against scripted raw servers for what a well-behaved server cannot do."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import struct
@@ -27,7 +28,13 @@ from drivers.errors import (
     NotConnected,
     WriteNotConfirmed,
 )
-from drivers.modbus import ModbusDevice, ModbusDeviceConfig, ModbusPoller, pymodbus_client
+from drivers.modbus import (
+    TIMEOUTS_BEFORE_DROP,
+    ModbusDevice,
+    ModbusDeviceConfig,
+    ModbusPoller,
+    pymodbus_client,
+)
 from drivers.registers import (
     PROFILE_METER,
     PROFILE_PDU,
@@ -36,6 +43,7 @@ from drivers.registers import (
     OutletSnapshot,
     PduSnapshot,
     Quality,
+    encode_meter,
 )
 from sim.endpoints import EndpointFault, ModbusEndpoints
 
@@ -236,24 +244,77 @@ async def test_wrong_register_count(scripted_server: Callable[..., Awaitable[obj
 async def test_device_that_never_answers_times_out_and_backs_off(
     scripted_server: Callable[..., Awaitable[object]], caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """A timeout keeps the lean client's connection (a late answer is discarded by its
+    transaction id); only the TIMEOUTS_BEFORE_DROP-th in a row drops it, and reads fail fast
+    until the supervisor has reconnected."""
     server = await scripted_server(lambda unit, pdu: None)
     caplog.set_level(logging.DEBUG, logger="drivers.modbus")
+    assert TIMEOUTS_BEFORE_DROP == 3
     async with ModbusDevice(replace(METER, port=server.port)) as dev:  # type: ignore[attr-defined]
         await dev.wait_connected(2.0)
         t0 = time.monotonic()
         with pytest.raises(DeviceTimeout):
             await dev.read()
         assert 0.25 < time.monotonic() - t0 < 1.0
-        assert not dev.connected                      # the connection is dropped ...
+        for _ in range(TIMEOUTS_BEFORE_DROP - 2):
+            assert dev.connected                      # kept after a timeout ...
+            with pytest.raises(DeviceTimeout):
+                await dev.read()
+        assert dev.connected and dev.counters.disconnects == 0
+        with pytest.raises(DeviceTimeout):
+            await dev.read()                          # ... dropped after three in a row
+        assert not dev.connected and dev.counters.disconnects == 1
         with pytest.raises(NotConnected):
             await dev.read()                          # ... and reads fail fast meanwhile
-        for _ in range(2):                            # ... and it comes back, and fails again
+        await dev.wait_connected(2.0)                 # ... and it comes back, and fails again
+        with pytest.raises(DeviceTimeout):
+            await dev.read()
+        assert dev.connected
+    assert dev.counters.timeouts == 4 and dev.counters.connects == 2
+    timeouts = [r for r in caplog.records if "no answer" in r.getMessage()]
+    assert [r.levelno for r in timeouts] == [logging.ERROR] + [logging.DEBUG] * 3
+
+
+async def test_a_late_answer_after_a_timeout_is_discarded_and_the_next_read_is_good() -> None:
+    """The first request is answered 0.5 s late (after its 0.3 s timeout) with other values,
+    the next ones at once: the late reply is not taken for the next request's (replies are
+    matched by transaction id) and the connection stays."""
+    requests = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                tid, _proto, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
+                pdu = await reader.readexactly(length - 1)
+                _fc, _address, count = struct.unpack(">BHH", pdu[:5])
+                requests += 1
+                amps = 12.0
+                if requests == 1:
+                    await asyncio.sleep(0.5)
+                    amps = 99.0                       # the stale reply: another reading
+                regs = encode_meter(MeterSnapshot(current_a=(amps, 0.0, 0.0)), sequence=requests,
+                                    uptime_s=float(requests))[:count]
+                body = bytes([4, 2 * count]) + struct.pack(f">{count}H", *regs)
+                writer.write(struct.pack(">HHHB", tid, 0, len(body) + 1, unit) + body)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with ModbusDevice(replace(METER, port=port)) as dev:  # type: ignore[attr-defined]
             await dev.wait_connected(2.0)
             with pytest.raises(DeviceTimeout):
                 await dev.read()
-    assert dev.counters.timeouts == 3 and dev.counters.connects == 3
-    timeouts = [r for r in caplog.records if "no answer" in r.getMessage()]
-    assert [r.levelno for r in timeouts] == [logging.ERROR, logging.DEBUG, logging.DEBUG]
+            await asyncio.sleep(0.4)                  # the late answer arrives meanwhile
+            second = await dev.read()
+            third = await dev.read()
+            assert dev.connected and dev.counters.disconnects == 0 and requests == 3
+            assert second["current_l1"].value == third["current_l1"].value == 12.0
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_device_down_at_start_then_up(unused_tcp_port: int,
