@@ -2,7 +2,8 @@
 
     python benchmarks/bench_load.py [--config configs/hall-32k.toml] [--duration-s 600]
                                     [--sample-s 5] [--warmup-s 60] [--mqtt URL]
-                                    [--port-offset N] [--no-ramp] [--profile] [--out PATH]
+                                    [--port-offset N] [--no-ramp] [--profile [service|both]]
+                                    [--out PATH]
 
 Starts two processes as an operator would: ``rampguard sim serve CONFIG --mqtt URL`` (the
 plant behind every Modbus meter and switched PDU of the config, and its simulated node agents
@@ -340,10 +341,11 @@ def run(config: Path, *, duration_s: float = 600.0, sample_s: float = 5.0,
         warmup_s: float = 60.0, mqtt_url: str = "mqtt://127.0.0.1:1883",
         port_offset: int | None = None, ramp: bool = True,
         ready_timeout_s: float = 600.0, workdir: Path | None = None,
-        profile: bool = False) -> dict[str, Any]:
-    """Run the benchmark (see the module docstring); returns the report. ``profile``: both
-    processes run under cProfile and write ``sim.prof`` and ``service.prof`` in the work
-    directory when they stop (the figures are then not representative)."""
+        profile: str | None = None) -> dict[str, Any]:
+    """Run the benchmark (see the module docstring); returns the report. ``profile``
+    ("service" or "both"): those processes run under cProfile and write ``service.prof`` (and
+    ``sim.prof``) in the work directory when they stop (the figures are then not
+    representative)."""
     tmp = Path(workdir or tempfile.mkdtemp(prefix="rampguard-load-"))
     tmp.mkdir(parents=True, exist_ok=True)
     offset = choose_offset(modbus_ports(config), port_offset)
@@ -361,7 +363,7 @@ def run(config: Path, *, duration_s: float = 600.0, sample_s: float = 5.0,
     progress(f"{config.name}: ports moved by {offset}, agents under {prefix}/, files in {tmp}")
     started = time.monotonic()
     sim = start("sim serve", ["sim", "serve", str(cfg), "--mqtt", mqtt_url, "--stats-s", "5"],
-                tmp / "sim.err", env, tmp / "sim.prof" if profile else None)
+                tmp / "sim.err", env, tmp / "sim.prof" if profile == "both" else None)
     service: Proc | None = None
     try:
         serving = sim.wait_line(lambda x: x.get("event") == "serving", ready_timeout_s,
@@ -610,8 +612,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port-offset", type=int, default=None)
     p.add_argument("--no-ramp", action="store_true", help="do not start the ramp")
     p.add_argument("--ready-timeout-s", type=float, default=600.0)
-    p.add_argument("--profile", action="store_true",
-                   help="run both processes under cProfile (.prof files in the work directory)")
+    p.add_argument("--profile", nargs="?", const="both", choices=("service", "both"),
+                   default=None,
+                   help="run the service (or both processes: the default) under cProfile "
+                        "(.prof files in the work directory)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load.json")
     args = p.parse_args(argv)
     for name in ("duration_s", "sample_s", "ready_timeout_s"):
