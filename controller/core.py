@@ -57,7 +57,7 @@ from controller.schedule import Schedule
 from controller.telemetry import Quality, TelemetryStore
 from controller.topology import Topology
 from kernels import feed_loss_current_a, time_to_trip_s
-from kernels.aggregate import _feed_loss_current_into, _tree_current_into
+from kernels.aggregate import _measured_load_into, _tree_current_into, _worst_case_current_into
 
 F64 = npt.NDArray[np.float64]
 I32 = npt.NDArray[np.int32]
@@ -245,6 +245,11 @@ class CoreContext:
         self.below_start: I64 = np.searchsorted(self.below_node, np.arange(topo.n_nodes + 1))
         self.depth_levels: list[I64] = [np.flatnonzero(topo.depth == d)
                                         for d in range(int(topo.depth.max(initial=0)), 0, -1)]
+        #: the depth levels concatenated (deepest first) and where each starts, for the kernel
+        self.level_order: I64 = np.ascontiguousarray(
+            np.concatenate([np.zeros(0, np.int64), *self.depth_levels]), np.int64)
+        self.level_start: I64 = np.ascontiguousarray(np.concatenate(
+            [[0], np.cumsum([lv.size for lv in self.depth_levels])]), np.int64)
         self.n_outlets = int(self.outlet_node.size)
         # the topology arrays of the worst-case kernels, checked once by the checked wrapper
         feed_loss_current_a(np.zeros(topo.n_servers), topo.server_pf, topo.psu_server,
@@ -274,6 +279,11 @@ class CoreContext:
         limited = np.zeros(topo.n_nodes, bool)
         limited[self.step_nodes] = True
         self.step_pairs: I64 = np.flatnonzero(limited[self.below_node])
+        # the same pairs as (slot in step_nodes, server), and the budgets per slot
+        slot_of_node = np.full(topo.n_nodes, -1, np.int64)
+        slot_of_node[self.step_nodes] = np.arange(self.step_nodes.size)
+        self.step_pair_slot: I64 = slot_of_node[self.below_node[self.step_pairs]]
+        self.step_pair_server: I64 = self.below_server[self.step_pairs]
         self.drop_budget_w: F64 = STEP_BUDGET_FRACTION * np.where(np.isfinite(step), step,
                                                                   np.inf)
         self.rise_budget_w: F64 = STEP_BUDGET_FRACTION * np.minimum(
@@ -501,14 +511,10 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
     server_w, server_wc = _worst_server_w(ctx, psu_on_s, powered, confirmed_cap,
                                           st.cap_cmd_w, now_s, model.floor_w)
     model_a = _worst_currents_a(ctx, server_w, server_wc, powered)
-    meas = np.where(store.metered[:, None] & (store.node_quality == Quality.GOOD)[:, None],
-                    store.node_i_a, np.nan)
-    background = _background(ctx, meas, model_a[0])
-    worst_a = model_a + background
-    # shedding judges the metered nodes: their reading where trusted, else the worst case
-    # (rule 5); unmetered nodes are kept inside their limits by admission alone
-    measured_a = np.where(np.isfinite(meas), meas,
-                          np.where(store.metered[:, None], worst_a[0], 0.0))
+    # the measured load beyond the model (``background``), the worst case with it, and the
+    # load shedding judges at the metered nodes: their reading where trusted, else the worst
+    # case (rule 5); unmetered nodes are kept inside their limits by admission alone
+    up_a, worst_a, measured_a, _, departed = _measured_load(ctx, store, model_a)
 
     # telemetry alarms and SAFE after a long loss
     alarms = set(st.alarms_active)
@@ -581,13 +587,14 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
             holds.append("shedding")
             st = st.replace(full_hold=True)
         else:
-            if np.any(background[0] > _departure_a(ctx)):
+            if departed:
                 st = st.replace(replan_due=True)
             if st.replan_due and now_s - st.last_replan_s >= ctx.settings.replan_min_s:
-                st = _replan(ctx, st, now_s, background)
+                st = _replan(ctx, st, now_s, _scenario_background(ctx, up_a))
             st, ramp_actions, ramp_holds = _ramp(ctx, st, store, rb, unknown, worst_a,
-                                                 background, server_w, server_wc, powered,
-                                                 confirmed_cap, now_s, open_nodes)
+                                                 up_a, server_w,
+                                                 server_wc, powered, confirmed_cap, now_s,
+                                                 open_nodes)
             actions.extend(ramp_actions)
             holds.extend(ramp_holds)
     if st.ramp_active and servers_left_off(st):
@@ -624,11 +631,6 @@ def _in_grace(st: CoreState, now_s: float, grace_s: float) -> B:
     """PSUs commanded on less than ``grace_s`` ago: a read-back older than the command may
     still show them off, so the command is trusted (they count as on) until the grace ends."""
     return st.psu_commanded & np.isfinite(st.psu_on_s) & (now_s - st.psu_on_s < grace_s)
-
-
-def _departure_a(ctx: CoreContext) -> F64:
-    """Unexplained load (A) beyond which the plan is recomputed: 2 % of the limit, >= 1 A."""
-    return ctx.departure_a
 
 
 def _confirmed_caps(ctx: CoreContext, store: TelemetryStore, st: CoreState) -> F64:
@@ -682,9 +684,9 @@ def _worst_server_w(ctx: CoreContext, psu_on_s: F64, powered: B, confirmed_cap: 
 
 def _worst_currents_a(ctx: CoreContext, w_normal: F64, w_contingency: F64, alive: B) -> F64:
     """(3, n, 3) A: scenario 0 from ``w_normal``, the feed-loss scenarios from
-    ``w_contingency`` (scenario 0 recomputed alone when they differ).
+    ``w_contingency``, in one kernel pass (:func:`kernels.aggregate._worst_case_current_into`).
 
-    The raw kernels run on the topology arrays checked once in :class:`CoreContext`; only the
+    The raw kernel runs on the topology arrays checked once in :class:`CoreContext`; only the
     per-tick inputs are checked here (finite, non-negative powers) and the output after."""
     k = ctx.kernel_args
     wn = np.ascontiguousarray(w_normal, np.float64)
@@ -694,12 +696,10 @@ def _worst_currents_a(ctx: CoreContext, w_normal: F64, w_contingency: F64, alive
             and (wn >= 0).all()):
         raise ValueError("server powers must be finite and non-negative")
     out = np.empty((3, ctx.topo.n_nodes, 3))
-    scratch_va = np.empty((ctx.topo.n_nodes, 3))
-    _feed_loss_current_into(wc, k[0], k[1], k[2], k[3], k[4], al, k[5], k[6], scratch_va,
-                            np.empty(al.shape[0], np.bool_), out)
-    if not np.array_equal(wn, wc):
-        _tree_current_into(wn, k[0], k[1], k[2], k[3], al, k[5], k[6], scratch_va, out[0])
-    if not math.isfinite(float(out.sum())):
+    finite = np.empty(1, np.bool_)
+    _worst_case_current_into(wn, wc, k[0], k[1], k[2], k[3], k[4], al, k[5], k[6],
+                             np.empty((3, ctx.topo.n_nodes, 3)), out, finite)
+    if not finite[0]:
         raise ValueError("worst-case currents are not finite")
     return out
 
@@ -775,26 +775,43 @@ def _tree_a(ctx: CoreContext, server_w: F64, alive: B) -> F64:
     return out
 
 
-def _background(ctx: CoreContext, meas_a: F64, model_a: F64) -> F64:
-    """Measured load beyond the model, carried up the tree, (3, n, 3) A (see
-    :func:`controller.planner.background_from_measurement`; vectorized by depth)."""
-    with np.errstate(invalid="ignore"):
-        tol = METER_TOLERANCE_X * meas_a + METER_TOLERANCE_A
-        excess = np.where(np.isfinite(meas_a), np.maximum(meas_a - model_a - tol, 0.0), 0.0)
-    if not excess.any():
-        return np.zeros((3, *excess.shape))
-    up = np.zeros_like(excess)
-    parent = ctx.topo.parent_idx
-    n = excess.shape[0]
-    for level in ctx.depth_levels:  # deepest first
-        own = np.maximum(excess[level], up[level])
-        up[level] = own
-        if own.any():
-            for c in range(3):
-                up[:, c] += np.bincount(parent[level], weights=own[:, c], minlength=n)
-    roots = parent < 0
-    up[roots] = np.maximum(excess[roots], up[roots])
-    return np.stack([up, 2.0 * up, 2.0 * up])
+def _measured_load(ctx: CoreContext, store: TelemetryStore, model_a: F64
+                   ) -> tuple[F64 | None, F64, F64, bool, bool]:
+    """The trusted meter readings against the model's worst case ``model_a`` (3, n, 3) A, in
+    one kernel pass (:func:`kernels.aggregate._measured_load_into`):
+
+    - ``up_a`` (n, 3) A (None: none): measured load beyond the model (beyond the meter
+      tolerance), carried up the tree (see
+      :func:`controller.planner.background_from_measurement`); the background is that in the
+      normal scenario and twice that after a feed loss (its feed is unknown);
+    - ``worst_a`` (3, n, 3) A: ``model_a`` plus the background (``model_a`` itself without);
+    - ``measured_a`` (n, 3) A: the reading where trusted, the worst case at metered nodes whose
+      reading is not, 0 at unmetered nodes;
+    - whether there is any background, and whether it departs from the model by more than
+      :attr:`CoreContext.departure_a` somewhere (the plan is then recomputed)."""
+    n = ctx.topo.n_nodes
+    trusted = store.metered & (store.node_quality == Quality.GOOD)
+    up_a = np.empty((n, 3))
+    worst_a = np.empty((3, n, 3))
+    measured_a = np.empty((n, 3))
+    flags = np.empty(2, np.bool_)
+    _measured_load_into(np.ascontiguousarray(store.node_i_a, np.float64), trusted,
+                        np.ascontiguousarray(store.metered, np.bool_), model_a,
+                        ctx.kernel_args[5], ctx.level_order, ctx.level_start,
+                        ctx.departure_a, METER_TOLERANCE_X, METER_TOLERANCE_A,
+                        np.empty((n, 3)), up_a, worst_a, measured_a, flags)
+    if not flags[0]:
+        # no background: the worst case is the model's (the kernel wrote neither array)
+        return None, model_a, measured_a, False, False
+    return up_a, worst_a, measured_a, True, bool(flags[1])
+
+
+def _scenario_background(ctx: CoreContext, up_a: F64 | None) -> F64:
+    """The background (3, n, 3) A of the three scenarios from its normal one ``up_a``
+    (None: none)."""
+    if up_a is None:
+        return np.zeros((3, ctx.topo.n_nodes, 3))
+    return np.stack([up_a, 2.0 * up_a, 2.0 * up_a])
 
 
 # ============================================================================== shedding
@@ -981,19 +998,19 @@ def _limit_cap_change(ctx: CoreContext, servers: I64, old_cap_w: F64, new_cap_w:
     per_server_rise = np.zeros(topo.n_servers)
     per_server_drop[servers] = drop_w
     per_server_rise[servers] = rise_w
-    pairs = ctx.step_pairs
-    node_of, server_of = ctx.below_node[pairs], ctx.below_server[pairs]
-    n = topo.n_nodes
-    drop_node = np.bincount(node_of, weights=per_server_drop[server_of], minlength=n)
-    rise_node = np.bincount(node_of, weights=per_server_rise[server_of], minlength=n)
+    # per node with a budget (its slot in ``step_nodes``), the load the change drops and adds
+    slot_of, server_of = ctx.step_pair_slot, ctx.step_pair_server
+    drop_node = np.bincount(slot_of, weights=per_server_drop[server_of], minlength=nodes.size)
+    rise_node = np.bincount(slot_of, weights=per_server_rise[server_of], minlength=nodes.size)
     with np.errstate(divide="ignore", invalid="ignore"):
-        f_node = np.minimum(np.where(drop_node > 0, ctx.drop_budget_w / drop_node, 1.0),
-                            np.where(rise_node > 0, ctx.rise_budget_w / rise_node, 1.0))
+        f_node = np.minimum(
+            np.where(drop_node > 0, ctx.drop_budget_w[nodes] / drop_node, 1.0),
+            np.where(rise_node > 0, ctx.rise_budget_w[nodes] / rise_node, 1.0))
     f_node = np.clip(f_node, 0.0, 1.0)
-    if (f_node[nodes] >= 1.0).all():
+    if (f_node >= 1.0).all():
         return new_cap_w
     f_server = np.ones(topo.n_servers)
-    np.minimum.at(f_server, server_of, f_node[node_of])
+    np.minimum.at(f_server, server_of, f_node[slot_of])
     f = f_server[servers]
     return old_cap_w + f * (new_cap_w - old_cap_w)
 
@@ -1108,9 +1125,11 @@ def _replan(ctx: CoreContext, st: CoreState, now_s: float, background: F64 | Non
 
 
 def _ramp(ctx: CoreContext, st: CoreState, store: TelemetryStore, rb: Readbacks,
-          unknown: B, worst_a: F64, background: F64, server_w: F64, server_wc: F64,
+          unknown: B, worst_a: F64, up_a: F64 | None, server_w: F64, server_wc: F64,
           powered: B, confirmed_cap: F64, now_s: float, dead_nodes: B | None = None
           ) -> tuple[CoreState, list[CoreAction], list[str]]:
+    """Admit the plan's switch-ons and cap raises that are due (module docstring, step 4).
+    ``up_a`` (n, 3) A: the measured load beyond the model in the normal scenario (None: none)."""
     topo, s = ctx.topo, ctx.settings
     floor_w = ctx.model(st.post_x).floor_w
     actions: list[CoreAction] = []
@@ -1178,6 +1197,7 @@ def _ramp(ctx: CoreContext, st: CoreState, store: TelemetryStore, rb: Readbacks,
     # cap raises: only for servers whose caps are confirmed (else the raise is not the risk)
     ev_servers = sched.cap_server[ev]
     ev_caps = sched.cap_w[ev]
+    background = None if up_a is None else _scenario_background(ctx, up_a)
     # rule 1 on the trial worst case; drop the latest-planned until it fits
     new_on = powered.copy()
     accepted_cand = cand
@@ -1200,7 +1220,9 @@ def _ramp(ctx: CoreContext, st: CoreState, store: TelemetryStore, rb: Readbacks,
             conf = np.isfinite(confirmed_cap[srv]) & up
             trial_w[srv[conf]] = np.maximum(trial_w[srv[conf]], raised[conf])
             trial_wc[srv[up]] = np.maximum(trial_wc[srv[up]], raised[up])
-        trial = _worst_currents_a(ctx, trial_w, trial_wc, trial_alive) + background
+        trial = _worst_currents_a(ctx, trial_w, trial_wc, trial_alive)
+        if background is not None:
+            trial = trial + background
         bad = (trial > ctx.admit_limit_a * (1 + _RTOL)) & (trial > worst_a + 1e-6)
         bad_node = (bad[0] | bad[1] | bad[2]).any(axis=1)
         if not bad_node.any():

@@ -27,11 +27,14 @@ import numpy.typing as npt
 
 from kernels import _checks
 from kernels._jit import (
+    F64,
     IN_BOOL_1,
     IN_F64_1,
     IN_F64_2,
+    IN_F64_3,
     IN_I8_1,
     IN_I32_1,
+    IN_I64_1,
     OUT_BOOL_1,
     OUT_F64_1,
     OUT_F64_2,
@@ -245,6 +248,215 @@ def _feed_loss_current_into(
             scratch_va,
             out_scenario_i_a[scenario],
         )
+
+
+@kernel(
+    IN_F64_1, IN_F64_1, IN_F64_1, IN_I32_1, IN_I32_1, IN_I8_1, IN_I8_1, IN_BOOL_1, IN_I32_1,
+    IN_F64_1, OUT_F64_3, OUT_F64_3, OUT_BOOL_1,
+)  # fmt: skip
+def _worst_case_current_into(
+    server_p_w,
+    server_contingency_p_w,
+    server_pf,
+    psu_server,
+    psu_node,
+    psu_phase,
+    psu_feed,
+    psu_alive,
+    parent_idx,
+    v_ln_v,
+    scratch_va,
+    out_scenario_i_a,
+    out_finite,
+):
+    """Phase currents at every node in the three scenarios of _feed_loss_current_into, in one
+    pass: scenario 0 (normal) from server_p_w, scenarios 1 and 2 (feed A, feed B lost) from
+    server_contingency_p_w.
+
+    Gives bit for bit what _tree_current_into (scenario 0, server_p_w) and
+    _feed_loss_current_into (scenarios 1, 2, server_contingency_p_w) give: the same PSU shares
+    S_s / c_s (c_s the alive PSUs of server s in that scenario), added to their outlet nodes in
+    PSU order, children added to parents from the last node to the first, and I = VA / V_LN;
+    only the three scenarios share each loop, and a node's current is taken once its subtree is
+    complete (every child has a larger index). out_finite[0] is False when any current is not
+    finite.
+
+    Units: server_p_w, server_contingency_p_w (S,) W; server_pf (S,) 1; psu_* (K,) indices,
+    codes, feeds (0: A, 1: B), flags; parent_idx (n,) index; v_ln_v (n,) V; scratch_va
+    (3, n, 3) VA per phase; out_scenario_i_a (3, n, 3) A; out_finite (1,) bool.
+    """
+    n_servers = server_p_w.shape[0]
+    n_psus = psu_server.shape[0]
+    n = parent_idx.shape[0]
+    count = np.zeros((3, n_servers), np.int64)
+    for k in range(n_psus):
+        if psu_alive[k]:
+            s = psu_server[k]
+            count[0, s] += 1
+            if psu_feed[k] != 0:
+                count[1, s] += 1
+            if psu_feed[k] != 1:
+                count[2, s] += 1
+    scratch_va[:, :, :] = 0.0
+    for k in range(n_psus):
+        if not psu_alive[k]:
+            continue
+        s = psu_server[k]
+        node = psu_node[k]
+        code = psu_phase[k]
+        for scenario in range(3):
+            if scenario == 1 and psu_feed[k] == 0:
+                continue
+            if scenario == 2 and psu_feed[k] == 1:
+                continue
+            p_w = server_p_w[s] if scenario == 0 else server_contingency_p_w[s]
+            share_va = p_w / server_pf[s] / count[scenario, s]
+            if code <= 2:
+                scratch_va[scenario, node, code] += share_va
+            elif code <= 5:
+                a = code - 3
+                b = (a + 1) % 3
+                line_va = share_va * _INV_SQRT3
+                scratch_va[scenario, node, a] += line_va
+                scratch_va[scenario, node, b] += line_va
+            else:
+                third_va = share_va * _THIRD
+                scratch_va[scenario, node, 0] += third_va
+                scratch_va[scenario, node, 1] += third_va
+                scratch_va[scenario, node, 2] += third_va
+    finite = True
+    for i in range(n - 1, -1, -1):
+        p = parent_idx[i]
+        inv_v = 1.0 / v_ln_v[i]
+        for scenario in range(3):
+            for c in range(3):
+                va = scratch_va[scenario, i, c]
+                i_a = va * inv_v
+                out_scenario_i_a[scenario, i, c] = i_a
+                if not math.isfinite(i_a):
+                    finite = False
+                if p >= 0:
+                    scratch_va[scenario, p, c] += va
+    out_finite[0] = finite
+
+
+@kernel(
+    IN_F64_2, IN_BOOL_1, IN_BOOL_1, IN_F64_3, IN_I32_1, IN_I64_1, IN_I64_1, IN_F64_2, F64, F64,
+    OUT_F64_2, OUT_F64_2, OUT_F64_3, OUT_F64_2, OUT_BOOL_1,
+)  # fmt: skip
+def _measured_load_into(
+    node_i_a,
+    trusted,
+    metered,
+    model_scenario_i_a,
+    parent_idx,
+    level_order,
+    level_start,
+    departure_a,
+    tolerance_x,
+    tolerance_a,
+    scratch_sum_a,
+    out_background_a,
+    out_worst_a,
+    out_measured_a,
+    out_flags,
+):
+    """The measured load beyond a model, carried up the tree, and what follows from it.
+
+    Per node i and phase c, with m = node_i_a[i, c] where trusted[i] (else no reading) and
+    M = model_scenario_i_a[0, i, c]:
+
+        excess = max(m - M - (tolerance_x·m + tolerance_a), 0)   (0 without a finite m)
+        B[i] = max(excess[i], Σ B[children])                      (out_background_a)
+
+    B is built level by level in the order of level_order, split by level_start (the levels
+    deepest first, each level in index order; a level's nodes take max(excess, B) first, then
+    their sums are added into their parents), then every root (parent_idx < 0) takes
+    max(excess, B). Then:
+
+        out_worst_a[0] = model[0] + B;  out_worst_a[1, 2] = model[1, 2] + 2·B
+        out_measured_a = m where finite, else the worst case [0] at a metered node, else 0
+        out_flags[0]: some excess > 0;  out_flags[1]: some B[i, c] > departure_a[i, c]
+
+    Without any excess (out_flags[0] False) B is 0 and the worst case is the model itself:
+    out_background_a and out_worst_a are then left as they are (not written), and
+    out_measured_a takes the model where it takes the worst case.
+
+    Units: node_i_a (n, 3) A; trusted, metered (n,) bool; model_scenario_i_a (3, n, 3) A;
+    parent_idx (n,) index; level_order, level_start index arrays; departure_a (n, 3) A;
+    tolerance_x 1; tolerance_a A; scratch_sum_a, out_background_a (n, 3) A; out_worst_a
+    (3, n, 3) A; out_measured_a (n, 3) A; out_flags (2,) bool.
+    """
+    n = parent_idx.shape[0]
+    any_excess = False
+    for i in range(n):
+        for c in range(3):
+            m = node_i_a[i, c]
+            if trusted[i] and math.isfinite(m):
+                out_measured_a[i, c] = m
+                if m - model_scenario_i_a[0, i, c] - (tolerance_x * m + tolerance_a) > 0.0:
+                    any_excess = True
+            elif metered[i]:
+                out_measured_a[i, c] = model_scenario_i_a[0, i, c]
+            else:
+                out_measured_a[i, c] = 0.0
+    out_flags[0] = any_excess
+    out_flags[1] = False
+    if not any_excess:
+        return
+    for i in range(n):
+        for c in range(3):
+            out_background_a[i, c] = 0.0
+            scratch_sum_a[i, c] = 0.0
+    for lv in range(level_start.shape[0] - 1):
+        lo = level_start[lv]
+        hi = level_start[lv + 1]
+        for j in range(lo, hi):
+            i = level_order[j]
+            for c in range(3):
+                e = 0.0
+                m = node_i_a[i, c]
+                if trusted[i] and math.isfinite(m):
+                    d = m - model_scenario_i_a[0, i, c] - (tolerance_x * m + tolerance_a)
+                    if d > 0.0:
+                        e = d
+                if e > out_background_a[i, c]:
+                    out_background_a[i, c] = e
+        for j in range(lo, hi):
+            i = level_order[j]
+            p = parent_idx[i]
+            if p >= 0:
+                for c in range(3):
+                    scratch_sum_a[p, c] += out_background_a[i, c]
+        for j in range(lo, hi):
+            p = parent_idx[level_order[j]]
+            if p >= 0:
+                for c in range(3):
+                    out_background_a[p, c] += scratch_sum_a[p, c]
+                    scratch_sum_a[p, c] = 0.0
+    departed = False
+    for i in range(n):
+        root = parent_idx[i] < 0
+        for c in range(3):
+            if root:
+                e = 0.0
+                m = node_i_a[i, c]
+                if trusted[i] and math.isfinite(m):
+                    d = m - model_scenario_i_a[0, i, c] - (tolerance_x * m + tolerance_a)
+                    if d > 0.0:
+                        e = d
+                if e > out_background_a[i, c]:
+                    out_background_a[i, c] = e
+            b = out_background_a[i, c]
+            if b > departure_a[i, c]:
+                departed = True
+            w0 = model_scenario_i_a[0, i, c] + b
+            out_worst_a[0, i, c] = w0
+            out_worst_a[1, i, c] = model_scenario_i_a[1, i, c] + 2.0 * b
+            out_worst_a[2, i, c] = model_scenario_i_a[2, i, c] + 2.0 * b
+            if not (trusted[i] and math.isfinite(node_i_a[i, c])) and metered[i]:
+                out_measured_a[i, c] = w0
+    out_flags[1] = departed
 
 
 # --------------------------------------------------------------------------- validation

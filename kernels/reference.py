@@ -27,6 +27,7 @@ __all__ = [
     "gpu_temperature_step",
     "headroom_a",
     "inrush_x",
+    "measured_load_a",
     "meter_sample",
     "neutral_current_a",
     "phase_current_a",
@@ -36,6 +37,7 @@ __all__ = [
     "time_to_trip_s",
     "tree_current_a",
     "utilization_by_kind",
+    "worst_case_current_a",
     "worst_case_headroom_a",
     "worst_case_utilization",
     "zone_step",
@@ -274,6 +276,74 @@ def feed_loss_current_a(
             v_ln_v,
         )
     return out
+
+
+def worst_case_current_a(
+    server_p_w: Any,
+    server_contingency_p_w: Any,
+    server_pf: Any,
+    psu_server: Any,
+    psu_node: Any,
+    psu_phase: Any,
+    psu_feed: Any,
+    psu_alive: Any,
+    parent_idx: Any,
+    v_ln_v: Any,
+) -> FloatArray:
+    """Phase currents (3, n, 3) A: the normal scenario from ``server_p_w`` (every alive PSU),
+    the feed-loss scenarios (feed A lost, feed B lost) from ``server_contingency_p_w``."""
+    out = feed_loss_current_a(server_contingency_p_w, server_pf, psu_server, psu_node,
+                              psu_phase, psu_feed, psu_alive, parent_idx, v_ln_v)
+    out[0] = tree_current_a(server_p_w, server_pf, psu_server, psu_node, psu_phase, psu_alive,
+                            parent_idx, v_ln_v)
+    return out
+
+
+def measured_load_a(
+    node_i_a: Any,
+    trusted: Any,
+    metered: Any,
+    model_scenario_i_a: Any,
+    parent_idx: Any,
+    departure_a: Any,
+    tolerance_x: float,
+    tolerance_a: float,
+) -> tuple[FloatArray, FloatArray, FloatArray, bool, bool]:
+    """The measured load beyond a model, carried up the tree: (background (n, 3) A, worst case
+    (3, n, 3) A, measured (n, 3) A, any excess, background above ``departure_a`` somewhere).
+
+    Recursive instead of by levels: B[i] = max(excess[i], sum of B over the children of i),
+    children before parents (parent_idx[i] < i); excess = max(m - M - (x·m + a), 0) of a
+    trusted finite reading m against the model's normal scenario M. The worst case is
+    model + (B, 2B, 2B); measured is m where trusted and finite, else the worst case's normal
+    scenario at a metered node, else 0. The kernel it checks takes the tree's depth levels
+    as well; for a tree whose levels are its depths this gives the same."""
+    cur, ok, met = _lst(node_i_a), _lst(trusted), _lst(metered)
+    model, parent, dep = _lst(model_scenario_i_a), _lst(parent_idx), _lst(departure_a)
+    n = len(parent)
+    excess = [[0.0, 0.0, 0.0] for _ in range(n)]
+    for i in range(n):
+        for c in range(3):
+            m = cur[i][c]
+            if ok[i] and math.isfinite(m):
+                excess[i][c] = max(m - model[0][i][c] - (tolerance_x * m + tolerance_a), 0.0)
+    children: list[list[int]] = [[] for _ in range(n)]
+    for i in range(n):
+        if parent[i] >= 0:
+            children[parent[i]].append(i)
+    b = [[0.0, 0.0, 0.0] for _ in range(n)]
+    for i in range(n - 1, -1, -1):
+        for c in range(3):
+            b[i][c] = max(excess[i][c], sum(b[k][c] for k in children[i]))
+    worst = [[[model[s][i][c] + (1.0 if s == 0 else 2.0) * b[i][c] for c in range(3)]
+              for i in range(n)] for s in range(3)]
+    meas = [[cur[i][c] if ok[i] and math.isfinite(cur[i][c])
+             else (worst[0][i][c] if met[i] else 0.0) for c in range(3)] for i in range(n)]
+    any_excess = any(e > 0.0 for row in excess for e in row)
+    departed = any(b[i][c] > dep[i][c] for i in range(n) for c in range(3))
+    return (np.array(b, dtype=np.float64).reshape(n, 3),
+            np.array(worst, dtype=np.float64).reshape(3, n, 3),
+            np.array(meas, dtype=np.float64).reshape(n, 3), any_excess, departed)
 
 
 def _surviving(feed: int) -> list[int]:

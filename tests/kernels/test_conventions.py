@@ -34,6 +34,8 @@ REFERENCE_OF = {
     "_feed_loss_current_into": "feed_loss_current_a",
     "_worst_case_headroom_into": "worst_case_headroom_a",
     "_worst_case_utilization_into": "worst_case_utilization",
+    "_worst_case_current_into": "worst_case_current_a",
+    "_measured_load_into": "measured_load_a",
 }
 
 
