@@ -107,6 +107,8 @@ class TelemetryStore:
         self._metered_child_count = np.bincount(parent[(parent >= 0) & self.metered], minlength=n)
         self._sum_check = self.metered & (self._child_count > 0) & (
             self._metered_child_count == self._child_count)
+        #: each node's largest pole rating (A), for the jump check
+        self._rating_max_a = topo.rating_a.max(axis=1) if n else np.zeros(0)
         depth_max = int(topo.depth.max()) if n else 0
         self._levels = [np.flatnonzero(topo.depth == d) for d in range(1, depth_max + 1)]
 
@@ -180,7 +182,7 @@ class TelemetryStore:
         idx = np.asarray(nodes, dtype=np.int64).reshape(-1)
         vals = np.asarray(i_a, dtype=np.float64)
         times = np.broadcast_to(np.asarray(t_s, dtype=np.float64), idx.shape)
-        if vals.shape != (idx.size, 3) or np.unique(idx).size != idx.size:
+        if vals.shape != (idx.size, 3) or not _distinct(idx):
             return np.array([self.ingest_node(int(n), list(v), float(t))
                              for n, v, t in zip(idx, vals.reshape(idx.size, -1), times,
                                                 strict=True)], dtype=np.bool_)
@@ -213,14 +215,19 @@ class TelemetryStore:
             self._reject("out_of_order", int(node[j]), Quality.GOOD)
         go = ~implausible & ~older
         prev = self.node_i_a[node]
-        jump_a = lim.max_jump_fraction * rating.max(axis=1)
+        jump_a = lim.max_jump_fraction * self._rating_max_a[node]
         with np.errstate(invalid="ignore"):
             jumped = go & np.isfinite(prev).all(axis=1) & (
                 np.abs(v - prev).max(axis=1) > jump_a)
-            pending = self._pending_i_a[node]
-            confirmed = np.isfinite(pending).all(axis=1) & (
-                np.abs(v - pending).max(axis=1) <= jump_a * 0.5)
-        glitch = jumped & ~confirmed
+        glitch = jumped
+        if jumped.any():   # a jump is a glitch unless the pending reading confirms it
+            jn = np.flatnonzero(jumped)
+            pending = self._pending_i_a[node[jn]]
+            with np.errstate(invalid="ignore"):
+                confirmed = np.isfinite(pending).all(axis=1) & (
+                    np.abs(v[jn] - pending).max(axis=1) <= jump_a[jn] * 0.5)
+            glitch = jumped.copy()
+            glitch[jn[confirmed]] = False
         for j in np.flatnonzero(glitch):
             self._pending_i_a[node[j]] = v[j]
             self._reject("impossible_jump", int(node[j]), Quality.IMPLAUSIBLE)
@@ -322,6 +329,8 @@ class TelemetryStore:
     def unknown_nodes(self) -> npt.NDArray[np.bool_]:
         """Nodes whose own reading is not trusted, or that sit below such a node."""
         out = self.metered & (self.node_quality != Quality.GOOD)
+        if not out.any():   # nothing untrusted: nothing to carry down
+            return out
         parent = self.topo.parent_idx
         for level in self._levels:  # depth by depth: a parent is final before its children
             out[level] |= out[parent[level]]
@@ -362,6 +371,13 @@ class TelemetryStore:
     def _name(self, kind: str, index: int) -> str:
         names = self.topo.node_id if kind == "node" else self.topo.server_id
         return names[index] if 0 <= index < len(names) else f"#{index}"
+
+
+def _distinct(idx: npt.NDArray[np.int64]) -> bool:
+    """No index twice (strictly increasing, the usual order, is checked without sorting)."""
+    if idx.size < 2 or bool((idx[1:] > idx[:-1]).all()):
+        return True
+    return bool(np.unique(idx).size == idx.size)
 
 
 def _implausible(values: F64, rating_a: F64, t_s: float, now_s: float,
