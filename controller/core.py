@@ -697,8 +697,7 @@ def _worst_currents_a(ctx: CoreContext, w_normal: F64, w_contingency: F64, alive
         raise ValueError("server powers must be finite and non-negative")
     out = np.empty((3, ctx.topo.n_nodes, 3))
     finite = np.empty(1, np.bool_)
-    _worst_case_current_into(wn, wc, k[0], k[1], k[2], k[3], k[4], al, k[5], k[6],
-                             np.empty((3, ctx.topo.n_nodes, 3)), out, finite)
+    _worst_case_current_into(wn, wc, k[0], k[1], k[2], k[3], k[4], al, k[5], k[6], out, finite)
     if not finite[0]:
         raise ValueError("worst-case currents are not finite")
     return out

@@ -252,7 +252,7 @@ def _feed_loss_current_into(
 
 @kernel(
     IN_F64_1, IN_F64_1, IN_F64_1, IN_I32_1, IN_I32_1, IN_I8_1, IN_I8_1, IN_BOOL_1, IN_I32_1,
-    IN_F64_1, OUT_F64_3, OUT_F64_3, OUT_BOOL_1,
+    IN_F64_1, OUT_F64_3, OUT_BOOL_1,
 )  # fmt: skip
 def _worst_case_current_into(
     server_p_w,
@@ -265,7 +265,6 @@ def _worst_case_current_into(
     psu_alive,
     parent_idx,
     v_ln_v,
-    scratch_va,
     out_scenario_i_a,
     out_finite,
 ):
@@ -277,13 +276,14 @@ def _worst_case_current_into(
     _feed_loss_current_into (scenarios 1, 2, server_contingency_p_w) give: the same PSU shares
     S_s / c_s (c_s the alive PSUs of server s in that scenario), added to their outlet nodes in
     PSU order, children added to parents from the last node to the first, and I = VA / V_LN;
-    only the three scenarios share each loop, and a node's current is taken once its subtree is
-    complete (every child has a larger index). out_finite[0] is False when any current is not
-    finite.
+    only the three scenarios share each loop, and the VA are summed in out_scenario_i_a itself:
+    a node's VA become its current once its subtree is complete (every child has a larger
+    index), just after they were added to its parent (whose VA are still VA then).
+    out_finite[0] is False when any current is not finite.
 
     Units: server_p_w, server_contingency_p_w (S,) W; server_pf (S,) 1; psu_* (K,) indices,
-    codes, feeds (0: A, 1: B), flags; parent_idx (n,) index; v_ln_v (n,) V; scratch_va
-    (3, n, 3) VA per phase; out_scenario_i_a (3, n, 3) A; out_finite (1,) bool.
+    codes, feeds (0: A, 1: B), flags; parent_idx (n,) index; v_ln_v (n,) V;
+    out_scenario_i_a (3, n, 3) A (VA per phase while summed); out_finite (1,) bool.
     """
     n_servers = server_p_w.shape[0]
     n_psus = psu_server.shape[0]
@@ -297,7 +297,7 @@ def _worst_case_current_into(
                 count[1, s] += 1
             if psu_feed[k] != 1:
                 count[2, s] += 1
-    scratch_va[:, :, :] = 0.0
+    out_scenario_i_a[:, :, :] = 0.0
     for k in range(n_psus):
         if not psu_alive[k]:
             continue
@@ -312,31 +312,31 @@ def _worst_case_current_into(
             p_w = server_p_w[s] if scenario == 0 else server_contingency_p_w[s]
             share_va = p_w / server_pf[s] / count[scenario, s]
             if code <= 2:
-                scratch_va[scenario, node, code] += share_va
+                out_scenario_i_a[scenario, node, code] += share_va
             elif code <= 5:
                 a = code - 3
                 b = (a + 1) % 3
                 line_va = share_va * _INV_SQRT3
-                scratch_va[scenario, node, a] += line_va
-                scratch_va[scenario, node, b] += line_va
+                out_scenario_i_a[scenario, node, a] += line_va
+                out_scenario_i_a[scenario, node, b] += line_va
             else:
                 third_va = share_va * _THIRD
-                scratch_va[scenario, node, 0] += third_va
-                scratch_va[scenario, node, 1] += third_va
-                scratch_va[scenario, node, 2] += third_va
+                out_scenario_i_a[scenario, node, 0] += third_va
+                out_scenario_i_a[scenario, node, 1] += third_va
+                out_scenario_i_a[scenario, node, 2] += third_va
     finite = True
     for i in range(n - 1, -1, -1):
         p = parent_idx[i]
         inv_v = 1.0 / v_ln_v[i]
         for scenario in range(3):
             for c in range(3):
-                va = scratch_va[scenario, i, c]
+                va = out_scenario_i_a[scenario, i, c]
+                if p >= 0:
+                    out_scenario_i_a[scenario, p, c] += va
                 i_a = va * inv_v
                 out_scenario_i_a[scenario, i, c] = i_a
                 if not math.isfinite(i_a):
                     finite = False
-                if p >= 0:
-                    scratch_va[scenario, p, c] += va
     out_finite[0] = finite
 
 

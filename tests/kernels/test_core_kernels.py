@@ -66,7 +66,7 @@ def test_worst_case_current_is_the_two_kernels_it_replaces(seed):
     got = np.full((3, n, 3), np.nan)
     finite = np.zeros(1, np.bool_)
     _worst_case_current_into(wn, wc, *topo, h["psu_feed"], h["psu_alive"], h["parent_idx"],
-                             h["v_ln_v"], np.full((3, n, 3), np.nan), got, finite)
+                             h["v_ln_v"], got, finite)
     np.testing.assert_array_equal(got, want)
     assert finite[0]
     ref = reference.worst_case_current_a(wn, wc, *topo, h["psu_feed"], h["psu_alive"],
@@ -80,7 +80,7 @@ def test_worst_case_current_flags_a_current_that_is_not_finite():
             np.array([1, 1], np.int32), np.zeros(2, np.int8), np.array([0, 1], np.int8),
             np.ones(2, np.bool_), parent, np.full(2, 230.0))
     out, finite = np.empty((3, 2, 3)), np.ones(1, np.bool_)
-    _worst_case_current_into(*args, np.empty((3, 2, 3)), out, finite)
+    _worst_case_current_into(*args, out, finite)
     assert not finite[0]
 
 
