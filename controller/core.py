@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -224,6 +225,9 @@ class CoreContext:
         admit[1, topo.node_feed == 0] = np.inf  # a node is not judged when its own feed is lost
         admit[2, topo.node_feed == 1] = np.inf
         self.admit_limit_a: F64 = admit
+        #: the admission check's bound: the limit with the rounding tolerance of the checks
+        self.admit_check_a: F64 = admit * (1 + _RTOL)
+        self._scratch = threading.local()
         self.limit_node_a: F64 = np.where(topo.limit_a > 0, topo.limit_a, np.inf)
         self.mag_thr_a: F64 = magnetic_threshold_a(topo, settings.magnetic_margin)
         self.floor_w: F64 = np.maximum.reduce(
@@ -288,6 +292,15 @@ class CoreContext:
                                                                   np.inf)
         self.rise_budget_w: F64 = STEP_BUDGET_FRACTION * np.minimum(
             self.drop_budget_w / STEP_BUDGET_FRACTION, ramp * settings.tick_s)
+
+    def scratch_worst_a(self) -> F64:
+        """A (3, n, 3) buffer of this thread for worst cases that are judged and dropped
+        (the admission trials): a fresh array of that size costs more in page faults than the
+        kernel that fills it."""
+        buf: F64 | None = getattr(self._scratch, "worst_a", None)
+        if buf is None:
+            buf = self._scratch.worst_a = np.empty((3, self.topo.n_nodes, 3))
+        return buf
 
     def model(self, post_x: float) -> ServerModel:
         """The hall with its servers' POST power scaled by ``post_x`` (what the planner and the
@@ -682,12 +695,14 @@ def _worst_server_w(ctx: CoreContext, psu_on_s: F64, powered: B, confirmed_cap: 
     return np.where(energized, w, 0.0), np.where(energized, wc, 0.0)
 
 
-def _worst_currents_a(ctx: CoreContext, w_normal: F64, w_contingency: F64, alive: B) -> F64:
+def _worst_currents_a(ctx: CoreContext, w_normal: F64, w_contingency: F64, alive: B,
+                      out: F64 | None = None) -> F64:
     """(3, n, 3) A: scenario 0 from ``w_normal``, the feed-loss scenarios from
     ``w_contingency``, in one kernel pass (:func:`kernels.aggregate._worst_case_current_into`).
 
     The raw kernel runs on the topology arrays checked once in :class:`CoreContext`; only the
-    per-tick inputs are checked here (finite, non-negative powers) and the output after."""
+    per-tick inputs are checked here (finite, non-negative powers) and the output after.
+    ``out``: a (3, n, 3) float64 C-contiguous array to fill (default: a new one)."""
     k = ctx.kernel_args
     wn = np.ascontiguousarray(w_normal, np.float64)
     wc = np.ascontiguousarray(w_contingency, np.float64)
@@ -695,7 +710,8 @@ def _worst_currents_a(ctx: CoreContext, w_normal: F64, w_contingency: F64, alive
     if not (np.isfinite(wc).all() and (wc >= 0).all() and np.isfinite(wn).all()
             and (wn >= 0).all()):
         raise ValueError("server powers must be finite and non-negative")
-    out = np.empty((3, ctx.topo.n_nodes, 3))
+    if out is None:
+        out = np.empty((3, ctx.topo.n_nodes, 3))
     finite = np.empty(1, np.bool_)
     _worst_case_current_into(wn, wc, k[0], k[1], k[2], k[3], k[4], al, k[5], k[6], out, finite)
     if not finite[0]:
@@ -1199,6 +1215,7 @@ def _ramp(ctx: CoreContext, st: CoreState, store: TelemetryStore, rb: Readbacks,
     background = None if up_a is None else _scenario_background(ctx, up_a)
     # rule 1 on the trial worst case; drop the latest-planned until it fits
     new_on = powered.copy()
+    worst_above_a = worst_a + 1e-6   # a trial is judged only where it adds load
     accepted_cand = cand
     accepted_ev = np.ones(ev.size, bool)
     for _ in range(12):
@@ -1219,10 +1236,10 @@ def _ramp(ctx: CoreContext, st: CoreState, store: TelemetryStore, rb: Readbacks,
             conf = np.isfinite(confirmed_cap[srv]) & up
             trial_w[srv[conf]] = np.maximum(trial_w[srv[conf]], raised[conf])
             trial_wc[srv[up]] = np.maximum(trial_wc[srv[up]], raised[up])
-        trial = _worst_currents_a(ctx, trial_w, trial_wc, trial_alive)
+        trial = _worst_currents_a(ctx, trial_w, trial_wc, trial_alive, ctx.scratch_worst_a())
         if background is not None:
-            trial = trial + background
-        bad = (trial > ctx.admit_limit_a * (1 + _RTOL)) & (trial > worst_a + 1e-6)
+            trial += background
+        bad = (trial > ctx.admit_check_a) & (trial > worst_above_a)
         bad_node = (bad[0] | bad[1] | bad[2]).any(axis=1)
         if not bad_node.any():
             break
