@@ -335,8 +335,15 @@ class MqttLink(StatefulLink):
     to check payload timestamps (Unix s); ``rng`` the backoff jitter; ``client_factory`` makes
     the one ``aiomqtt.Client``; ``on_connect`` is awaited after every (re)connect, once the
     subscriptions and the status are in place and before the link reports CONNECTED (it may
-    publish; listeners are not told of the state until it returns). ``allowed_topics``: when
-    given, :meth:`publish` refuses every other topic (:class:`~drivers.errors.NotAllowed`).
+    publish; listeners are not told of the state until it returns). ``on_close`` is awaited by
+    :meth:`aclose` while the link is still connected, just before its own status goes offline
+    (it may publish: the simulated agents say offline). ``allowed_topics``: when given,
+    :meth:`publish` refuses every other topic (:class:`~drivers.errors.NotAllowed`).
+
+    A close that comes while a connect is under way on a live session (subscribing, publishing
+    the status, running ``on_connect``) first lets that connect finish, within
+    ``connect_timeout_s + publish_timeout_s``: the status, and whatever ``on_connect``
+    published, may be on the broker already, retained, and only a goodbye after it undoes it.
 
     A connect the broker refuses for its credentials, or whose TLS handshake fails, is an
     :class:`~drivers.errors.AuthenticationFailed` in :attr:`last_error` (logged once at ERROR;
@@ -354,6 +361,7 @@ class MqttLink(StatefulLink):
         rng: random.Random | None = None,
         client_factory: ClientFactory = aiomqtt_client,
         on_connect: Callable[[], Awaitable[None]] | None = None,
+        on_close: Callable[[], Awaitable[None]] | None = None,
         allowed_topics: TopicAllowlist | None = None,
     ) -> None:
         self.config = config
@@ -361,7 +369,10 @@ class MqttLink(StatefulLink):
         #: why the last connect attempt or connection failed (None once connected)
         self.last_error: DriverError | None = None
         self._on_connect = on_connect
+        self._on_close = on_close
         self._in_hook = False
+        #: inside ``async with client`` (the broker accepted the connection), connected or not
+        self._session_up = False
         self.counters = MqttCounters()
         self._subs = tuple(subscriptions)
         self._exact = {s.topic: s for s in self._subs if "+" not in s.topic and "#" not in s.topic}
@@ -408,27 +419,55 @@ class MqttLink(StatefulLink):
             raise failure
 
     async def aclose(self) -> BaseException | None:
-        """Say goodbye (offline status) if connected, disconnect, stop. Returns the failure
-        that stopped the link early, if any."""
+        """Let a connect under way finish, say goodbye (``on_close``, then the offline status)
+        if connected, disconnect, stop. Returns the failure that stopped the link early, if
+        any."""
         runner, self._runner = self._runner, None
-        if (self._status is not None and self._state is LinkState.CONNECTED
-                and self._client is not None):
-            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                async with asyncio.timeout(self.config.publish_timeout_s):
-                    await self._client.publish(self._status.topic,
-                                               dumps(self._status.offline()), qos=1,
-                                               retain=True)
-        failure = await stop_task(runner)
-        # aiomqtt 2.5 starts its housekeeping task from paho's socket-open callback through
-        # call_soon_threadsafe; a socket the broker closes at once (a refused login) can close
-        # before that task exists, so nothing cancels it and it lives on for up to a second
-        await asyncio.sleep(0)                      # let a pending create_misc_task run
-        misc = getattr(self._client, "_misc_task", None)
-        if isinstance(misc, asyncio.Task) and not misc.done():
-            misc.cancel()
-            await asyncio.gather(misc, return_exceptions=True)
-        self._set_state(LinkState.CLOSED)
+        try:
+            await self._settle(runner)
+            if self._state is LinkState.CONNECTED and self._client is not None:
+                if self._on_close is not None:
+                    await self._on_close()
+                if self._status is not None:
+                    with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                        async with asyncio.timeout(self.config.publish_timeout_s):
+                            await self._client.publish(self._status.topic,
+                                                       dumps(self._status.offline()), qos=1,
+                                                       retain=True)
+        finally:
+            failure = await stop_task(runner)
+            # aiomqtt 2.5 starts its housekeeping task from paho's socket-open callback through
+            # call_soon_threadsafe; a socket the broker closes at once (a refused login) can
+            # close before that task exists, so nothing cancels it and it lives on for up to a
+            # second
+            await asyncio.sleep(0)                  # let a pending create_misc_task run
+            misc = getattr(self._client, "_misc_task", None)
+            if isinstance(misc, asyncio.Task) and not misc.done():
+                misc.cancel()
+                await asyncio.gather(misc, return_exceptions=True)
+            self._set_state(LinkState.CLOSED)
         return failure
+
+    async def _settle(self, runner: asyncio.Task[None] | None) -> None:
+        """Wait while ``runner`` is in the connect phase of a live session (its status, and
+        what ``on_connect`` published, may be on the broker already, retained), at most
+        ``connect_timeout_s + publish_timeout_s``: a goodbye sent meanwhile could be overtaken
+        by the rest of the hello, and one skipped would leave the hello standing (found with
+        `sim serve` stopped just after its agents said online)."""
+        if runner is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.connect_timeout_s
+                                       + self.config.publish_timeout_s):
+                while (self._session_up and self._state is LinkState.CONNECTING
+                       and not runner.done()):
+                    changed = asyncio.create_task(self._changed.wait())
+                    try:
+                        await asyncio.wait((changed, runner),
+                                           return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        changed.cancel()
+                        await asyncio.gather(changed, return_exceptions=True)
 
     async def wait(self) -> None:
         """Return when the link stops (only by a failure, which is raised here)."""
@@ -465,26 +504,19 @@ class MqttLink(StatefulLink):
             connected = False
             try:
                 async with client:
-                    subs = [(s.topic, s.qos) for s in self._subs]
-                    for k in range(0, len(subs), _SUBSCRIBE_BATCH):
-                        await client.subscribe(subs[k:k + _SUBSCRIBE_BATCH])
-                    if self._status is not None:
-                        await client.publish(self._status.topic, dumps(self._status.online()),
-                                             qos=1, retain=True)
-                    if self._on_connect is not None:
-                        self._in_hook = True        # the hook may publish before CONNECTED
-                        try:
-                            await self._on_connect()
-                        finally:
-                            self._in_hook = False
-                    connected = True
-                    self.last_error = None
-                    self.counters.connects += 1
-                    self._faults.recovered("connect")
-                    self._faults.recovered("lost")
-                    self._backoff.reset()
-                    self._set_state(LinkState.CONNECTED)
-                    await self._until_disconnected_or_failed(client)
+                    self._session_up = True
+                    try:
+                        await self._connect_phase(client)
+                        connected = True
+                        self.last_error = None
+                        self.counters.connects += 1
+                        self._faults.recovered("connect")
+                        self._faults.recovered("lost")
+                        self._backoff.reset()
+                        self._set_state(LinkState.CONNECTED)
+                        await self._until_disconnected_or_failed(client)
+                    finally:
+                        self._session_up = False
             except aiomqtt.MqttError as exc:
                 error = _connect_error(exc, self.config)
                 self.last_error = error
@@ -496,6 +528,21 @@ class MqttLink(StatefulLink):
                     self._faults.fault("connect", "cannot connect: %s", error.message)
             self._set_state(LinkState.BACKOFF)
             await asyncio.sleep(self._backoff.next_s())
+
+    async def _connect_phase(self, client: aiomqtt.Client) -> None:
+        """On a fresh session: subscribe, publish the status, run ``on_connect``."""
+        subs = [(s.topic, s.qos) for s in self._subs]
+        for k in range(0, len(subs), _SUBSCRIBE_BATCH):
+            await client.subscribe(subs[k:k + _SUBSCRIBE_BATCH])
+        if self._status is not None:
+            await client.publish(self._status.topic, dumps(self._status.online()),
+                                 qos=1, retain=True)
+        if self._on_connect is not None:
+            self._in_hook = True        # the hook may publish before CONNECTED
+            try:
+                await self._on_connect()
+            finally:
+                self._in_hook = False
 
     async def _until_disconnected_or_failed(self, client: aiomqtt.Client) -> None:
         """Messages are dispatched as they arrive (see ``_DispatchQueue``); wait here until

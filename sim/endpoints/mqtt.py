@@ -163,7 +163,7 @@ class MqttEndpoints:
         status = StatusSpec(status_topic, lambda: self._sim_status("running"),
                             lambda: self._sim_status("stopped"))
         self.link = MqttLink(config, subscriptions=subs, status=status, clock=clock,
-                             on_connect=self._announce)
+                             on_connect=self._announce, on_close=self._say_offline)
         self._tasks: list[asyncio.Task[None]] = []
         # the flag as well as the cancellation: on Python 3.11 aiomqtt's wait_for can swallow
         # the cancellation of a publish (an ack) that is completing, and a loop that only waits
@@ -182,21 +182,19 @@ class MqttEndpoints:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         # a stop driven by cancellation (SIGTERM in `sim serve`) runs this in a cancelling
-        # task, where stop_task raises the cancellation again: the agents say offline first,
-        # and the link is closed whatever happens
+        # task, where stop_task raises the cancellation again: the link is closed first (the
+        # agents say offline in its on_close, after a connect under way has announced them
+        # online), then the loops are reaped
         self._closing = True
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
         failure: BaseException | None = None
         try:
-            if self.link.connected:
-                await self._publish_batch([(a.topics.status, self._agent_status(a, "offline"))
-                                           for a in self._agents.values()], qos=1, retain=True)
+            link_failure = await self.link.aclose()
+        finally:
             for task in tasks:             # a failure here is a bug in a provider: raise it
                 failure = failure or await stop_task(task)
-        finally:
-            link_failure = await self.link.aclose()
         failure = failure or link_failure
         if failure is not None and exc is None:
             raise failure
@@ -217,6 +215,11 @@ class MqttEndpoints:
     async def _announce(self) -> None:
         """After every (re)connect: every agent says it is online (retained)."""
         await self._publish_batch([(a.topics.status, self._agent_status(a, "online"))
+                                   for a in self._agents.values()], qos=1, retain=True)
+
+    async def _say_offline(self) -> None:
+        """On a clean stop, while still connected: every agent says it is offline."""
+        await self._publish_batch([(a.topics.status, self._agent_status(a, "offline"))
                                    for a in self._agents.values()], qos=1, retain=True)
 
     async def _publish_batch(self, items: Sequence[tuple[str, Payload]], *, qos: int,

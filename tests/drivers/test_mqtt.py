@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -121,7 +121,10 @@ async def test_flood_of_10000_messages_on_one_topic(mqtt_broker: Any, root: str)
         for k in range(0, 10_000, 500):      # paced so that no broker queue limit drops any
             await asyncio.gather(*(tx.publish(topic, good if (k + j) % 2 else bad, qos=1)
                                    for j in range(500)))
-            await until(lambda k=k: rx.counters.received >= k + 500, timeout_s=10.0)
+            def received(n: int = k + 500) -> bool:
+                return rx.counters.received >= n
+
+            await until(received, timeout_s=10.0)
         assert rx.connected
         await tx.publish(topic, dumps(telemetry(seq=99)), qos=1)
         await inbox.wait_for(5_001)
@@ -192,6 +195,92 @@ async def test_clean_exit_publishes_offline(mqtt_broker: Any, root: str) -> None
         await seen.wait_for(1)
         await obs.publish(status_topic, b"", qos=1, retain=True)      # clear the retained
     assert seen.items[0][1].state == "OFFLINE"
+
+
+
+def controller_status(state: Literal["IDLE", "OFFLINE"]) -> ControllerStatus:
+    return ControllerStatus(v=1, t=time.time(), state=state, issuer="ctl-1")
+
+
+async def retained(cfg: MqttConfig, topics: list[str]) -> dict[str, str]:
+    """The retained controller states on ``topics`` (then cleared, to leave the broker clean)."""
+    seen: dict[str, str] = {}
+    subs = [Subscription(t, ControllerStatus, lambda t, p: seen.__setitem__(t, p.state), qos=1)
+            for t in topics]
+    async with MqttLink(cfg, subscriptions=subs) as obs:
+        await obs.wait_connected(5.0)
+        await until(lambda: len(seen) == len(topics))
+        for topic in topics:
+            await obs.publish(topic, b"", qos=1, retain=True)
+    return seen
+
+
+async def test_close_during_the_connect_waits_for_it_then_says_goodbye(mqtt_broker: Any,
+                                                                       root: str) -> None:
+    """A close while ``on_connect`` still runs (what it published already on the broker,
+    retained) lets the connect finish, then runs ``on_close`` and sends the offline status:
+    it used to skip both, as the link was not CONNECTED yet, and leave everything online."""
+    status_topic, hello_topic = f"{root}/status", f"{root}/hello"
+    order: list[str] = []
+    hello_sent = asyncio.Event()
+
+    async def on_connect() -> None:
+        await link.publish(hello_topic, controller_status("IDLE"), qos=1, retain=True)
+        order.append("hello")
+        hello_sent.set()
+        await asyncio.sleep(0.3)            # the rest of the connect, still under way
+        order.append("hello done")
+
+    async def on_close() -> None:
+        assert link.connected
+        await link.publish(hello_topic, controller_status("OFFLINE"), qos=1, retain=True)
+        order.append("goodbye")
+
+    cfg = config_for(mqtt_broker)
+    link = MqttLink(cfg, status=status_spec(status_topic), on_connect=on_connect,
+                    on_close=on_close)
+    async with link:
+        await hello_sent.wait()
+        assert link.state is LinkState.CONNECTING
+    assert order == ["hello", "hello done", "goodbye"] and link.state is LinkState.CLOSED
+    assert await retained(cfg, [status_topic, hello_topic]) == {status_topic: "OFFLINE",
+                                                                 hello_topic: "OFFLINE"}
+
+
+async def test_close_waits_for_a_stuck_connect_a_bounded_time(mqtt_broker: Any,
+                                                              root: str) -> None:
+    entered = asyncio.Event()
+    closed: list[str] = []
+
+    async def stuck() -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    async def on_close() -> None:
+        closed.append("on_close")
+
+    cfg = replace(config_for(mqtt_broker), connect_timeout_s=0.2, publish_timeout_s=0.2)
+    async with MqttLink(cfg, on_connect=stuck, on_close=on_close) as link:
+        await entered.wait()
+        t0 = time.monotonic()
+    assert 0.35 <= time.monotonic() - t0 < 3.0
+    assert link.state is LinkState.CLOSED and closed == []     # never connected: no goodbye
+
+
+async def test_on_close_runs_while_connected_then_the_status_goes_offline(
+        mqtt_broker: Any, root: str) -> None:
+    status_topic = f"{root}/status"
+    cfg = config_for(mqtt_broker)
+    seen: list[str] = []
+
+    async def on_close() -> None:
+        seen.append(link.state.value)
+
+    link = MqttLink(cfg, status=status_spec(status_topic), on_close=on_close)
+    async with link:
+        await link.wait_connected(5.0)
+    assert seen == ["connected"]
+    assert await retained(cfg, [status_topic]) == {status_topic: "OFFLINE"}
 
 
 _CRASHER = textwrap.dedent("""

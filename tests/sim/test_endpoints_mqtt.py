@@ -197,3 +197,37 @@ async def test_sim_status_and_agents_offline_on_stop(private_broker: Any) -> Non
                 await asyncio.sleep(0.01)
     assert seen["agent"].state == "offline"
     assert seen["sim"].state == "stopped" and seen["sim"].speed == 2.0
+
+
+async def test_agents_offline_when_stopped_while_they_are_announced(mqtt_broker: Any) -> None:
+    """A stop that comes as the agents have just said online, the connect still under way (as
+    `sim serve` stopped at once after its agents said online): they say offline after it.
+    The stop used to find the link not yet CONNECTED and skip the goodbye."""
+    root = f"rgtest/{uuid.uuid4().hex}"
+    cfg = MqttConfig(host=mqtt_broker.host, port=mqtt_broker.port)
+    agents = [AgentSpec(s, AgentTopics(f"{root}/{s}"), 1, 100.0, 300.0) for s in ("S1", "S2")]
+    announced = asyncio.Event()
+
+    class SlowToConnect(MqttEndpoints):
+        async def _announce(self) -> None:
+            await super()._announce()
+            announced.set()
+            await asyncio.sleep(0.3)        # the connect still under way when the stop comes
+
+    servers = Servers()
+    async with SlowToConnect(cfg, agents, servers.state, servers.apply, period_s=None,
+                             status_topic=f"{root}/sim-status") as ep:
+        await asyncio.wait_for(announced.wait(), 5.0)
+        assert not ep.link.connected
+    seen: dict[str, str] = {}
+    topics = [a.topics.status for a in agents]
+    subs = [Subscription(t, AgentStatus, lambda t, p: seen.__setitem__(t, p.state), qos=1)
+            for t in topics]
+    async with MqttLink(cfg, subscriptions=subs) as obs:
+        await obs.wait_connected(5.0)
+        async with asyncio.timeout(5):
+            while len(seen) < len(topics):  # noqa: ASYNC110 (polls counters nobody signals)
+                await asyncio.sleep(0.01)
+        for topic in [*topics, f"{root}/sim-status"]:     # leave no retained topics behind
+            await obs.publish(topic, b"", qos=1, retain=True)
+    assert seen == dict.fromkeys(topics, "offline")
