@@ -163,6 +163,13 @@ class _SnapshotPlan:
     nominal_v: float
     outlets: tuple[int, ...]                      # outlet n (0-based) -> controller outlet, -1
     pdu: Any
+    # the rows vectorized: their nodes, and per pole the index into the snapshot's values with
+    # one 0.0 appended (a pole not read, -1 above, points at it)
+    row_nodes: npt.NDArray[np.int64]
+    row_idx: npt.NDArray[np.int64]
+    # the outlets read back that the controller switches: their positions and indices
+    outlet_pos: npt.NDArray[np.int64]
+    outlet_k: npt.NDArray[np.int64]
 
 
 class Service:
@@ -232,8 +239,8 @@ class Service:
         # driver callbacks queue here: closures, or (device key, snapshot, arrival time)
         self._pending: list[Callable[[], object] | tuple[str, Snapshot, float]] = []
         self._plans: dict[str, _SnapshotPlan] = {}
-        self._batch: tuple[list[int], list[tuple[float, float, float]], list[float]] = (
-            [], [], [])
+        # node currents since the last tick, one array per snapshot: (nodes, (k, 3) A, time)
+        self._batch: list[tuple[npt.NDArray[np.int64], F64, float]] = []
         self._commands: list[Callable[[CoreState], CoreState]] = []
         self._cap_action: dict[str, int] = {}               # command id -> audit action id
         self._cap_sent_s = np.full(topo.n_servers, -math.inf)
@@ -294,9 +301,15 @@ class Service:
                       if n in index) if "voltage_l1" in index else ()
         outlets = tuple(self._outlet_of_addr.get((key, n), -1)
                         for n in range(1, len(snap.outlets_on) + 1))
+        n_values = len(snap.values)
+        row_idx = np.asarray([[i if i >= 0 else n_values for i in r[1:]] for r in rows],
+                             dtype=np.int64).reshape(len(rows), 3)
+        out = np.asarray(outlets, dtype=np.int64)
         plan = _SnapshotPlan(snap.layout, tuple(rows), node, volts,
                              float(self.topo.v_ln_v[node]) if node is not None else math.nan,
-                             outlets, self._layout.get(cfg.node_id))
+                             outlets, self._layout.get(cfg.node_id),
+                             np.asarray([r[0] for r in rows], dtype=np.int64), row_idx,
+                             np.flatnonzero(out >= 0).astype(np.int64), out[out >= 0])
         self._plans[key] = plan
         return plan
 
@@ -306,21 +319,26 @@ class Service:
         plan = self._snapshot_plan(key, snap)
         good = snap.quality.value == 0
         values = snap.values
-        batch_nodes, batch_i, batch_t = self._batch
-        for node, i1, i2, i3 in plan.rows:
-            batch_nodes.append(node)
-            batch_t.append(t_s)
+        if plan.row_nodes.size:
             if good:
-                batch_i.append((values[i1] if i1 >= 0 else 0.0, values[i2] if i2 >= 0 else 0.0,
-                                values[i3] if i3 >= 0 else 0.0))
+                ext = np.empty(len(values) + 1)
+                ext[:-1] = values
+                ext[-1] = 0.0
+                currents = ext[plan.row_idx]
             else:
-                batch_i.append((math.nan, math.nan, math.nan))
-        outlets = plan.outlets
-        for n, on in enumerate(snap.outlets_on):
-            k = outlets[n] if n < len(outlets) else -1
-            if k >= 0:
-                self._outlet_on[k] = on
-                self._outlet_seen_s[k] = t_s
+                currents = np.full((plan.row_nodes.size, 3), math.nan)
+            self._batch.append((plan.row_nodes, currents, t_s))
+        if plan.outlet_k.size:
+            on = snap.outlets_on
+            pos = plan.outlet_pos
+            if pos[-1] < len(on):
+                self._outlet_on[plan.outlet_k] = np.asarray(on, dtype=bool)[pos]
+                self._outlet_seen_s[plan.outlet_k] = t_s
+            else:                       # fewer outlets read back than the plan knows
+                for n, k in zip(pos.tolist(), plan.outlet_k.tolist(), strict=True):
+                    if n < len(on):
+                        self._outlet_on[k] = on[n]
+                        self._outlet_seen_s[k] = t_s
         inlet_node = plan.node
         if inlet_node is not None and good and plan.volts:
             # a lost feed shows as no voltage on any phase (as in the dry run)
@@ -336,19 +354,19 @@ class Service:
     def _flush_node_batch(self) -> None:
         """Hand the store the node currents collected since the last tick, vectorized. A node
         read twice (a tick that came late) is offered its readings in order, one round each."""
-        nodes, currents, times = self._batch
-        if not nodes:
+        batch, self._batch = self._batch, []
+        if not batch:
             return
-        self._batch = ([], [], [])
-        idx = np.asarray(nodes, dtype=np.int64)
-        i_a = np.asarray(currents, dtype=np.float64).reshape(len(nodes), 3)
-        t_s = np.asarray(times, dtype=np.float64)
-        if len(set(nodes)) == len(nodes):
+        idx = np.concatenate([b[0] for b in batch])
+        i_a = np.concatenate([b[1] for b in batch])
+        t_s = np.concatenate([np.full(b[0].size, b[2]) for b in batch])
+        counts = np.bincount(idx, minlength=self.topo.n_nodes)
+        if counts.max(initial=0) <= 1:
             self.store.ingest_nodes(idx, i_a, t_s)
             return
         seen: dict[int, int] = {}
-        rounds = np.empty(len(nodes), dtype=np.int64)
-        for j, n in enumerate(nodes):
+        rounds = np.empty(idx.size, dtype=np.int64)
+        for j, n in enumerate(idx.tolist()):
             rounds[j] = seen[n] = seen.get(n, -1) + 1
         for k in range(int(rounds.max()) + 1):
             sel = rounds == k
