@@ -324,6 +324,9 @@ async def serve(
                 if record is not None:
                     record({"event": "scenario_armed", "t_plant_s": round(t0_s, 3)})
             stack.push_async_callback(stop_task, asyncio.create_task(arm(), name="arm faults"))
+        # the registers hold the plant's first readings before anyone is told the simulator
+        # serves (a probe right after `serving` read "data not valid" on a busy machine)
+        modbus.refresh()
         if ready is not None:
             ready({
                 "hall": topo.name,
