@@ -527,7 +527,7 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
     # the measured load beyond the model (``background``), the worst case with it, and the
     # load shedding judges at the metered nodes: their reading where trusted, else the worst
     # case (rule 5); unmetered nodes are kept inside their limits by admission alone
-    up_a, worst_a, measured_a, _, departed = _measured_load(ctx, store, model_a)
+    up_a, worst_a, measured_a, departed = _measured_load(ctx, store, model_a)
 
     # telemetry alarms and SAFE after a long loss
     alarms = set(st.alarms_active)
@@ -791,7 +791,7 @@ def _tree_a(ctx: CoreContext, server_w: F64, alive: B) -> F64:
 
 
 def _measured_load(ctx: CoreContext, store: TelemetryStore, model_a: F64
-                   ) -> tuple[F64 | None, F64, F64, bool, bool]:
+                   ) -> tuple[F64 | None, F64, F64, bool]:
     """The trusted meter readings against the model's worst case ``model_a`` (3, n, 3) A, in
     one kernel pass (:func:`kernels.aggregate._measured_load_into`):
 
@@ -802,7 +802,7 @@ def _measured_load(ctx: CoreContext, store: TelemetryStore, model_a: F64
     - ``worst_a`` (3, n, 3) A: ``model_a`` plus the background (``model_a`` itself without);
     - ``measured_a`` (n, 3) A: the reading where trusted, the worst case at metered nodes whose
       reading is not, 0 at unmetered nodes;
-    - whether there is any background, and whether it departs from the model by more than
+    - whether the background departs from the model by more than
       :attr:`CoreContext.departure_a` somewhere (the plan is then recomputed)."""
     n = ctx.topo.n_nodes
     trusted = store.metered & (store.node_quality == Quality.GOOD)
@@ -817,8 +817,8 @@ def _measured_load(ctx: CoreContext, store: TelemetryStore, model_a: F64
                         np.empty((n, 3)), up_a, worst_a, measured_a, flags)
     if not flags[0]:
         # no background: the worst case is the model's (the kernel wrote neither array)
-        return None, model_a, measured_a, False, False
-    return up_a, worst_a, measured_a, True, bool(flags[1])
+        return None, model_a, measured_a, False
+    return up_a, worst_a, measured_a, bool(flags[1])
 
 
 def _scenario_background(ctx: CoreContext, up_a: F64 | None) -> F64:

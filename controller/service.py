@@ -157,14 +157,12 @@ class _SnapshotPlan:
     """Where a device's readings go (see :meth:`Service._snapshot_plan`)."""
 
     layout: object
-    rows: tuple[tuple[int, int, int, int], ...]   # (node, value index of L1, L2, L3 or -1)
     node: int | None
     volts: tuple[int, ...]
     nominal_v: float
-    outlets: tuple[int, ...]                      # outlet n (0-based) -> controller outlet, -1
     pdu: Any
-    # the rows vectorized: their nodes, and per pole the index into the snapshot's values with
-    # one 0.0 appended (a pole not read, -1 above, points at it)
+    # the nodes the device reads, and per pole the index into the snapshot's values with one
+    # 0.0 appended (a pole not read points at it)
     row_nodes: npt.NDArray[np.int64]
     row_idx: npt.NDArray[np.int64]
     # the outlets read back that the controller switches: their positions and indices
@@ -282,7 +280,7 @@ class Service:
         if plan is not None and plan.layout is snap.layout:
             return plan
         index = snap.layout.index
-        rows: list[tuple[int, int, int, int]] = []
+        rows: list[tuple[int, int, int, int]] = []   # (node, value index of L1, L2, L3 or -1)
         for target in self._targets.get(key, ()):
             if target.name is None:
                 names = ("current_l1", "current_l2", "current_l3")
@@ -305,9 +303,9 @@ class Service:
         row_idx = np.asarray([[i if i >= 0 else n_values for i in r[1:]] for r in rows],
                              dtype=np.int64).reshape(len(rows), 3)
         out = np.asarray(outlets, dtype=np.int64)
-        plan = _SnapshotPlan(snap.layout, tuple(rows), node, volts,
+        plan = _SnapshotPlan(snap.layout, node, volts,
                              float(self.topo.v_ln_v[node]) if node is not None else math.nan,
-                             outlets, self._layout.get(cfg.node_id),
+                             self._layout.get(cfg.node_id),
                              np.asarray([r[0] for r in rows], dtype=np.int64), row_idx,
                              np.flatnonzero(out >= 0).astype(np.int64), out[out >= 0])
         self._plans[key] = plan
@@ -328,17 +326,10 @@ class Service:
             else:
                 currents = np.full((plan.row_nodes.size, 3), math.nan)
             self._batch.append((plan.row_nodes, currents, t_s))
-        if plan.outlet_k.size:
-            on = snap.outlets_on
-            pos = plan.outlet_pos
-            if pos[-1] < len(on):
-                self._outlet_on[plan.outlet_k] = np.asarray(on, dtype=bool)[pos]
-                self._outlet_seen_s[plan.outlet_k] = t_s
-            else:                       # fewer outlets read back than the plan knows
-                for n, k in zip(pos.tolist(), plan.outlet_k.tolist(), strict=True):
-                    if n < len(on):
-                        self._outlet_on[k] = on[n]
-                        self._outlet_seen_s[k] = t_s
+        if plan.outlet_k.size:      # the plan was built from this layout's outlet count
+            self._outlet_on[plan.outlet_k] = np.asarray(snap.outlets_on, dtype=bool)[
+                plan.outlet_pos]
+            self._outlet_seen_s[plan.outlet_k] = t_s
         inlet_node = plan.node
         if inlet_node is not None and good and plan.volts:
             # a lost feed shows as no voltage on any phase (as in the dry run)
@@ -854,8 +845,6 @@ class Service:
                     self._switch_done(item, state, "")
                 if item.on:
                     last_on_s = self.clock()
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # rule 9: a bug here moves the controller to SAFE
             log.exception("outlet switching on %s failed: going SAFE", key)
             reason = f"internal error switching on {key}: {exc!r}"
