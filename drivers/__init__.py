@@ -57,6 +57,7 @@ from drivers.modbus import (
     PollStats,
     lean_client,
     pymodbus_client,
+    shared_lean_clients,
 )
 from drivers.mqtt import (
     MqttConfig,
@@ -177,4 +178,5 @@ __all__ = [
     "plan_builtin",
     "plan_generic",
     "pymodbus_client",
+    "shared_lean_clients",
 ]

@@ -4,10 +4,13 @@
 surface. pymodbus's ``AsyncModbusTcpClient`` costs about 120 µs of CPU per request (its framer,
 transaction manager and logging); a hall of 4,256 devices polled at 1 Hz makes 8,352 requests a
 second, which is a whole core. :class:`LeanModbusClient` is the same surface over one asyncio
-protocol: one MBAP frame out, one in, matched by transaction id, with the timeout per request
-pymodbus has. It has no retries and no reconnect of its own (the device's supervisor is the one
-strategy). Replies come back as :class:`Reply` objects shaped like pymodbus's responses
-(``registers``, ``bits``, ``isError()``, ``exception_code``); failures raise:
+protocol: MBAP frames out, replies matched by transaction id, with the timeout per request
+pymodbus has. Clients made with one :class:`ConnectionPool` share a connection per endpoint
+(host, port): the units behind one gateway use one socket, and the frames queued in one pass of
+the event loop leave in one write (:class:`_Connection`). It has no retries and no reconnect of
+its own (the device's supervisor is the one strategy). Replies come back as :class:`Reply`
+objects shaped like pymodbus's responses (``registers``, ``bits``, ``isError()``,
+``exception_code``); failures raise:
 
 * no answer within ``timeout_s``: :class:`TimeoutError` (the text says "timeout");
 * not connected, the connection lost while waiting, or a frame that does not answer the request
@@ -87,10 +90,10 @@ def _decode(function: int, pdu: bytes) -> Reply:
 
 
 class _Protocol(asyncio.Protocol):
-    """One connection: frames out, replies matched to their requests by transaction id."""
+    """The socket of one :class:`_Connection`: splits the byte stream into MBAP frames."""
 
-    def __init__(self, client: LeanModbusClient) -> None:
-        self.client = client
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
 
@@ -100,7 +103,7 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self.client._lost(self, exc)
+        self.conn._lost(self, exc)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer
@@ -108,101 +111,134 @@ class _Protocol(asyncio.Protocol):
         while len(buf) >= 8:
             tid, pid, length, unit = _MBAP.unpack_from(buf)
             if length < 2 or pid != 0:
-                self.client._protocol_error(self, f"malformed frame header (length {length})")
+                self.conn._protocol_error(self, f"malformed frame header (length {length})")
                 return
             end = 6 + length
             if len(buf) < end:
                 return
             pdu = bytes(buf[7:end])
             del buf[:end]
-            self.client._reply(self, tid, unit, pdu)
+            self.conn._reply(tid, unit, pdu)
 
 
-class LeanModbusClient:
-    """The :class:`~drivers.modbus.ModbusClient` surface over one TCP connection (see the
-    module docstring). ``timeout_s`` bounds each request and the connect."""
+class _Connection:
+    """One TCP connection to ``host:port``, used by one client or shared by every client of a
+    :class:`ConnectionPool` that names the same endpoint (the units behind one gateway).
 
-    def __init__(self, host: str, port: int, timeout_s: float) -> None:
-        self.host, self.port, self.timeout_s = host, port, timeout_s
-        self._proto: _Protocol | None = None
+    Requests are matched to replies by transaction id, so any number may be in flight. Frames
+    queued in one pass of the event loop leave in one write (the flush is scheduled with
+    ``call_soon``): the polls of the units that share a slot of the period cost one send and,
+    as the simulator's server answers a batch with one write, one receive. The connection is
+    opened by the first client that connects (the others wait for that attempt) and closed
+    when the last attached client closes.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.proto: _Protocol | None = None
+        self.clients: set[LeanModbusClient] = set()
         self._tid = 0
-        # transaction id -> (future, function, unit, timeout handle)
-        self._pending: dict[int, tuple[asyncio.Future[Reply], int, int,
-                                       asyncio.TimerHandle]] = {}
+        # transaction id -> (future, function, unit, timeout handle, client)
+        self.pending: dict[int, tuple[asyncio.Future[Reply], int, int, asyncio.TimerHandle,
+                                      LeanModbusClient]] = {}
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._connecting: asyncio.Task[bool] | None = None
+        self._waiters = 0                   # callers awaiting self._connecting
 
     @property
-    def connected(self) -> bool:
-        p = self._proto
+    def alive(self) -> bool:
+        p = self.proto
         return p is not None and p.transport is not None and not p.transport.is_closing()
 
-    async def connect(self) -> bool:
-        """Open the connection; False (never an exception) when it cannot be opened in
-        ``timeout_s`` (at least ``CONNECT_TIMEOUT_MIN_S``: a refused connection fails at once
-        anyway, and a busy event loop must not turn a thousand good connects into timeouts)."""
-        if self.connected:
+    async def connect(self, timeout_s: float) -> bool:
+        if self.alive:
             return True
-        loop = asyncio.get_running_loop()
-        proto = _Protocol(self)
+        task = self._connecting
+        if task is None or task.done():
+            task = self._connecting = asyncio.get_running_loop().create_task(
+                self._open(timeout_s), name=f"modbus connect {self.host}:{self.port}")
+        self._waiters += 1
         try:
-            async with asyncio.timeout(max(self.timeout_s, CONNECT_TIMEOUT_MIN_S)):
-                await loop.create_connection(lambda: proto, self.host, self.port)
-        except (OSError, TimeoutError):
-            return False
-        self._proto = proto
-        return True
+            # shielded: a caller cancelled does not cancel the attempt the others wait on
+            return await asyncio.shield(task)
+        finally:
+            self._waiters -= 1
+            if self._waiters == 0 and not task.done():   # every caller was cancelled
+                task.add_done_callback(self._orphaned)
 
-    def close(self) -> None:
-        proto, self._proto = self._proto, None
+    def _orphaned(self, task: asyncio.Task[bool]) -> None:
+        """A connect that nobody waits for any more has finished: no client, no socket."""
+        if not self.clients and self._waiters == 0:
+            self._close_socket()
+
+    def _close_socket(self) -> None:
+        proto, self.proto = self.proto, None
+        self._out.clear()
         if proto is not None and proto.transport is not None:
             proto.transport.close()
         self._fail_all(ConnectionError("connection closed"))
 
-    # -- requests ----------------------------------------------------------------------------
-    def read_input_registers(self, address: int, *, count: int = 1,
-                             device_id: int = 1) -> asyncio.Future[Reply]:
-        return self._send(4, address, count, device_id)
+    async def _open(self, timeout_s: float) -> bool:
+        loop = asyncio.get_running_loop()
+        proto = _Protocol(self)
+        try:
+            async with asyncio.timeout(max(timeout_s, CONNECT_TIMEOUT_MIN_S)):
+                await loop.create_connection(lambda: proto, self.host, self.port)
+        except (OSError, TimeoutError):
+            return False
+        self.proto = proto
+        return True
 
-    def read_holding_registers(self, address: int, *, count: int = 1,
-                               device_id: int = 1) -> asyncio.Future[Reply]:
-        return self._send(3, address, count, device_id)
-
-    def read_coils(self, address: int, *, count: int = 1,
-                   device_id: int = 1) -> asyncio.Future[Reply]:
-        return self._send(1, address, count, device_id)
-
-    def read_discrete_inputs(self, address: int, *, count: int = 1,
-                             device_id: int = 1) -> asyncio.Future[Reply]:
-        return self._send(2, address, count, device_id)
-
-    def write_coil(self, address: int, value: bool, *,
-                   device_id: int = 1) -> asyncio.Future[Reply]:
-        return self._send(5, address, _COIL_ON if value else _COIL_OFF, device_id)
-
-    def _send(self, function: int, address: int, word: int, unit: int) -> asyncio.Future[Reply]:
+    def send(self, client: LeanModbusClient, function: int, address: int, word: int,
+             unit: int, timeout_s: float) -> asyncio.Future[Reply]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Reply] = loop.create_future()
-        proto = self._proto
-        if proto is None or proto.transport is None or proto.transport.is_closing():
+        if not self.alive or client not in self.clients:
             fut.set_exception(ConnectionError("not connected"))
             return fut
-        self._tid = tid = (self._tid + 1) & 0xFFFF
-        handle = loop.call_later(self.timeout_s, self._expire, tid)
-        self._pending[tid] = (fut, function, unit, handle)
-        proto.transport.write(_READ.pack(tid, 0, 6, unit, function, address, word))
+        tid = (self._tid + 1) & 0xFFFF
+        while tid in self.pending:          # 65,536 in flight on one connection: never
+            tid = (tid + 1) & 0xFFFF        # pragma: no cover
+        self._tid = tid
+        handle = loop.call_later(timeout_s, self._expire, tid, timeout_s)
+        self.pending[tid] = (fut, function, unit, handle, client)
+        self._out.append(_READ.pack(tid, 0, 6, unit, function, address, word))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         return fut
 
-    # -- replies (from the protocol) -----------------------------------------------------------
-    def _expire(self, tid: int) -> None:
-        entry = self._pending.pop(tid, None)
-        if entry is not None and not entry[0].done():
-            entry[0].set_exception(TimeoutError(
-                f"no response within {self.timeout_s} s (timeout)"))
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        p = self.proto
+        if out and p is not None and p.transport is not None and not p.transport.is_closing():
+            p.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        # a transport gone meanwhile: the requests fail by connection_lost or their timers
 
-    def _reply(self, proto: _Protocol, tid: int, unit: int, pdu: bytes) -> None:
-        entry = self._pending.pop(tid, None)
+    def attach(self, client: LeanModbusClient) -> None:
+        self.clients.add(client)
+
+    def detach(self, client: LeanModbusClient) -> None:
+        """``client`` closes: its requests fail; the socket closes with the last client."""
+        self.clients.discard(client)
+        mine = [tid for tid, entry in self.pending.items() if entry[4] is client]
+        self._fail([self.pending.pop(tid) for tid in mine], ConnectionError("connection closed"))
+        if not self.clients and self._waiters == 0:
+            self._close_socket()
+
+    # -- replies (from the protocol) -----------------------------------------------------------
+    def _expire(self, tid: int, timeout_s: float) -> None:
+        entry = self.pending.pop(tid, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_exception(TimeoutError(f"no response within {timeout_s} s (timeout)"))
+
+    def _reply(self, tid: int, unit: int, pdu: bytes) -> None:
+        entry = self.pending.pop(tid, None)
         if entry is None:
             return                    # a late answer to a request that timed out
-        fut, function, want_unit, handle = entry
+        fut, function, want_unit, handle, _client = entry
         handle.cancel()
         if fut.done():
             return
@@ -217,17 +253,26 @@ class LeanModbusClient:
             fut.set_exception(ConnectionError(f"malformed reply: {exc}"))
 
     def _protocol_error(self, proto: _Protocol, message: str) -> None:
+        """A stream that is not Modbus TCP: nothing after it can be trusted, for any unit."""
         if proto.transport is not None:
             proto.transport.close()
+        if proto is self.proto:
+            self.proto = None
         self._fail_all(ConnectionError(message))
 
     def _lost(self, proto: _Protocol, exc: Exception | None) -> None:
-        if proto is self._proto:
+        if proto is self.proto:
+            self.proto = None
             self._fail_all(ConnectionError(f"connection lost: {exc or 'closed by peer'}"))
 
     def _fail_all(self, exc: Exception) -> None:
-        pending, self._pending = self._pending, {}
-        for fut, _f, _u, handle in pending.values():
+        pending, self.pending = self.pending, {}
+        self._fail(list(pending.values()), exc)
+
+    @staticmethod
+    def _fail(entries: list[tuple[asyncio.Future[Reply], int, int, asyncio.TimerHandle,
+                                  LeanModbusClient]], exc: Exception) -> None:
+        for fut, _f, _u, handle, _c in entries:
             handle.cancel()
             if not fut.done():
                 fut.set_exception(exc)
@@ -235,6 +280,86 @@ class LeanModbusClient:
                     fut.exception()   # retrieved: no "never retrieved" warning when unawaited
 
 
-def lean_client(host: str, port: int, timeout_s: float) -> Any:
+class ConnectionPool:
+    """One :class:`_Connection` per endpoint (host, port), for the clients made with it: the
+    units behind one gateway share one socket. A poller holds one pool for its devices."""
+
+    def __init__(self) -> None:
+        self._conns: dict[tuple[str, int], _Connection] = {}
+
+    def get(self, host: str, port: int) -> _Connection:
+        conn = self._conns.get((host, port))
+        if conn is None:
+            conn = self._conns[(host, port)] = _Connection(host, port)
+        return conn
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def open_sockets(self) -> int:
+        """Endpoints with a live socket (for tests and metrics)."""
+        return sum(1 for c in self._conns.values() if c.alive)
+
+
+class LeanModbusClient:
+    """The :class:`~drivers.modbus.ModbusClient` surface for one unit (see the module
+    docstring). ``timeout_s`` bounds each request and the connect. With ``pool``, the client
+    shares its endpoint's connection with the pool's other clients of that endpoint; without,
+    it has a connection of its own."""
+
+    def __init__(self, host: str, port: int, timeout_s: float,
+                 pool: ConnectionPool | None = None) -> None:
+        self.host, self.port, self.timeout_s = host, port, timeout_s
+        self._conn = pool.get(host, port) if pool is not None else _Connection(host, port)
+        self._attached = False
+
+    @property
+    def connected(self) -> bool:
+        return self._attached and self._conn.alive
+
+    async def connect(self) -> bool:
+        """Open (or join) the connection; False (never an exception) when it cannot be opened
+        in ``timeout_s`` (at least ``CONNECT_TIMEOUT_MIN_S``: a refused connection fails at
+        once anyway, and a busy event loop must not turn a thousand good connects into
+        timeouts)."""
+        if self.connected:
+            return True
+        if not await self._conn.connect(self.timeout_s):
+            return False
+        self._conn.attach(self)
+        self._attached = True
+        return True
+
+    def close(self) -> None:
+        """Fail this client's requests in flight and leave the connection (closed when no
+        other client uses it)."""
+        self._attached = False
+        self._conn.detach(self)
+
+    # -- requests ----------------------------------------------------------------------------
+    def read_input_registers(self, address: int, *, count: int = 1,
+                             device_id: int = 1) -> asyncio.Future[Reply]:
+        return self._conn.send(self, 4, address, count, device_id, self.timeout_s)
+
+    def read_holding_registers(self, address: int, *, count: int = 1,
+                               device_id: int = 1) -> asyncio.Future[Reply]:
+        return self._conn.send(self, 3, address, count, device_id, self.timeout_s)
+
+    def read_coils(self, address: int, *, count: int = 1,
+                   device_id: int = 1) -> asyncio.Future[Reply]:
+        return self._conn.send(self, 1, address, count, device_id, self.timeout_s)
+
+    def read_discrete_inputs(self, address: int, *, count: int = 1,
+                             device_id: int = 1) -> asyncio.Future[Reply]:
+        return self._conn.send(self, 2, address, count, device_id, self.timeout_s)
+
+    def write_coil(self, address: int, value: bool, *,
+                   device_id: int = 1) -> asyncio.Future[Reply]:
+        return self._conn.send(self, 5, address, _COIL_ON if value else _COIL_OFF, device_id,
+                               self.timeout_s)
+
+
+def lean_client(host: str, port: int, timeout_s: float,
+                pool: ConnectionPool | None = None) -> Any:
     """A :class:`LeanModbusClient` (typed loosely: it satisfies ``ModbusClient``)."""
-    return LeanModbusClient(host, port, timeout_s)
+    return LeanModbusClient(host, port, timeout_s, pool)

@@ -26,11 +26,12 @@ Every pymodbus outcome is mapped here: an exception response raises
 pymodbus logs some of the same faults itself on the ``pymodbus`` logger (a failed connect at
 WARNING, a timeout at ERROR, on every occurrence); an application that wants one line per fault
 sets that logger's level, the driver never does. The default client factory is
-:func:`lean_client` (:mod:`drivers._modbus_tcp`: the five functions used, one asyncio
-protocol, about a quarter of pymodbus's CPU per request, which a hall of thousands of devices
-polled at 1 Hz needs); :func:`pymodbus_client` is pymodbus's ``AsyncModbusTcpClient``, with a
-register-reply decoder registered per client that unpacks a reply in one call instead of one per
-register (pymodbus's), which halves that client's CPU per request.
+:func:`lean_client` (:mod:`drivers._modbus_tcp`: the five functions used, one asyncio protocol,
+about a quarter of pymodbus's CPU per request, which a hall of thousands of devices polled at 1
+Hz needs); a :class:`ModbusPoller`'s devices share one such connection per endpoint
+(:func:`shared_lean_clients`); :func:`pymodbus_client` is pymodbus's ``AsyncModbusTcpClient``,
+with a register-reply decoder registered per client that unpacks a reply in one call instead of
+one per register (pymodbus's), which halves that client's CPU per request.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from pymodbus.pdu.register_message import (
 )
 
 from drivers._link import Backoff, FaultLog, LinkState, StatefulLink, stop_task
-from drivers._modbus_tcp import LeanModbusClient
+from drivers._modbus_tcp import ConnectionPool, LeanModbusClient
 from drivers.errors import (
     DecodeError,
     DeviceException,
@@ -102,6 +103,7 @@ __all__ = [
     "PollStats",
     "lean_client",
     "pymodbus_client",
+    "shared_lean_clients",
 ]
 
 _log = logging.getLogger(__name__)
@@ -290,10 +292,23 @@ def pymodbus_client(config: ModbusDeviceConfig) -> ModbusClient:
 
 
 def lean_client(config: ModbusDeviceConfig) -> ModbusClient:
-    """The default factory: one :class:`drivers._modbus_tcp.LeanModbusClient` per device (the
-    same surface as pymodbus's client at about a quarter of its CPU per request; no retries,
-    no reconnect of its own)."""
+    """The default factory of a device: a :class:`drivers._modbus_tcp.LeanModbusClient` with a
+    connection of its own (the same surface as pymodbus's client at about a quarter of its CPU
+    per request; no retries, no reconnect of its own)."""
     return cast(ModbusClient, LeanModbusClient(config.host, config.port, config.timeout_s))
+
+
+def shared_lean_clients() -> ClientFactory:
+    """A factory of lean clients that share one connection per endpoint (host, port): the
+    default of :class:`ModbusPoller`, which makes one for its devices. The units behind one
+    gateway then use one socket, and the requests of the units polled in one slot of the
+    period leave in one write (docs/operations.md, "Modbus polling")."""
+    pool = ConnectionPool()
+
+    def factory(config: ModbusDeviceConfig) -> ModbusClient:
+        return cast(ModbusClient, LeanModbusClient(config.host, config.port,
+                                                   config.timeout_s, pool))
+    return factory
 
 
 # ============================================================================================
@@ -719,7 +734,7 @@ class ModbusPoller:
         *,
         period_s: float = 1.0,
         phases: int | None = None,
-        client_factory: ClientFactory = lean_client,
+        client_factory: ClientFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_snapshot: Callable[[ModbusDevice, Snapshot], None] | None = None,
         on_error: Callable[[ModbusDevice, DriverError], None] | None = None,
@@ -744,6 +759,8 @@ class ModbusPoller:
         self._on_snapshot = on_snapshot
         self._on_error = on_error
         spread_s = min(period_s, 1.0)
+        if client_factory is None:
+            client_factory = shared_lean_clients()
         self.devices: dict[str, ModbusDevice] = {
             c.key: ModbusDevice(c, client_factory=client_factory, clock=clock,
                                 rng=random.Random(rng.random()),  # noqa: S311
