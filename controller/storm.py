@@ -163,10 +163,11 @@ class StormFinding:
     def sentence(self) -> str:
         what = ("steps down" if self.event == "drop" else "steps up") if self.check == "step" \
             else "rises"
-        when = ("when every working GPU idles at once" if self.event == "drop"
-                else "when all restart at once, every GPU at its minimum cap")
+        when = ("when every working server goes idle at once" if self.event == "drop"
+                else "when all restart at once with every GPU at its minimum cap")
         limit = "largest load step" if self.check == "step" else "ramp limit"
-        where = "" if self.state == STATE_NORMAL else f" (after the {self.state.replace(' lost', '')} loss)"
+        where = ("" if self.state == STATE_NORMAL
+                 else f" (after the {self.state.removesuffix(' lost')} loss)")
         return (f"{self.node} {what} {self.swing:,.1f} {self.unit} {when}{where}, against a "
                 f"{limit} of {self.limit:,.1f} {self.unit}")
 
