@@ -32,42 +32,29 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # Two feeds, a source and a UPS on each, one rack of two servers with one PSU per feed. The
 # server: 4 GPUs (cap 150-300 W), other 400 W, idle 500 W, PSUs of 1,200 W of which it needs
 # both to carry full load: after a feed loss the power brake holds it to 1,200 W.
+FEED_NODES = """
+[[nodes]]
+id = "SRC-{feed}"
+kind = "source"
+feed = "{feed}"
+v_ll_v = 415
+rating_a = 100
+max_step_kw = {step}
+ramp_limit_kw_per_s = {ramp}
+[[nodes]]
+id = "UPS-{feed}"
+kind = "ups"
+parent = "SRC-{feed}"
+v_ll_v = 415
+rating_a = 100
+continuous_fraction = 1.0
+ramp_limit_kw_per_s = {ups_ramp}
+"""
 AB_HALL = """
 version = 1
 [hall]
 name = "ab"
-[[nodes]]
-id = "SRC-A"
-kind = "source"
-feed = "A"
-v_ll_v = 415
-rating_a = 100
-max_step_kw = {step}
-ramp_limit_kw_per_s = {ramp}
-[[nodes]]
-id = "UPS-A"
-kind = "ups"
-parent = "SRC-A"
-v_ll_v = 415
-rating_a = 100
-continuous_fraction = 1.0
-ramp_limit_kw_per_s = {ups_ramp}
-[[nodes]]
-id = "SRC-B"
-kind = "source"
-feed = "B"
-v_ll_v = 415
-rating_a = 100
-max_step_kw = {step}
-ramp_limit_kw_per_s = {ramp}
-[[nodes]]
-id = "UPS-B"
-kind = "ups"
-parent = "SRC-B"
-v_ll_v = 415
-rating_a = 100
-continuous_fraction = 1.0
-ramp_limit_kw_per_s = {ups_ramp}
+{nodes}
 [[pdu_models]]
 id = "pdu"
 v_ll_v = 415
@@ -114,8 +101,9 @@ air_heat_capacity_kj_per_k = 200
 
 def _ab(step_kw: float = 100.0, ramp_kw_per_s: float = 100.0,
         ups_ramp_kw_per_s: float = 100.0) -> tuple[HallConfig, Topology]:
-    cfg = loads_hall_config(AB_HALL.format(step=step_kw, ramp=ramp_kw_per_s,
-                                           ups_ramp=ups_ramp_kw_per_s), source="ab")
+    nodes = "".join(FEED_NODES.format(feed=feed, step=step_kw, ramp=ramp_kw_per_s,
+                                      ups_ramp=ups_ramp_kw_per_s) for feed in "AB")
+    cfg = loads_hall_config(AB_HALL.format(nodes=nodes), source="ab")
     return cfg, compile_hall(cfg, source="ab")
 
 
