@@ -253,6 +253,20 @@ def test_dry_run_verdict_per_hall_and_per_scenario() -> None:
     assert flag is False and reason is not None and "SRC-A steps down 1.1 kW" in reason
 
 
+def test_dry_run_prints_why_the_scenario_is_unsurvivable(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    rig = str(CONFIGS / "rig.toml")
+    # 30 s of virtual time: the verdict is the hall's, decided before the run
+    argv = ["dry-run", rig, "--scenario", "workload-storm", "--max-sim-s", "30", "--quiet"]
+    assert main(argv) == EXIT_OK  # nothing happened in 30 s: the storm comes later
+    out = capsys.readouterr().out
+    assert ("scenario unsurvivable on this hall: workload-storm: LAB-UTIL steps down 8.6 kW"
+            in out) and "power smoothing" in out
+    main([*argv[:3], "meter-dead", *argv[4:]])
+    out = capsys.readouterr().out
+    assert "scenario meter-dead" in out and "unsurvivable" not in out
+
+
 @pytest.mark.parametrize(("max_step_kw", "survivable"), [(20, True), (8, False)])
 def test_storm_end_to_end_on_the_rig(max_step_kw: float, survivable: bool) -> None:
     """Limits that fit the swing: the staged controller rides the storm with no violation;
