@@ -286,13 +286,12 @@ def analyze_hall_storm(config: HallConfig, topo: Topology, *,
                        working_cap_w: F64 | None = None, servers: Sequence[int] | None = None,
                        states: Iterable[str] = STATE_NAMES, ramp_window_s: float = 1.0,
                        dt_s: float = 0.1) -> StormAnalysis:
-    """:func:`analyze_storm` for a hall: at ``working_cap_w`` (default the planner's steady
-    allocation, its admitted servers working), the storm on ``servers`` (indices, default all),
-    in ``states`` (default normal and either feed lost)."""
+    """:func:`analyze_storm` for a hall: the servers the planner's steady allocation admits
+    work, at ``working_cap_w`` (default the allocation's caps); the storm on ``servers``
+    (indices, default all); in ``states`` (default normal and either feed lost)."""
+    allocated_w, working = steady_caps_w(config, topo)
     if working_cap_w is None:
-        working_cap_w, working = steady_caps_w(config, topo)
-    else:
-        working = np.ones(topo.n_servers, np.bool_)
+        working_cap_w = allocated_w
     if servers is not None:
         chosen = np.zeros(topo.n_servers, np.bool_)
         chosen[np.asarray(list(servers), dtype=np.int64)] = True

@@ -99,7 +99,7 @@ class HallSummary:
         data = asdict(self)
         storm = data.pop("storm")
         if storm is not None:
-            storm = {"survivable": self.storm is not None and self.storm.survivable, **storm}
+            storm = {"survivable": not storm["findings"], **storm}
             storm.pop("findings")
         data["workload_storm"] = storm
         data["warnings"] = self.warnings
