@@ -8,7 +8,7 @@ prevents either:
   (``other_max_w + gpus × cap``) to its idle power (``idle_w``, GPUs at ``gpu_idle_w``);
 * the restart's rise is at least the rise with every GPU at its minimum cap
   (``other_max_w + gpus × gpu_min_cap_w − idle_w``): the non-GPU power is not capped and the
-  minimum cap lies above idle.
+  minimum cap lies above the GPU's idle power (on every reference model).
 
 Both are shared between the feeds the way the plant shares a server's power: equally among its
 powered PSUs, per phase with the split of :mod:`kernels.aggregate`, summed up the tree. A
@@ -17,8 +17,9 @@ to ``powered PSUs × psu_rating_w`` (the power brake), its idle power too.
 
 The swings are judged as the plant judges them (``sim/plant.py``, ``_check_ramps``): a *step*
 is the change of a node's power within one plant step, up or down, against ``max_step_w``; a
-*ramp* is the rise over the ramp window, ``(p(t) − p(t − span)) / span`` with
-``span = max(1, round(ramp_window_s / dt_s)) × dt_s``, against ``ramp_limit_w_per_s``. Both
+*ramp* is the rise over the ramp window, ``(p(t) − p(t − span − dt_s)) / span`` with
+``span = max(1, round(ramp_window_s / dt_s)) × dt_s`` (the plant's ring of samples reaches one
+step further back than it divides by), against ``ramp_limit_w_per_s``. Both
 swings happen within one step, so the drop is a step of ``drop_w`` (a fall is no ramp) and the
 restart a step of ``rise_w`` and a ramp of ``rise_w / span``; a limit is passed when the value
 exceeds it by more than one part in 10⁹, as in the plant.
