@@ -6,8 +6,10 @@ closed loop) on a hall under one scenario and one seed (the plant's randomness: 
 durations, meter noise, the agents a fault picks; the core gets the same seed). The scenarios:
 ``none``, each of :data:`sim.NAMED_SCENARIOS`, and each unordered pair ``a+b`` of them (the
 faults of both, each at its own time: :func:`sim.faults.combine_scenarios`; survivable only if
-both are). On the demo hall every scenario and pair runs with every seed; on the 32k hall a
-subset: ``none`` and the single scenarios, with the first two seeds (``--subset-seeds``).
+both are; a scenario with ``workload-storm`` is survivable or not per hall, as the run's
+``scenario_survivable`` says: :func:`controller.dryrun.scenario_verdict`). On the demo hall
+every scenario and pair runs with every seed; on the 32k hall a subset: ``none`` and the
+single scenarios, with the first two seeds (``--subset-seeds``).
 
 The report (JSON, default ``benchmarks/results/campaign.json``) gives, apart for survivable and
 unsurvivable scenarios: runs, faults injected, trips, limit-seconds beyond the shed deadline,
@@ -50,7 +52,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from controller.dryrun import STRATEGIES, DryRunOptions, run_dry_run  # noqa: E402
+from controller.dryrun import (  # noqa: E402
+    STRATEGIES,
+    DryRunOptions,
+    run_dry_run,
+    scenario_verdict,
+)
 from sim.faults import (  # noqa: E402
     NAMED_SCENARIOS,
     OBSERVATION_FAULTS,
@@ -164,16 +171,26 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         return row_of(spec, result.summary)
     except Exception as exc:  # a failed run is a campaign figure, never dropped
         return {"hall": spec.hall, "scenario": spec.scenario, "seed": spec.seed,
-                "strategy": spec.strategy, "survivable": _survivable(spec.scenario),
+                "strategy": spec.strategy, "survivable": _survivable(spec),
                 "error": f"{type(exc).__name__}: {exc}",
                 "wall_s": round(time.perf_counter() - started, 2)}
 
 
-def _survivable(name: str) -> bool | None:
+def _survivable(spec: RunSpec) -> bool | None:
+    """The verdict of a run that failed: for this hall (:func:`controller.dryrun.
+    scenario_verdict`, at the planner's steady caps) when its config compiled, else the
+    scenario's flag."""
     try:
-        return scenario_of(name).survivable
+        scenario = scenario_of(spec.scenario)
     except ScenarioError:
         return None
+    if spec.config in _TOPOLOGIES:
+        cfg, topo = _TOPOLOGIES[spec.config]
+        try:
+            return scenario_verdict(cfg, topo, scenario)[0]
+        except Exception:  # the verdict of a failed run must not fail the campaign
+            return scenario.survivable
+    return scenario.survivable
 
 
 def telemetry_loss(summary: dict[str, Any]) -> dict[str, Any] | None:

@@ -64,8 +64,11 @@ def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             "capacity per level of the electrical tree, and the worst case (every server at its "
             "maximum input, normally and after the loss of either feed) against every "
             "continuous limit, naming the worst nodes; cooling zones against their capacity "
-            "with one unit lost; the least time each ramp-limited source needs. A hall that is "
-            "oversubscribed is still valid (the planner caps GPUs): exit 0. A config that "
+            "with one unit lost; the least time each ramp-limited source needs; the "
+            "workload-storm swing (every GPU idles at once, then all restart) at each source "
+            "and UPS, with a warning for every largest load step or ramp limit it passes. A "
+            "hall that is oversubscribed, or warned about, is still valid (the planner caps "
+            "GPUs): exit 0. A config that "
             "cannot be used exits 2 and names each offending field."
         ),
     )
@@ -105,13 +108,14 @@ def _version() -> str:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from controller.config import load_hall_config
+    from controller.storm import analyze_hall_storm
     from controller.summary import format_summary, summarize
     from controller.topology import compile_hall
 
     started = time.perf_counter()
     config = load_hall_config(args.config)
     topo = compile_hall(config, source=args.config)
-    summary = summarize(topo)
+    summary = summarize(topo, storm=analyze_hall_storm(config, topo))
     elapsed = time.perf_counter() - started
     if args.json:
         out = {"config": args.config, "valid": True, **summary.to_dict(),

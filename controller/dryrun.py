@@ -25,6 +25,12 @@ For the fault campaign (``benchmarks/campaign.py``, docs/campaign.md) the harnes
 at every plant step, every overload episode (a node above its continuous limit, whether or not
 it outlived its deadline: :class:`OverloadRecorder`), and counts the outlets the strategy
 switched on more than once (``double_energizations``).
+
+Survivability (``scenario_survivable``, :func:`scenario_verdict`): the scenario's own flag, but
+for a scenario with a ``workload-storm`` fault it is decided for the hall being run: false when
+the synchronous swing passes a step or ramp limit that no GPU cap can keep it within
+(:mod:`controller.storm`, with the strategy's planned caps; with the feeds a ``feed-loss`` of
+the scenario leaves), and ``scenario_unsurvivable_reason`` says why (null when survivable).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import numpy.typing as npt
 from controller.config import load_hall_config
 from controller.model import HallConfig
 from controller.schedule import Schedule, baseline
+from controller.storm import STATE_NORMAL, analyze_hall_storm
 from controller.topology import KIND_NAMES, Topology, compile_hall
 from sim import (
     Action,
@@ -427,6 +434,8 @@ def run_dry_run(
     plant = Plant(cfg, topo, seed=seed, options=scenario.plant)
     planned = np.asarray(strat.planned_cap_w, dtype=np.float64)
     n_servers = topo.n_servers
+    survivable, unsurvivable_reason = scenario_verdict(cfg, topo, scenario, planned,
+                                                       dt_s=opts.dt_s)
 
     fault_times: list[tuple[str, float]] = []
     relative = [f for f in scenario.faults if f.relative]
@@ -513,7 +522,8 @@ def run_dry_run(
         "hall": topo.name,
         "strategy": strategy,
         "scenario": scenario.name,
-        "scenario_survivable": scenario.survivable,
+        "scenario_survivable": survivable,
+        "scenario_unsurvivable_reason": unsurvivable_reason,
         "seed": seed,
         "ok": ok,
         "trips": trips[:MAX_LISTED],
@@ -554,6 +564,71 @@ def run_dry_run(
     if callable(describe):
         summary["controller"] = describe()
     return DryRunResult(summary, history, topo, [topo.node_id[i] for i in ramp_nodes])
+
+
+def scenario_verdict(config: HallConfig, topo: Topology, scenario: Scenario,
+                     working_cap_w: F64 | None = None, *, dt_s: float = 0.1
+                     ) -> tuple[bool | None, str | None]:
+    """Whether a correct controller can keep this hall safe under ``scenario``, and why not.
+
+    Without a ``workload-storm`` fault: the scenario's flag. With one: false when the storm's
+    swing at ``working_cap_w`` (W per GPU, (S,); default the planner's steady allocation)
+    passes a step or ramp limit of the hall (:func:`controller.storm.analyze_hall_storm`,
+    feeds normal and, for each ``feed-loss`` fault of the scenario, that feed lost; the
+    scenario's ramp window, plant step ``dt_s``); else the flag of the scenario's other parts
+    (a named scenario, or a pair of them, whose storm fits: true unless another part is not).
+    Returns ``(survivable, reason)``; ``reason`` is ``None`` unless ``survivable`` is false.
+    """
+    storms = [f for f in scenario.faults if f.kind == "workload-storm"]
+    flag = _flag_of_other_parts(scenario) if storms else scenario.survivable
+    if storms:
+        lost = sorted({f.feed for f in scenario.faults if f.kind == "feed-loss"})
+        servers = sorted({i for f in storms for i in topo.match_servers(f.servers)})
+        analysis = analyze_hall_storm(
+            config, topo, working_cap_w=working_cap_w, servers=servers,
+            states=(STATE_NORMAL, *(f"feed {feed} lost" for feed in lost)),
+            ramp_window_s=scenario.plant.ramp_window_s, dt_s=dt_s)
+        if not analysis.survivable:
+            return False, analysis.reason()
+    if flag is False:
+        return False, _flag_reason(scenario)
+    return flag, None
+
+
+def _named_parts(scenario: Scenario) -> list[str] | None:
+    """The named scenarios ``scenario`` is made of (a name or ``a+b``), or ``None`` when it is
+    not exactly their faults (a scenario file)."""
+    from sim.faults import NAMED_SCENARIOS
+
+    parts = scenario.name.split("+")
+    if not all(p in NAMED_SCENARIOS for p in parts):
+        return None
+    faults = [f for p in parts for f in NAMED_SCENARIOS[p].scenario.faults]
+    return parts if list(scenario.faults) == faults else None
+
+
+def _flag_of_other_parts(scenario: Scenario) -> bool | None:
+    """The flag of a scenario with a storm that fits the hall: a named scenario (or pair)
+    takes its other parts' flags; a scenario file keeps its own."""
+    from sim.faults import NAMED_SCENARIOS
+
+    parts = _named_parts(scenario)
+    if parts is None:
+        return scenario.survivable
+    flags = [NAMED_SCENARIOS[p].survivable for p in parts]
+    flags = [True if f is None else f for f in flags]  # None: the storm, decided by the hall
+    return False if False in flags else True
+
+
+def _flag_reason(scenario: Scenario) -> str:
+    from sim.faults import NAMED_SCENARIOS
+
+    parts = _named_parts(scenario)
+    if parts is None:
+        return f"the scenario {scenario.name!r} is marked unsurvivable"
+    bad = [p for p in parts if NAMED_SCENARIOS[p].survivable is False]
+    return "; ".join(f"{p}: {NAMED_SCENARIOS[p].scenario.description} (unsurvivable for any "
+                     "controller)" for p in bad)
 
 
 def _fault_length_s(fault: Any) -> float:
@@ -631,4 +706,5 @@ __all__ = [
     "lower_bound_s",
     "register_strategy",
     "run_dry_run",
+    "scenario_verdict",
 ]

@@ -130,6 +130,8 @@ def _text(s: dict[str, Any]) -> str:
         f"{s['config']}: {s['strategy']}, scenario {s['scenario']}, seed {s['seed']}",
         "verdict: " + ("OK (no trip, no violation)" if s["ok"] else
                        f"UNSAFE ({s['trips_total']} trips, {s['violations_total']} violations)"),
+        *([f"scenario unsurvivable on this hall: {s['scenario_unsurvivable_reason']}"]
+          if s.get("scenario_unsurvivable_reason") else []),
         f"time to full power: {s['time_to_full_power_s']} s (physical lower bound for this run "
         f"{s['lower_bound_s']} s)",
         f"energized servers: {s['energized_servers']} of {s['total_servers']}; peak inlet "

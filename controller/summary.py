@@ -4,7 +4,9 @@ Counts by kind, rated and continuous capacity per level of the tree, and the wor
 server at its maximum input at once, in normal operation and after the loss of either feed,
 against every node's continuous limit. Also the cooling zones' worst-case heat against their
 capacity with and without one unit, and the time each ramp-limited source needs at least to
-carry the full hall.
+carry the full hall. With a storm analysis (:func:`controller.storm.analyze_hall_storm`), the
+``workload-storm`` swing at every source and UPS, and a warning for every step or ramp limit it
+passes (a warning, not an error: the config is valid; no GPU cap can prevent the swing).
 
 Nothing here changes the hall; it reads the :class:`~controller.topology.Topology` and calls the
 headroom kernels.
@@ -17,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from controller.storm import PREVENTION, STATE_NORMAL, StormAnalysis
 from controller.topology import FEED_NAMES, KIND_NAMES, Topology
 from kernels import (
     SCENARIO_FEED_A_LOST,
@@ -82,15 +85,33 @@ class HallSummary:
     sources: list[SourceSummary]
     fits: bool
     verdict: str
+    storm: StormAnalysis | None = None
+
+    @property
+    def warnings(self) -> list[dict[str, object]]:
+        """One per limit the workload storm passes: node, swing, limit, what prevents it."""
+        if self.storm is None:
+            return []
+        return [{"kind": "workload-storm", **asdict(f), "message": f.sentence()}
+                for f in self.storm.findings]
 
     def to_dict(self) -> dict[str, object]:
-        out = _finite(asdict(self))
+        data = asdict(self)
+        storm = data.pop("storm")
+        if storm is not None:
+            storm = {"survivable": not storm["findings"], **storm}
+            storm.pop("findings")
+        data["workload_storm"] = storm
+        data["warnings"] = self.warnings
+        out = _finite(data)
         assert isinstance(out, dict)
         return out
 
 
-def summarize(topo: Topology, worst_per_level: int = 3) -> HallSummary:
-    """Summarize ``topo`` with every server at its maximum input."""
+def summarize(topo: Topology, worst_per_level: int = 3,
+              storm: StormAnalysis | None = None) -> HallSummary:
+    """Summarize ``topo`` with every server at its maximum input; ``storm``: the hall's
+    workload-storm analysis, reported with its warnings."""
     scen = feed_loss_current_a(
         topo.server_max_w, topo.server_pf, topo.psu_server, topo.psu_node, topo.psu_phase,
         topo.psu_feed, np.ones(topo.n_psus, dtype=bool), topo.parent_idx, topo.v_ln_v,
@@ -180,7 +201,7 @@ def summarize(topo: Topology, worst_per_level: int = 3) -> HallSummary:
                    + " — full power needs GPU caps (a valid config: the planner allocates them)")
     return HallSummary(
         hall=topo.name, counts=counts, levels=levels, zones=zones, sources=sources,
-        fits=electrical_fits and cooling_fits, verdict=verdict,
+        fits=electrical_fits and cooling_fits, verdict=verdict, storm=storm,
     )
 
 
@@ -248,5 +269,46 @@ def format_summary(summary: HallSummary) -> str:
                 f"{s.ramp_limit_kw_per_s:,.0f} kW/s >= {s.min_ramp_time_s:,.0f} s"
                 + (f", largest step {s.max_step_kw:,.0f} kW" if s.max_step_kw else "")
             )
+    if summary.storm is not None:
+        lines += ["", *_storm_lines(summary.storm)]
     lines += ["", f"verdict: {summary.verdict}"]
+    if summary.warnings:
+        lines.append(f"warnings: {len(summary.warnings)} (workload storm; the config is valid)")
     return "\n".join(lines)
+
+
+#: warnings the human report lists before it counts the rest (``--json`` lists all)
+MAX_WARNING_LINES = 12
+
+
+def _storm_lines(storm: StormAnalysis) -> list[str]:
+    """The workload-storm part of the human report: the largest swing, then the warnings."""
+    lines = ["workload storm (every working GPU idles at once, then all restart at once at "
+             "their minimum caps)"]
+    if storm.nodes:
+        top = max(storm.nodes, key=lambda n: n.drop_kw)
+        lines.append(f"  largest swing, feeds normal: {top.node} drop {top.drop_kw:,.1f} kW, "
+                     f"restart {top.rise_kw:,.1f} kW in one step")
+    if storm.survivable:
+        lines.append("  fits every largest load step and ramp limit"
+                     + (", also after the loss of either feed" if len(storm.states) > 1 else ""))
+        return lines
+    normal = [f for f in storm.findings if f.state == STATE_NORMAL]
+    seen = {(f.node, f.event, f.check) for f in normal}
+    others = [f for f in storm.findings if f.state != STATE_NORMAL]
+    new = [f for f in others if (f.node, f.event, f.check) not in seen]
+    shown = (normal + new)[:MAX_WARNING_LINES]
+    lines += [f"  warning: {f.sentence()}" for f in shown]
+    rest = len(normal) + len(new) - len(shown)
+    if rest:
+        lines.append(f"  warning: ... and {rest} more (--json lists every one)")
+    again = len(others) - len(new)
+    if again:
+        lines.append(f"  warning: after the loss of a feed, {again} of these limits are passed "
+                     "again with the whole swing on the other feed")
+    which = ("workload-storm" if normal else
+             " and ".join(f"feed-{f.state.split()[1].lower()}-loss+workload-storm"
+                          for f in {f.state: f for f in others}.values()))
+    lines.append(f"  no GPU cap prevents these swings; the hall needs {PREVENTION} "
+                 f"(dry-run --scenario {which}: unsurvivable on this hall)")
+    return lines

@@ -217,15 +217,21 @@ class Scenario(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class NamedScenario:
+    """A named scenario and whether a correct controller survives it: ``True``, ``False``, or
+    ``None`` when it depends on the hall (``workload-storm``: the dry run decides it per hall,
+    :mod:`controller.storm`)."""
+
     scenario: Scenario
-    survivable: bool
+    survivable: bool | None
 
     @property
     def word(self) -> str:
+        if self.survivable is None:
+            return "depends"
         return "survivable" if self.survivable else "unsurvivable"
 
 
-def _named(name: str, survivable: bool, description: str, *faults: dict[str, Any]) -> \
+def _named(name: str, survivable: bool | None, description: str, *faults: dict[str, Any]) -> \
         tuple[str, NamedScenario]:
     scenario = Scenario.model_validate({"name": name, "description": description,
                                         "survivable": survivable, "faults": list(faults)})
@@ -258,8 +264,10 @@ NAMED_SCENARIOS: dict[str, NamedScenario] = dict([
            {"kind": "agent-ignores-caps", "fraction": 0.1, "at_s": 0}),
     _named("boot-overdraw", True, "every server's POST and boot draw 1.3× their model",
            {"kind": "boot-overdraw", "factor": 1.3, "at_s": 0}),
-    _named("workload-storm", True,
-           "60 s after the bring-up every GPU idles for 30 s, then all step to their cap at once",
+    _named("workload-storm", None,
+           "60 s after the bring-up every GPU idles for 30 s, then all step to their cap at "
+           "once; survivable only where the sources' and UPSs' step and ramp limits fit the "
+           "swing (rampguard validate tells per hall)",
            {"kind": "workload-storm", "idle_s": 30, "after_bring_up_s": 60}),
     _named("breaker-fast-tolerance", True,
            "every breaker trips at the fast end of its tolerance band",
@@ -268,7 +276,8 @@ NAMED_SCENARIOS: dict[str, NamedScenario] = dict([
 
 
 def list_scenarios() -> list[str]:
-    """One line per named scenario: name, 'survivable' or 'unsurvivable', description."""
+    """One line per named scenario: name, 'survivable', 'unsurvivable' or 'depends' (on the
+    hall), description."""
     width = max(len(name) for name in NAMED_SCENARIOS)
     return [f"{name:<{width}}  {entry.word:<12}  {entry.scenario.description}"
             for name, entry in NAMED_SCENARIOS.items()]

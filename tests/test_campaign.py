@@ -232,6 +232,31 @@ def test_quick_campaign_under_the_staged_controller_is_all_zeros() -> None:
     assert json.loads(json.dumps(report)) == report
 
 
+def test_workload_storm_runs_are_split_by_the_hall_verdict(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The rig's largest step (8 kW) is below its storm drop (8.6 kW): its storm runs count as
+    unsurvivable, from the run's summary and, for a run that fails, from the same verdict."""
+    rig = str(ROOT / "configs" / "rig.toml")
+    specs = [campaign.RunSpec("rig", rig, name, 0, max_sim_s=30.0)
+             for name in ("workload-storm", "meter-dead+workload-storm", "meter-dead")]
+    rows = [campaign.run_one(spec) for spec in specs]
+    assert [r["error"] for r in rows] == [None, None, None]
+    assert [r["survivable"] for r in rows] == [False, False, True]
+    report = campaign.build_report(rows, {"command": "test"})
+    assert report["unsurvivable"]["runs"] == 2 and report["survivable"]["runs"] == 1
+    # a run that raises: the per-hall verdict of the compiled hall, not the scenario's 'depends'
+    assert NAMED_SCENARIOS["workload-storm"].survivable is None
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(campaign, "run_dry_run", broken)
+    failed = campaign.run_one(specs[0])
+    assert failed["error"] == "RuntimeError: boom" and failed["survivable"] is False
+    missing = campaign.RunSpec("x", str(ROOT / "configs" / "no-such.toml"), "workload-storm", 0)
+    assert campaign.run_one(missing)["survivable"] is None
+
+
 def test_all_at_once_trips_and_the_campaign_says_so(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "c.json"

@@ -165,7 +165,7 @@ def test_list_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == EXIT_OK
     lines = out.strip().splitlines()
     assert [line.split()[0] for line in lines] == list(NAMED_SCENARIOS)
-    assert all(line.split()[1] in ("survivable", "unsurvivable") for line in lines)
+    assert all(line.split()[1] in ("survivable", "unsurvivable", "depends") for line in lines)
 
 
 def test_default_config_is_the_demo_hall_and_the_packaged_copy_matches() -> None:
