@@ -390,6 +390,8 @@ class CoreState:
     transitions: tuple[tuple[float, str, str, str], ...] = ()
     #: (S,) W per GPU: the ramp guard's cap after the bring-up (NaN or None: none)
     guard_cap_w: F64 | None = None
+    #: (S,) W: each server's power as the ramp guard saw it at its last pass (None: no pass)
+    guard_seen_w: F64 | None = None
     #: (S,) servers seen drawing above the cap their agent reports (None: none seen yet)
     cap_overdraw: B | None = None
     #: the factor on the servers' POST power the core plans with, and whether the meters
@@ -578,7 +580,7 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
         st, guard_actions = _ramp_guard(ctx, st, store, server_w, now_s)
         actions.extend(guard_actions)
     elif st.guard_cap_w is not None and np.isfinite(st.guard_cap_w).any():
-        st = st.replace(guard_cap_w=None)
+        st = st.replace(guard_cap_w=None, guard_seen_w=None)
         st, guard_actions = _command_caps(ctx, st, np.arange(topo.n_servers, dtype=np.int64),
                                           {})
         actions.extend(guard_actions)
@@ -933,10 +935,13 @@ def _shed(ctx: CoreContext, st: CoreState, store: TelemetryStore, measured_a: F6
 
 def _ramp_guard(ctx: CoreContext, st: CoreState, store: TelemetryStore, server_w: F64,
                 now_s: float) -> tuple[CoreState, list[CoreAction]]:
-    """Keep the load the GPUs could add at once (their caps less what they draw) within the
-    rise budget (:data:`STEP_BUDGET_FRACTION` of the largest load step and of the ramp limit ×
-    one tick) at every node that has one: where it is not, the caps of the servers below come
-    down to what they draw plus their share of the budget, and follow the load up tick by tick.
+    """Keep the load the servers could add at once (what they would draw working at their
+    caps less what they draw) within the rise budget (:data:`STEP_BUDGET_FRACTION` of the
+    largest load step and of the ramp limit × one tick) at every node that has one: where it is
+    not, the caps of the servers below come down to what they draw plus their share of the
+    budget, and follow the load up tick by tick. The part no cap controls (an idle server's
+    non-GPU power and its GPUs up to their minimum cap) counts first: where it alone fills the
+    budget, the caps go to the minimum (controller/storm.py tells whether that suffices).
     Servers without a trusted agent reading are left alone (their draw is not known)."""
     topo = ctx.topo
     if ctx.step_nodes.size == 0:
@@ -951,13 +956,23 @@ def _ramp_guard(ctx: CoreContext, st: CoreState, store: TelemetryStore, server_w
     servers = np.flatnonzero(known)
     guard = np.full(topo.n_servers, np.nan)
     if servers.size:
+        # what comes back whatever the caps: a server drawing less than it would working at
+        # ``base`` (an idle one: its GPUs below their minimum cap, its CPUs and fans at rest)
+        power_w = store.server_power_w[servers]
+        fixed = np.maximum(ctx.work_w(base[servers], servers) - power_w, 0.0)
+        # and what rose since the last pass: within the ramp window, it counts against the
+        # same budget (a workload that restarted just now, then the guard's own raise)
+        if st.guard_seen_w is not None:
+            seen = st.guard_seen_w[servers]
+            fixed += np.where(np.isfinite(seen), np.maximum(power_w - seen, 0.0), 0.0)
         limited = _limit_cap_change(ctx, servers, base[servers], plan_cap[servers],
-                                    base[servers] * gpus[servers])
+                                    base[servers] * gpus[servers], fixed_rise_w=fixed)
         below = limited < plan_cap[servers] - 0.5
         limited = _guard_steps(limited, None if st.guard_cap_w is None
                                else st.guard_cap_w[servers], base[servers])
         guard[servers[below]] = limited[below]
     prev = st.guard_cap_w
+    st = st.replace(guard_seen_w=np.where(known, store.server_power_w, np.nan))
     if prev is None and not np.isfinite(guard).any():
         return st, []
     st = st.replace(guard_cap_w=guard if np.isfinite(guard).any() else None)
@@ -996,11 +1011,13 @@ def _zone_heat(ctx: CoreContext, zone_inlet_c: F64 | None) -> tuple[B, B]:
 
 
 def _limit_cap_change(ctx: CoreContext, servers: I64, old_cap_w: F64, new_cap_w: F64,
-                      draw_w: F64) -> F64:
+                      draw_w: F64, fixed_rise_w: F64 | None = None) -> F64:
     """Per-GPU caps between ``old_cap_w`` and ``new_cap_w`` such that, at every node with a
     largest load step (and a ramp limit, for raises), the load the change removes or adds in
     one tick stays within :data:`STEP_BUDGET_FRACTION` of it; servers under a node that would
-    exceed it move by the same fraction of their change."""
+    exceed it move by the same fraction of their change. ``fixed_rise_w`` (per server of
+    ``servers``): a rise that comes whatever the caps (the ramp guard's: servers idling below
+    ``old_cap_w``, their non-GPU power); it uses up the rise budget first."""
     nodes = ctx.step_nodes
     if nodes.size == 0 or servers.size == 0:
         return new_cap_w
@@ -1017,10 +1034,16 @@ def _limit_cap_change(ctx: CoreContext, servers: I64, old_cap_w: F64, new_cap_w:
     slot_of, server_of = ctx.step_pair_slot, ctx.step_pair_server
     drop_node = np.bincount(slot_of, weights=per_server_drop[server_of], minlength=nodes.size)
     rise_node = np.bincount(slot_of, weights=per_server_rise[server_of], minlength=nodes.size)
+    rise_budget = ctx.rise_budget_w[nodes]
+    if fixed_rise_w is not None:
+        per_server_fixed = np.zeros(topo.n_servers)
+        per_server_fixed[servers] = np.maximum(fixed_rise_w, 0.0)
+        rise_budget = np.maximum(rise_budget - np.bincount(
+            slot_of, weights=per_server_fixed[server_of], minlength=nodes.size), 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         f_node = np.minimum(
             np.where(drop_node > 0, ctx.drop_budget_w[nodes] / drop_node, 1.0),
-            np.where(rise_node > 0, ctx.rise_budget_w[nodes] / rise_node, 1.0))
+            np.where(rise_node > 0, rise_budget / rise_node, 1.0))
     f_node = np.clip(f_node, 0.0, 1.0)
     if (f_node >= 1.0).all():
         return new_cap_w

@@ -242,7 +242,10 @@ def test_rule_6_shed_caps_are_released_in_steps_below_the_uncapping_threshold() 
     for _ in range(120):
         rig.now += 1.0
         rig.read_meters(5.0, 5.0)
-        rig.store.ingest_servers(np.arange(4), np.full(4, 100.0), rig.state.cap_cmd_w, rig.now)
+        # the servers work at their caps: what the release raises, they draw (an idle server
+        # would bring in the ramp guard: test_ramp_guard_*)
+        rig.store.ingest_servers(np.arange(4), rig.ctx.work_w(rig.state.cap_cmd_w),
+                                 rig.state.cap_cmd_w, rig.now)
         rig.store.refresh()
         d = core.decide(rig.ctx, rig.store, rig.readbacks(), rig.state, rig.now)
         rig.state = d.state
@@ -414,7 +417,8 @@ def test_rule_4_a_zone_past_its_thermal_threshold_is_capped_to_the_minimum_then_
     rig.inlet_c = float(rig.topo.zone_inlet_hold_c[0]) - 1.0
     released: list[float] = []
     for _ in range(200):
-        rig.store.ingest_servers(np.arange(4), np.full(4, 100.0), rig.state.cap_cmd_w, rig.now)
+        rig.store.ingest_servers(np.arange(4), rig.ctx.work_w(rig.state.cap_cmd_w),
+                                 rig.state.cap_cmd_w, rig.now)
         released.extend(c for s, c in caps(rig.tick()).items() if s == 0)
     assert released and released == sorted(released) and released[-1] == pytest.approx(300.0)
 
@@ -437,6 +441,31 @@ def test_shed_cap_changes_stay_within_the_largest_load_step_per_tick() -> None:
     assert got == pytest.approx(300.0 - 100.0 * 900.0 / 3200.0)
     up = core._limit_cap_change(ctx, servers, new, old, np.full(4, 8 * 200.0 + 400.0))
     assert up == pytest.approx(200.0 + 100.0 * 900.0 / 3200.0)
+
+
+
+def test_a_rise_no_cap_controls_uses_the_budget_first() -> None:
+    """The ramp guard's servers idle below their minimum cap: their non-GPU power and their
+    GPUs up to the minimum come back whatever the caps, so that rise takes the budget first and
+    only what is left is shared out as cap headroom; when it alone passes the budget, the caps
+    stay where they are (the minimum)."""
+    rig = Rig()
+    ctx = rig.ctx
+    panel = rig.node("LAB-PANEL")
+    ctx.step_nodes = np.array([panel])
+    ctx.step_pairs = np.flatnonzero(ctx.below_node == panel)
+    ctx.rise_budget_w = np.full(rig.topo.n_nodes, np.inf)
+    ctx.rise_budget_w[panel] = 900.0
+    ctx.drop_budget_w = ctx.rise_budget_w.copy()
+    servers = np.arange(4, dtype=np.int64)
+    low, high = np.full(4, 200.0), np.full(4, 300.0)      # 8 GPUs: 3.2 kW of cap headroom
+    draw = np.full(4, 8 * 200.0 + 400.0)
+    free = core._limit_cap_change(ctx, servers, low, high, draw)
+    assert free == pytest.approx(200.0 + 100.0 * 900.0 / 3200.0)
+    some = core._limit_cap_change(ctx, servers, low, high, draw, fixed_rise_w=np.full(4, 100.0))
+    assert some == pytest.approx(200.0 + 100.0 * 500.0 / 3200.0)
+    none = core._limit_cap_change(ctx, servers, low, high, draw, fixed_rise_w=np.full(4, 300.0))
+    assert none == pytest.approx(200.0)
 
 
 # ---------------------------------------------------------------------- POST calibration

@@ -136,9 +136,10 @@ def test_boot_overdraw_is_measured_on_the_first_wave_and_no_limit_breaks() -> No
 
 
 def test_workload_storm_ramp_guard_caps_the_restart_but_cannot_hold_non_gpu_power() -> None:
-    """Known gap: after the storm's idle the core's ramp guard caps the GPUs near their draw and
-    lets the caps follow the load up; the rise of the servers' other power (CPU, fans: idle to
-    their maximum) stays beyond the UPS ramp limit: only holding the work could pace it."""
+    """The demo hall cannot ride the storm (controller/storm.py): after the idle the core's ramp
+    guard has the GPUs at their minimum cap and lets the caps follow the load up; the rise of
+    the servers' other power (CPU, fans: idle to their maximum) stays beyond the UPS ramp
+    limit: only power smoothing, a battery or holding the work could pace it."""
     out, strat = _staged_run(DEMO, "workload-storm")
     assert out["trips"] == [] and strat.energized_twice == 0
     assert "ramp-guard" in strat.cap_rules

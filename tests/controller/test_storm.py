@@ -107,11 +107,12 @@ def _ab(step_kw: float = 100.0, ramp_kw_per_s: float = 100.0,
     return cfg, compile_hall(cfg, source="ab")
 
 
-def _rig(max_step_kw: float) -> tuple[HallConfig, Topology]:
+def _rig(max_step_kw: float, ramp_kw_per_s: float = 20.0) -> tuple[HallConfig, Topology]:
     text = (CONFIGS / "rig.toml").read_text()
-    assert "max_step_kw = 8\n" in text
-    cfg = loads_hall_config(text.replace("max_step_kw = 8\n", f"max_step_kw = {max_step_kw}\n"),
-                            source=f"rig-step-{max_step_kw}")
+    assert "max_step_kw = 8\n" in text and "ramp_limit_kw_per_s = 20\n" in text
+    text = text.replace("max_step_kw = 8\n", f"max_step_kw = {max_step_kw}\n").replace(
+        "ramp_limit_kw_per_s = 20\n", f"ramp_limit_kw_per_s = {ramp_kw_per_s}\n")
+    cfg = loads_hall_config(text, source=f"rig-step-{max_step_kw}-ramp-{ramp_kw_per_s}")
     return cfg, compile_hall(cfg, source="rig")
 
 
@@ -289,3 +290,22 @@ def test_storm_end_to_end_on_the_rig(max_step_kw: float, survivable: bool) -> No
         at_drop = [v for v in steps if abs(v["t_s"] - t_fault) < 0.15]
         assert [(v["node"], v["kind"], v["peak"] / 1e3) for v in at_drop] == [
             (finding.node, finding.check, pytest.approx(finding.swing))]
+
+
+def test_the_ramp_guard_holds_idle_servers_at_their_minimum_cap_through_a_restart() -> None:
+    """A ramp limit between the restart at minimum caps (3.8 kW in one step) and at the planned
+    caps (8.6 kW): predicted survivable, and the staged core makes it so. While the GPUs idle,
+    the ramp guard counts what no cap controls (the servers' non-GPU power, their GPUs up to the
+    minimum cap) against the budget and caps them to their minimum; after the restart it counts
+    the rise it has just seen before raising them again. Before, it counted only the GPUs' part
+    from their minimum cap up, and the restart at the planned caps rose 8.6 kW/s against 6."""
+    cfg, topo = _rig(20, ramp_kw_per_s=6)
+    [node] = analyze_hall_storm(cfg, topo, states=("normal",)).nodes
+    assert node.rise_kw_per_s == pytest.approx(3.8) and node.drop_kw == pytest.approx(8.6)
+    s = run_dry_run(cfg, "staged", resolve_scenario("workload-storm"), topo=topo).summary
+    assert s["scenario_survivable"] is True and s["faults_applied"] == 1
+    assert s["trips_total"] == 0 and s["violations_total"] == 0, s["violations"]
+    calm = run_dry_run(cfg, "staged", resolve_scenario(None), topo=topo).summary
+    assert calm["violations_total"] == 0
+    # the guard's caps down during the idle and back up after: cap commands the calm run has not
+    assert s["controller"]["actions"]["set_caps"] > calm["controller"]["actions"]["set_caps"]
