@@ -238,11 +238,12 @@ async def serve(
     ``mqtt_config`` (credentials, TLS) replaces ``mqtt_url`` when given; ``command_key``: the
     simulated agents take only cap commands signed with it (docs/security.md).
 
-    The meters' registers are refreshed and the agents' and zones' telemetry published once per
-    second of plant time; ``ready`` is called once everything listens, with the bound ports.
-    ``stats``, if given, is called every ``stats_every_s`` of plant time with the runner's and
-    the endpoints' counters (steps, overruns, lag, telemetry published and dropped, and the wall
-    time of the last refresh and publish).
+    The meters' registers are refreshed (a ``1/steps-per-second`` part of the devices at each
+    plant step) and the agents' and zones' telemetry published once per second of plant time;
+    ``ready`` is called once everything listens, with the bound ports. ``stats``, if given, is
+    called every ``stats_every_s`` of plant time with the runner's and the endpoints' counters
+    (steps, overruns, lag, telemetry published and dropped, and the wall time of the last
+    refresh and publish).
     """
     bindings = resolve_bindings(config, topo, source=source)
     plant = Plant(config, topo, seed=seed,
@@ -282,6 +283,7 @@ async def serve(
         publishing: asyncio.Task[int] | None = None
         stats_every = max(1, round(stats_every_s / dt_s))
         io_wall_s = {"refresh_s": 0.0, "publish_s": 0.0}
+        refresh_acc_s = [0.0]                 # wall time of the parts of the round under way
 
         async def _publish_round(endpoints: MqttEndpoints) -> int:
             t1 = time.perf_counter()
@@ -293,10 +295,15 @@ async def serve(
         async def on_step() -> None:
             nonlocal steps, publishing
             steps += 1
+            # one part of the devices per step: each device once per second of plant time,
+            # and the event loop never held for the whole hall's registers at once
+            t0 = time.perf_counter()
+            part = (steps - 1) % every
+            modbus.refresh(part=(part, every))
+            refresh_acc_s[0] += time.perf_counter() - t0
+            if part == every - 1:                        # a round is complete
+                io_wall_s["refresh_s"], refresh_acc_s[0] = refresh_acc_s[0], 0.0
             if steps % every == 0:
-                t0 = time.perf_counter()
-                modbus.refresh()
-                io_wall_s["refresh_s"] = time.perf_counter() - t0
                 if publishing is not None and publishing.done():
                     done, publishing = publishing, None
                     if not done.cancelled() and done.exception() is not None:

@@ -123,6 +123,7 @@ class ModbusEndpoints:
             dev = _Device(cfg, DeviceImage(n_coils))
             units[cfg.unit_id] = dev
             self._by_node.setdefault(cfg.node_id, []).append(dev)
+        self._devices = [d for units in self._ports.values() for d in units.values()]
         self._contexts = {
             port: StrictContext({u: d.image for u, d in units.items()}, self._writer(port))
             for port, units in self._ports.items()
@@ -206,15 +207,26 @@ class ModbusEndpoints:
         dev.image.exception = 4 if failing else None
 
     # -- registers ---------------------------------------------------------------------------
-    def refresh(self, node_ids: Iterable[str] | None = None) -> None:
-        """Re-read the snapshot of every device (or of ``node_ids``) into its registers."""
-        self.stats.refreshes += 1
+    def refresh(self, node_ids: Iterable[str] | None = None, *,
+                part: tuple[int, int] | None = None) -> None:
+        """Re-read the snapshot of every device (or of ``node_ids``) into its registers.
+
+        ``part=(k, n)``: only every ``n``-th device from the ``k``-th (0 ≤ k < n): a caller that
+        refreshes the parts ``0 .. n−1`` in turn, one per plant step, refreshes every device
+        once per round without holding the event loop for the whole hall at once (on the 32k
+        hall a whole refresh held it longer than a client's timeout). A round counts as one
+        refresh in ``stats.refreshes`` (its part 0)."""
+        if part is not None and not (0 <= part[0] < part[1]):
+            raise ValueError(f"part {part[0]} of {part[1]}: expected 0 <= k < n")
+        if part is None or part[0] == 0:
+            self.stats.refreshes += 1
         uptime_s = self._clock() - self._start_s
         if node_ids is None:
-            devices: Iterable[_Device] = (d for units in self._ports.values()
-                                          for d in units.values())
+            devices: Iterable[_Device] = self._devices if part is None \
+                else self._devices[part[0]::part[1]]
         else:
-            devices = (d for n in node_ids for d in self._devices_of(n))
+            chosen = [d for n in node_ids for d in self._devices_of(n)]
+            devices = chosen if part is None else chosen[part[0]::part[1]]
         for dev in devices:
             self._refresh_one(dev, uptime_s)
 

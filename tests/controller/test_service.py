@@ -195,6 +195,9 @@ async def test_resumes_after_sigkill_mid_ramp_without_energizing_anything_twice(
     assert any(r.get("kind") == "open" for r in records[1:])  # the second run's open record
 
 
+# ten processes (the simulator, eight agents, the service) each import numpy and numba: on a
+# busy two-core machine that alone took most of the default 120 s (timed out twice there)
+@pytest.mark.timeout(300)
 async def test_ramps_the_rig_with_real_node_agent_processes(tmp_path: Path,
                                                             mqtt_broker: Any) -> None:
     """Issue 7's must-show: real `rampguard agent` processes (fake backend) instead of the

@@ -221,6 +221,37 @@ async def test_sequence_counts_refreshes_and_background_refresh() -> None:
     assert struct.unpack(">I", later[2:6])[0] >= struct.unpack(">I", first[2:6])[0] + 3
 
 
+
+async def test_a_refresh_in_parts_refreshes_every_device_once_per_round() -> None:
+    """Parts 0..n-1 in turn refresh each device exactly once (its sequence moves by one) and
+    count as one refresh; a part outside 0..n-1 is refused."""
+    meters = [replace(METER, node_id="PANEL", unit_id=u) for u in range(1, 8)]
+    plant = Plant()
+    async with ModbusEndpoints(meters, plant.snapshot, refresh_period_s=None) as ep:
+        port = ep.bound_port(0)
+
+        async def sequences() -> list[int]:
+            out = []
+            for cfg in meters:
+                reply = await transact(port, cfg.unit_id, struct.pack(">BHH", 4, 4, 2))
+                assert reply is not None
+                out.append(struct.unpack(">I", reply[2:6])[0])
+            return out
+
+        ep.refresh()
+        before, rounds = await sequences(), ep.stats.refreshes
+        ep.refresh(part=(0, 3))
+        moved = [b - a for a, b in zip(before, await sequences(), strict=True)]
+        assert moved == [1, 0, 0, 1, 0, 0, 1]             # devices 0, 3, 6
+        ep.refresh(part=(1, 3))
+        ep.refresh(part=(2, 3))
+        assert [b - a for a, b in zip(before, await sequences(), strict=True)] == [1] * 7
+        assert ep.stats.refreshes == rounds + 1
+        for bad in ((3, 3), (-1, 3), (0, 0)):
+            with pytest.raises(ValueError, match="expected 0 <= k < n"):
+                ep.refresh(part=bad)
+
+
 async def test_conflicting_devices_are_refused() -> None:
     with pytest.raises(ValueError, match="dealt to both"):
         ModbusEndpoints([PDU, replace(METER, unit_id=1)], Plant().snapshot)
