@@ -1,15 +1,15 @@
 """``rampguard agent``: the node agent of one GPU server (docs/agent.md).
 
-It applies the controller's GPU power caps (NVML, or the fake backend of tests and rigs),
-reads them back and acknowledges them over MQTT (docs/mqtt.md), publishes GPU telemetry every
-period, keeps the last commanded caps on disk and restores them after a restart, a reboot or a
-driver reload. With --config it learns its topics, GPU count and cap range from the hall
-config's agent bindings. It takes only cap commands signed with the controller's command key
-(--command-key-file or RAMPGUARD_COMMAND_KEY) and issued by --issuer (docs/security.md); a
---read-only agent, which changes nothing, needs no key. It prints one JSON line per event on
-stdout, the first {"event": "ready", ...} once it is connected to the broker. SIGTERM or Ctrl-C
-stops it cleanly; with --backend fake, SIGUSR1 simulates a driver reload (every limit back to
-its default).
+It applies the controller's GPU power caps (NVML, or the fake backend of tests and rigs), reads
+them back and acknowledges them over MQTT (docs/mqtt.md), publishes GPU telemetry every period,
+keeps the last commanded caps on disk and restores them after a restart, a reboot or a driver
+reload. With --config it learns its topics, GPU count and cap range from the hall config's agent
+bindings. It takes only cap commands signed with its own key (--command-key-file or
+RAMPGUARD_COMMAND_KEY; `rampguard agent-key` derives it from the hall's key) and issued by
+--issuer (docs/security.md); a --read-only agent, which changes nothing, needs no key. It prints
+one JSON line per event on stdout, the first {"event": "ready", ...} once it is connected to the
+broker. SIGTERM or Ctrl-C stops it cleanly; with --backend fake, SIGUSR1 simulates a driver
+reload (every limit back to its default).
 """
 
 from __future__ import annotations
@@ -71,8 +71,43 @@ def add_command(sub: Any) -> None:
     agent.set_defaults(handler=_cmd_agent)
 
 
-def _bad(message: str) -> int:
-    print(f"rampguard agent: {message}", file=sys.stderr)
+def add_key_command(sub: Any) -> None:
+    from controller.credentials import add_command_key_argument
+
+    cmd = sub.add_parser(
+        "agent-key", help="print the cap-command key of one node's agent",
+        description="Print the key that signs the cap commands of one server's agent, derived "
+                    "from the hall's command key (HMAC-SHA256 of the server id; "
+                    "docs/security.md): give each agent only its own key (its "
+                    "--command-key-file), keep the hall's key on the controller. Example: "
+                    "rampguard agent-key --node S1 --command-key-file hall.key > S1.key")
+    cmd.add_argument("--node", required=True, metavar="ID",
+                     help="the server's id (as in the hall config)")
+    add_command_key_argument(cmd, required_for="required here: the hall's key")
+    cmd.set_defaults(handler=_cmd_agent_key)
+
+
+def _cmd_agent_key(args: argparse.Namespace) -> int:
+    from controller.credentials import command_key
+    from controller.errors import CredentialError
+    from drivers.payloads import agent_command_key
+
+    if not _NAME.match(args.node):
+        return _bad(f"--node must be 1 to 120 letters, digits or _ . : -, got {args.node!r}",
+                    "agent-key")
+    try:
+        key = command_key(args.command_key_file)
+    except CredentialError as exc:
+        return _bad(str(exc), "agent-key")
+    if key is None:
+        return _bad("the hall's command key is needed: --command-key-file FILE or "
+                    "RAMPGUARD_COMMAND_KEY", "agent-key")
+    print(agent_command_key(key, args.node).decode("ascii"))
+    return EXIT_OK
+
+
+def _bad(message: str, command: str = "agent") -> int:
+    print(f"rampguard {command}: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
 
 

@@ -94,7 +94,7 @@ def _command_adders() -> tuple[Callable[[Any], None], ...]:
 
     return (_add_validate, plan_command.add_command, dryrun_command.add_command,
             sim_command.add_command, probe_command.add_command, audit_command.add_command,
-            agent_command.add_command, run_command.add_command)
+            agent_command.add_command, agent_command.add_key_command, run_command.add_command)
 
 
 def _version() -> str:

@@ -224,9 +224,12 @@ def _ssl_reason(exc: OSError | ssl.SSLError) -> str:
 def add_command_key_argument(parser: argparse.ArgumentParser | Any, *, required_for: str
                              ) -> None:
     parser.add_argument("--command-key-file", metavar="FILE", default=None,
-                        help=f"the key that signs cap commands (HMAC-SHA256), shared by the "
-                             f"controller and its agents, read from this file (else the "
-                             f"environment variable {COMMAND_KEY_ENV}); {required_for}")
+                        help=f"the key of the cap-command signatures (HMAC-SHA256), read "
+                             f"from this file (else the environment variable "
+                             f"{COMMAND_KEY_ENV}): the hall's key for the controller and the "
+                             f"simulator, which sign each agent's commands with a key derived "
+                             f"from it; an agent's own key for an agent (rampguard agent-key "
+                             f"derives it); {required_for}")
 
 
 def command_key(file: str | None) -> bytes | None:

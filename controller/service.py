@@ -85,7 +85,12 @@ from drivers import (
     Subscription,
     ZoneTelemetry,
 )
-from drivers.payloads import CONTROLLER_STATUS_TOPIC, sign_command, zone_topic
+from drivers.payloads import (
+    CONTROLLER_STATUS_TOPIC,
+    agent_command_key,
+    sign_command,
+    zone_topic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +122,9 @@ class ServiceOptions:
 
     ``token`` is required (the API refuses to start without one); ``token_file`` only names
     where it came from in the ready line. ``mqtt`` (credentials, TLS) replaces ``mqtt_url``
-    when given. ``command_key`` signs cap commands (None: unsigned; agents that verify ignore
-    them). Secrets are hidden from ``repr``."""
+    when given. ``command_key``: the hall's cap-command key; each agent's commands are signed
+    with the key derived from it for that agent (``drivers.payloads.agent_command_key``; None:
+    unsigned, and agents that verify ignore them). Secrets are hidden from ``repr``."""
 
     mqtt_url: str | None = "mqtt://127.0.0.1:1883"
     http_host: str = "127.0.0.1"
@@ -262,6 +268,15 @@ class Service:
         #: inputs the service itself refuses, by (source, reason): a valid payload on the
         #: topic of another server or zone than the one it names
         self._rejected: Counter[tuple[str, str]] = Counter()
+        self._agent_keys: dict[str, bytes] = {}     # derived from the hall's command key
+
+    def _agent_key(self, server: str) -> bytes:
+        """The key that signs ``server``'s commands (drivers.payloads.agent_command_key)."""
+        key = self._agent_keys.get(server)
+        if key is None:
+            assert self.options.command_key is not None
+            key = self._agent_keys[server] = agent_command_key(self.options.command_key, server)
+        return key
 
     # ================================================================== driver callbacks
     def _on_snapshot(self, dev: ModbusDevice, snap: Snapshot) -> None:
@@ -923,7 +938,7 @@ class Service:
                                      issuer=self.options.issuer, seq=action_id, server=server,
                                      cap_w=[float(cap)], valid_s=CAP_VALID_S)
                 if self.options.command_key is not None:
-                    payload = sign_command(payload, self.options.command_key)
+                    payload = sign_command(payload, self._agent_key(server))
                 ready.append((action_id, cmd_id, spec, payload))
         # the block has exited: every intent above is durable (a failed fsync raised instead)
         for action_id, cmd_id, spec, payload in ready:

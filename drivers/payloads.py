@@ -43,6 +43,7 @@ from pydantic import (
 from drivers.errors import PayloadError
 
 __all__ = [
+    "AGENT_KEY_LABEL",
     "CONTROLLER_STATUS_TOPIC",
     "MAX_FUTURE_S",
     "MAX_PAYLOAD_BYTES",
@@ -59,6 +60,7 @@ __all__ = [
     "Payload",
     "SimStatus",
     "ZoneTelemetry",
+    "agent_command_key",
     "canonical_command",
     "command_signature_error",
     "dumps",
@@ -312,6 +314,22 @@ def canonical_command(cmd: CapCommand) -> bytes:
 
 def _signature(cmd: CapCommand, key: bytes) -> str:
     return hmac.new(key, canonical_command(cmd), hashlib.sha256).hexdigest()
+
+
+#: the label of :func:`agent_command_key` (a new label would give every agent a new key)
+AGENT_KEY_LABEL = b"rampguard agent cap-command key v1\x00"
+
+
+def agent_command_key(hall_key: bytes, server: str) -> bytes:
+    """The key that signs the cap commands of ``server``'s agent: HMAC-SHA256 of
+    :data:`AGENT_KEY_LABEL` and the server id under the hall's command key, as 64 hex digits
+    in ASCII (the text of the agent's key file, read back as these very bytes). The controller
+    (and the simulator) hold the hall's key and derive each agent's; an agent holds only its
+    own, so a node whose key is stolen can sign commands for itself alone (docs/security.md)."""
+    if not hall_key:
+        raise ValueError("an empty hall key derives nothing")
+    return hmac.new(hall_key, AGENT_KEY_LABEL + server.encode("utf-8"),
+                    hashlib.sha256).hexdigest().encode("ascii")
 
 
 def sign_command(cmd: CapCommand, key: bytes) -> CapCommand:

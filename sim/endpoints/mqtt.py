@@ -36,6 +36,7 @@ from drivers.payloads import (
     Payload,
     SimStatus,
     ZoneTelemetry,
+    agent_command_key,
     zone_topic,
 )
 
@@ -117,8 +118,9 @@ class MqttEndpoints:
     e.g. by a virtual-time runner). ``clock``: the wall clock of the payloads (Unix s).
     ``status_topic`` is ``rampguard/sim/status`` (tests move it to keep a shared broker clean).
     ``on_result``: see :data:`ResultSink`.
-    ``command_key``: the stand-ins take only commands signed with it (None: any command, as a
-    rig without keys needs); ``issuer``: the only issuer taken (None: any).
+    ``command_key``: the hall's cap-command key; each stand-in takes only commands signed with
+    its own key derived from it (``agent_command_key``, as the controller signs them; None: any
+    command, as a rig without keys needs); ``issuer``: the only issuer taken (None: any).
     """
 
     def __init__(
@@ -143,7 +145,9 @@ class MqttEndpoints:
         if len(set(servers)) != len(servers):
             raise ValueError("each server may have one agent")
         self._agents = {a.server: a for a in agents}
-        self._gates = {a.server: CapGate(a, clock=clock, key=command_key, issuer=issuer)
+        self._gates = {a.server: CapGate(a, clock=clock, key=None if command_key is None
+                                         else agent_command_key(command_key, a.server),
+                                         issuer=issuer)
                        for a in agents}
         self._seq = dict.fromkeys(self._agents, 0)
         self._agent_state = agent_state

@@ -678,3 +678,33 @@ async def test_nvml_agent_read_only_reports_real_gpus(mqtt_broker: Any, tmp_path
             await asyncio.wait_for(proc.communicate(), timeout=30)
     assert proc.returncode == 0
     assert os.listdir(tmp_path) == []                  # read-only writes no state
+
+
+def test_agent_key_prints_the_key_derived_for_one_node(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from drivers.payloads import agent_command_key
+
+    monkeypatch.delenv("RAMPGUARD_COMMAND_KEY", raising=False)
+    hall = tmp_path / "hall.key"
+    hall.write_text(KEY + "\n")
+    hall.chmod(0o600)
+    assert cli(["agent-key", "--node", "S1", "--command-key-file", str(hall)]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == agent_command_key(KEY.encode(), "S1").decode() and len(out) == 64
+    monkeypatch.setenv("RAMPGUARD_COMMAND_KEY", KEY)            # or from the environment
+    assert cli(["agent-key", "--node", "S2"]) == 0
+    assert capsys.readouterr().out.strip() == agent_command_key(KEY.encode(), "S2").decode()
+    monkeypatch.delenv("RAMPGUARD_COMMAND_KEY")
+    short = tmp_path / "short.key"
+    short.write_text("too-short\n")
+    short.chmod(0o600)
+    for argv, message in ((["--node", "S1"], "the hall's command key is needed"),
+                          (["--node", "a b", "--command-key-file", str(hall)], "--node must"),
+                          (["--node", "S1", "--command-key-file", str(short)], "shorter than"),
+                          (["--node", "S1", "--command-key-file", "/nonexistent"],
+                           "/nonexistent")):
+        assert cli(["agent-key", *argv]) == 2, argv
+        captured = capsys.readouterr()
+        assert message in captured.err and "Traceback" not in captured.err
+        assert captured.out == ""

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from controller.audit import read_audit
+from drivers.payloads import agent_command_key
 from tests.serve_helpers import free_port, rig_on_free_ports, start_rampguard, start_sim, stop_sim
 
 pytestmark = pytest.mark.slow
@@ -209,14 +210,19 @@ async def test_ramps_the_rig_with_real_node_agent_processes(tmp_path: Path,
     # the agents take only commands signed with the controller's key and issued by it
     issuer = f"ctl-{uuid.uuid4().hex[:6]}"
     key_file = tmp_path / "command.key"
-    key_file.write_text(uuid.uuid4().hex + "\n")
+    hall_key = uuid.uuid4().hex
+    key_file.write_text(hall_key + "\n")
     key_file.chmod(0o600)
     agents = []
     for k in range(1, 5):
+        # each agent holds only its own key, derived from the hall's (rampguard agent-key)
+        agent_key = tmp_path / f"RIG-S0{k}.key"
+        agent_key.write_text(agent_command_key(hall_key.encode(), f"RIG-S0{k}").decode())
+        agent_key.chmod(0o600)
         proc = await start_rampguard("agent", "--backend", "fake", "--config", str(config),
                                      "--node", f"RIG-S0{k}", "--mqtt", mqtt_broker.url,
                                      "--state-dir", str(tmp_path / "agents"),
-                                     "--issuer", issuer, "--command-key-file", str(key_file))
+                                     "--issuer", issuer, "--command-key-file", str(agent_key))
         assert proc.stdout is not None
         line = json.loads(await asyncio.wait_for(proc.stdout.readline(), timeout=60))
         assert line["event"] == "ready"

@@ -17,6 +17,7 @@ from drivers.caps import AgentSpec, CapGate, CapResult
 from drivers.payloads import (
     AgentTopics,
     CapCommand,
+    agent_command_key,
     canonical_command,
     command_signature_error,
     dumps,
@@ -136,7 +137,29 @@ async def test_the_simulators_agents_verify_when_given_the_key(mqtt_broker: Any)
         assert await ep.handle_command(SERVER, _command(seq=1)) is None
         assert await ep.handle_command(
             SERVER, sign_command(_command(seq=2), b"not-the-key-0123456789")) is None
-        result = await ep.handle_command(SERVER, sign_command(_command(seq=3), SECRET))
+        # the hall's key itself is not this stand-in's key: only the key derived for it is
+        assert await ep.handle_command(SERVER, sign_command(_command(seq=3), SECRET)) is None
+        result = await ep.handle_command(
+            SERVER, sign_command(_command(seq=4), agent_command_key(SECRET, SERVER)))
         assert result is not None and result.ok
     assert applied == [(212.5, 199.99999999999997)]
-    assert ep.ignored == {"unsigned": 1, "bad_signature": 1}
+    assert ep.ignored == {"unsigned": 1, "bad_signature": 2}
+
+
+def test_each_agent_has_its_own_key_derived_from_the_halls() -> None:
+    """A node that reads its own key can sign commands for itself alone: another agent's gate
+    refuses them, and the key does not give away the hall's key or another agent's."""
+    k1, k2 = agent_command_key(SECRET, "S1"), agent_command_key(SECRET, "S2")
+    assert k1 != k2 and SECRET not in (k1, k2)
+    assert len(k1) == 64 and int(k1, 16) >= 0                # 64 hex digits, ASCII
+    assert k1 == agent_command_key(SECRET, "S1")              # deterministic
+    assert agent_command_key(b"another-hall-key-0123", "S1") != k1
+    spec = AgentSpec("S2", AgentTopics("rgtest/S2"), gpus=2, gpu_min_cap_w=150.0,
+                     gpu_max_w=300.0)
+    gate = CapGate(spec, key=k2, issuer="ctl-1")
+    forged = sign_command(_command(server="S2", seq=1), k1)   # S1's key, S2's command
+    assert gate.decide(forged).ignore == "bad_signature"
+    good = sign_command(_command(server="S2", seq=2), k2)
+    assert gate.decide(good).ignore is None and gate.decide(good).caps_w is not None
+    with pytest.raises(ValueError, match="empty hall key"):
+        agent_command_key(b"", "S1")

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from controller.audit import read_audit
+from drivers.payloads import agent_command_key
 from tests.security.conftest import TlsBroker, password
 from tests.serve_helpers import (
     free_port,
@@ -89,6 +90,9 @@ async def test_the_rig_over_mqtts_with_signed_commands_and_no_secret_shown(
         tls_broker: TlsBroker, tmp_path: Path) -> None:
     config, _pdu, _meter = rig_on_free_ports(tmp_path)      # default prefix: the ACL's
     key = _secret_file(tmp_path / "command.key", KEY)
+    # the real agent holds only its own key, derived from the hall's (rampguard agent-key)
+    agent_key_text = agent_command_key(KEY.encode(), "RIG-S01").decode()
+    agent_key = _secret_file(tmp_path / "RIG-S01.key", agent_key_text)
     token = _secret_file(tmp_path / "api.token", TOKEN)
     sim_pw = str(tls_broker.password_file("rampguard-sim"))
     ctl_pw = str(tls_broker.password_file("rampguard-controller"))
@@ -136,7 +140,7 @@ async def test_the_rig_over_mqtts_with_signed_commands_and_no_secret_shown(
         # a real agent logs in as its server, over TLS, and takes the key and issuer
         agent = await start_rampguard(
             "agent", "--backend", "fake", "--config", str(config), "--node", "RIG-S01",
-            "--state-dir", str(tmp_path / "agent"), "--command-key-file", key,
+            "--state-dir", str(tmp_path / "agent"), "--command-key-file", agent_key,
             "--issuer", ISSUER, *_mqtt(tls_broker, "RIG-S01", agent_pw))
         agent_ready = await read_event(agent, "ready")
         assert agent_ready["server"] == "RIG-S01"
@@ -161,8 +165,8 @@ async def test_the_rig_over_mqtts_with_signed_commands_and_no_secret_shown(
     outputs.append(audit.read_text())
     everything = "\n".join(outputs)
     assert "Traceback" not in everything
-    for secret in (KEY, TOKEN, password("rampguard-sim"), password("rampguard-controller"),
-                   password("RIG-S01")):
+    for secret in (KEY, agent_key_text, TOKEN, password("rampguard-sim"),
+                   password("rampguard-controller"), password("RIG-S01")):
         assert secret not in everything, secret
 
 
