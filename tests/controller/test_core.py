@@ -423,17 +423,24 @@ def test_rule_4_a_zone_past_its_thermal_threshold_is_capped_to_the_minimum_then_
     assert released and released == sorted(released) and released[-1] == pytest.approx(300.0)
 
 
-def test_shed_cap_changes_stay_within_the_largest_load_step_per_tick() -> None:
+def _panel_with_step_budget(budget_w: float) -> core.CoreContext:
+    """The rig's context with a cap-change budget of ``budget_w`` (drop and rise) at its panel
+    alone: 0.9 × a largest load step of ``budget_w / 0.9``."""
     rig = Rig()
     ctx = rig.ctx
     panel = rig.node("LAB-PANEL")
-    # give the panel a largest load step of 1 kW: four servers dropping 8 × 100 W each (3.2 kW)
-    # move by 0.9 kW / 3.2 kW of their change in one tick
     ctx.step_nodes = np.array([panel])
     ctx.step_pairs = np.flatnonzero(ctx.below_node == panel)
     ctx.drop_budget_w = np.full(rig.topo.n_nodes, np.inf)
-    ctx.drop_budget_w[panel] = 900.0
+    ctx.drop_budget_w[panel] = budget_w
     ctx.rise_budget_w = ctx.drop_budget_w.copy()
+    return ctx
+
+
+def test_shed_cap_changes_stay_within_the_largest_load_step_per_tick() -> None:
+    # give the panel a largest load step of 1 kW: four servers dropping 8 × 100 W each (3.2 kW)
+    # move by 0.9 kW / 3.2 kW of their change in one tick
+    ctx = _panel_with_step_budget(900.0)
     servers = np.arange(4, dtype=np.int64)
     old = np.full(4, 300.0)
     new = np.full(4, 200.0)
@@ -443,20 +450,12 @@ def test_shed_cap_changes_stay_within_the_largest_load_step_per_tick() -> None:
     assert up == pytest.approx(200.0 + 100.0 * 900.0 / 3200.0)
 
 
-
 def test_a_rise_no_cap_controls_uses_the_budget_first() -> None:
     """The ramp guard's servers idle below their minimum cap: their non-GPU power and their
     GPUs up to the minimum come back whatever the caps, so that rise takes the budget first and
     only what is left is shared out as cap headroom; when it alone passes the budget, the caps
     stay where they are (the minimum)."""
-    rig = Rig()
-    ctx = rig.ctx
-    panel = rig.node("LAB-PANEL")
-    ctx.step_nodes = np.array([panel])
-    ctx.step_pairs = np.flatnonzero(ctx.below_node == panel)
-    ctx.rise_budget_w = np.full(rig.topo.n_nodes, np.inf)
-    ctx.rise_budget_w[panel] = 900.0
-    ctx.drop_budget_w = ctx.rise_budget_w.copy()
+    ctx = _panel_with_step_budget(900.0)
     servers = np.arange(4, dtype=np.int64)
     low, high = np.full(4, 200.0), np.full(4, 300.0)      # 8 GPUs: 3.2 kW of cap headroom
     draw = np.full(4, 8 * 200.0 + 400.0)
