@@ -59,6 +59,7 @@ from controller.telemetry import Quality, TelemetryStore
 from controller.topology import Topology
 from kernels import feed_loss_current_a, time_to_trip_s
 from kernels.aggregate import _measured_load_into, _tree_current_into, _worst_case_current_into
+from kernels.tick import _node_utilization_into
 
 F64 = npt.NDArray[np.float64]
 I32 = npt.NDArray[np.int32]
@@ -271,6 +272,9 @@ class CoreContext:
             1.0: ServerModel(1.0, topo, self.planner, self.floor_w)}
         self._times_key: F64 | None = None
         self._times_val: F64 = np.zeros((0, 5))
+        #: the last worst case of :func:`decide` and the inputs it came from (None: none yet):
+        #: (normal W, contingency W, alive, (3, n, 3) A read-only)
+        self._worst_memo: tuple[F64, F64, B, F64] | None = None
         #: unexplained load (A) beyond which the plan is recomputed: 2 % of the limit, >= 1 A
         self.departure_a: F64 = np.maximum(0.02 * topo.limit_a, 1.0)
         #: per zone, the inlet (°C) at which its servers are capped to their minimum
@@ -704,7 +708,15 @@ def _worst_currents_a(ctx: CoreContext, w_normal: F64, w_contingency: F64, alive
 
     The raw kernel runs on the topology arrays checked once in :class:`CoreContext`; only the
     per-tick inputs are checked here (finite, non-negative powers) and the output after.
-    ``out``: a (3, n, 3) float64 C-contiguous array to fill (default: a new one)."""
+    ``out``: a (3, n, 3) float64 C-contiguous array to fill, e.g. a scratch buffer (default:
+    the result is read-only and may be the one of the last call, see below).
+
+    Without ``out``, when the inputs are bit for bit those of the last such call (a steady
+    tick: nothing switched, no cap changed), the last result is returned again instead of
+    recomputing it: the kernel is a pure function of these inputs and of the topology arrays
+    of ``ctx``, so it would give the same bits. The result is made read-only before it is
+    remembered, so that earlier decisions that keep it (``Decision.worst_a``) can never see it
+    change: nothing writes into an array after it was handed out, and a write raises."""
     k = ctx.kernel_args
     wn = np.ascontiguousarray(w_normal, np.float64)
     wc = np.ascontiguousarray(w_contingency, np.float64)
@@ -712,13 +724,25 @@ def _worst_currents_a(ctx: CoreContext, w_normal: F64, w_contingency: F64, alive
     if not (np.isfinite(wc).all() and (wc >= 0).all() and np.isfinite(wn).all()
             and (wn >= 0).all()):
         raise ValueError("server powers must be finite and non-negative")
-    if out is None:
-        out = np.empty((3, ctx.topo.n_nodes, 3))
+    memo = ctx._worst_memo if out is None else None
+    if memo is not None and _same_bits(memo[0], wn) and _same_bits(memo[1], wc) and (
+            np.array_equal(memo[2], al)):
+        return memo[3]
+    result = np.empty((3, ctx.topo.n_nodes, 3)) if out is None else out
     finite = np.empty(1, np.bool_)
-    _worst_case_current_into(wn, wc, k[0], k[1], k[2], k[3], k[4], al, k[5], k[6], out, finite)
+    _worst_case_current_into(wn, wc, k[0], k[1], k[2], k[3], k[4], al, k[5], k[6], result,
+                             finite)
     if not finite[0]:
         raise ValueError("worst-case currents are not finite")
-    return out
+    if out is None:
+        result.setflags(write=False)
+        ctx._worst_memo = (wn.copy(), wc.copy(), al.copy(), result)
+    return result
+
+
+def _same_bits(a: F64, b: F64) -> bool:
+    """Two float64 arrays of the same shape hold the same bits (0.0 and -0.0 differ)."""
+    return a.shape == b.shape and bool(np.array_equal(a.view(np.uint64), b.view(np.uint64)))
 
 
 def _calibrate_post(ctx: CoreContext, st: CoreState, store: TelemetryStore, psu_on_s: F64,
@@ -837,11 +861,17 @@ def _shed(ctx: CoreContext, st: CoreState, store: TelemetryStore, measured_a: F6
           ) -> tuple[CoreState, list[CoreAction], bool]:
     topo, pol = ctx.topo, ctx.shed
     actions: list[CoreAction] = []
-    ratio = measured_a / ctx.limit_node_a
-    util = np.maximum(np.maximum(ratio[:, 0], ratio[:, 1]), ratio[:, 2])
-    over = util > pol.capping_threshold
+    # per node: utilization, since when it is over its limit, and how many are over the
+    # capping threshold, in one pass (kernels.tick._node_utilization_into)
+    n = topo.n_nodes
+    util = np.empty(n)
+    over_since = np.empty(n)
+    n_over = np.empty(1, np.int64)
+    _node_utilization_into(np.ascontiguousarray(measured_a, np.float64), ctx.limit_node_a,
+                           np.ascontiguousarray(st.over_since_s, np.float64), float(now_s),
+                           1.0 + _RTOL, float(pol.capping_threshold), util, over_since, n_over)
+    over = util > pol.capping_threshold if n_over[0] else None
     shed = st.shed_cap_w.copy()
-    over_since = np.where(util > 1.0 + _RTOL, np.minimum(st.over_since_s, now_s), np.inf)
     gpus = topo.server_gpus.astype(float)
     cap_now = np.where(np.isfinite(shed), np.minimum(shed, st.cap_plan_w), st.cap_plan_w)
     cap_before = cap_now.copy()
@@ -850,7 +880,9 @@ def _shed(ctx: CoreContext, st: CoreState, store: TelemetryStore, measured_a: F6
     draw_w = np.minimum(np.maximum(meas_server, 0.0), topo.server_max_w)
     changed = np.zeros(topo.n_servers, bool)
     reasons: dict[int, Reason] = {}
-    for node in np.flatnonzero(over)[np.argsort(-util[over])]:
+    over_nodes = np.zeros(0, np.int64) if over is None else (
+        np.flatnonzero(over)[np.argsort(-util[over])])
+    for node in over_nodes:
         servers = ctx.servers_below(int(node))
         if servers.size == 0:
             continue
@@ -929,7 +961,7 @@ def _shed(ctx: CoreContext, st: CoreState, store: TelemetryStore, measured_a: F6
     if changed.any():
         st, cap_actions = _command_caps(ctx, st, np.flatnonzero(changed), reasons)
         actions.extend(cap_actions)
-    shedding = bool(over.any() or np.isfinite(shed).any())
+    shedding = bool(n_over[0] > 0 or np.isfinite(shed).any())
     return st, actions, shedding
 
 

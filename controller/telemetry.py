@@ -36,6 +36,18 @@ import numpy.typing as npt
 
 from controller.model import ControllerSettings
 from controller.topology import Topology
+from kernels.tick import (
+    READING_ABSENT_POLE,
+    READING_FUTURE,
+    READING_JUMP,
+    READING_NEGATIVE,
+    READING_NOT_FINITE,
+    READING_OUT_OF_ORDER,
+    READING_OUT_OF_RANGE,
+    READING_TAKEN,
+    _node_quality_into,
+    _screen_readings_into,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +120,11 @@ class TelemetryStore:
         self._sum_check = self.metered & (self._child_count > 0) & (
             self._metered_child_count == self._child_count)
         #: each node's largest pole rating (A), for the jump check
-        self._rating_max_a = topo.rating_a.max(axis=1) if n else np.zeros(0)
+        self._rating_max_a = np.ascontiguousarray(
+            topo.rating_a.max(axis=1) if n else np.zeros(0), np.float64)
+        self._rating_a = np.ascontiguousarray(topo.rating_a, np.float64)
+        self._parent_idx = np.ascontiguousarray(topo.parent_idx, np.int32)
+        self._child_count_i64 = np.ascontiguousarray(self._child_count, np.int64)
         depth_max = int(topo.depth.max()) if n else 0
         self._levels = [np.flatnonzero(topo.depth == d) for d in range(1, depth_max + 1)]
 
@@ -195,49 +211,27 @@ class TelemetryStore:
         for j in np.flatnonzero(~bound):
             self._reject("unbound_node", int(idx[j]), Quality.IMPLAUSIBLE)
         sel = np.flatnonzero(bound)
-        node, v, t = idx[sel], vals[sel], times[sel]
-        rating = self.topo.rating_a[node]
-        reason = np.full(sel.size, "", dtype=object)
-        checks = (
-            ("future_timestamp", ~np.isfinite(t) | (t > now + lim.future_tolerance_s)),
-            ("out_of_range", ((rating > 0) & (v > lim.range_x * rating)).any(axis=1)),
-            ("current_on_absent_pole", ((rating == 0) & (v > lim.sum_tolerance_a)).any(axis=1)),
-            ("negative", (v < 0).any(axis=1)),
-            ("not_finite", ~np.isfinite(v).all(axis=1)),
-        )
-        for name, bad in checks:  # the first failing check of ingest_node wins: apply it last
-            reason[bad] = name
-        implausible = reason != ""
-        for j in np.flatnonzero(implausible):
-            self._reject(str(reason[j]), int(node[j]), Quality.IMPLAUSIBLE)
-        older = ~implausible & (t < self.node_t_s[node])
-        for j in np.flatnonzero(older):
-            self._reject("out_of_order", int(node[j]), Quality.GOOD)
-        go = ~implausible & ~older
-        prev = self.node_i_a[node]
-        jump_a = lim.max_jump_fraction * self._rating_max_a[node]
-        with np.errstate(invalid="ignore"):
-            jumped = go & np.isfinite(prev).all(axis=1) & (
-                np.abs(v - prev).max(axis=1) > jump_a)
-        glitch = jumped
-        if jumped.any():   # a jump is a glitch unless the pending reading confirms it
-            jn = np.flatnonzero(jumped)
-            pending = self._pending_i_a[node[jn]]
-            with np.errstate(invalid="ignore"):
-                confirmed = np.isfinite(pending).all(axis=1) & (
-                    np.abs(v[jn] - pending).max(axis=1) <= jump_a[jn] * 0.5)
-            glitch = jumped.copy()
-            glitch[jn[confirmed]] = False
-        for j in np.flatnonzero(glitch):
-            self._pending_i_a[node[j]] = v[j]
-            self._reject("impossible_jump", int(node[j]), Quality.IMPLAUSIBLE)
-        take = go & ~glitch
+        node = np.ascontiguousarray(idx[sel])
+        v = np.ascontiguousarray(vals[sel])
+        t = np.ascontiguousarray(times[sel])
+        # one pass screens every reading and writes the good ones (and the pending jumps)
+        code = np.empty(sel.size, np.int8)
+        _screen_readings_into(node, v, t, self._rating_a, self._rating_max_a,
+                              float(lim.max_jump_fraction),
+                              float(now + lim.future_tolerance_s), float(lim.range_x),
+                              float(lim.sum_tolerance_a), 0.5, self.node_i_a, self.node_t_s,
+                              self._pending_i_a, self._rejected_now, code)
+        take = code == READING_TAKEN
+        if not take.all():
+            # rejections in the order of the checks: implausible, out of order, jumps
+            for j in np.flatnonzero((code != READING_TAKEN) & (code < READING_OUT_OF_ORDER)):
+                self._reject(_SCREEN_REASON[int(code[j])], int(node[j]), Quality.IMPLAUSIBLE)
+            for j in np.flatnonzero(code == READING_OUT_OF_ORDER):
+                self._reject("out_of_order", int(node[j]), Quality.GOOD)
+            for j in np.flatnonzero(code == READING_JUMP):
+                self._reject("impossible_jump", int(node[j]), Quality.IMPLAUSIBLE)
         tn = node[take]
-        self._pending_i_a[tn] = math.nan
-        self.node_i_a[tn] = v[take]
-        self.node_t_s[tn] = t[take]
-        self._rejected_now[tn] = Quality.GOOD
-        self.accepted += int(take.sum())
+        self.accepted += int(tn.size)
         if self._faults:
             for n in tn:
                 if ("node", int(n)) in self._faults:
@@ -285,38 +279,19 @@ class TelemetryStore:
     def refresh(self) -> None:
         """Recompute every quality at the current time (staleness, sums). Vectorized."""
         now = self.clock()
-        q = np.full(self.topo.n_nodes, Quality.GOOD, dtype=np.int8)
-        never = self.metered & ~np.isfinite(self.node_t_s)
-        stale = self.metered & np.isfinite(self.node_t_s) & (now - self.node_t_s
-                                                             > self.meter_stale_s)
-        q[stale] = Quality.STALE
-        q[never] = Quality.MISSING
-        # the latest input was rejected: say why, whatever the age of the last good one
-        rejected = self.metered & (self._rejected_now != Quality.GOOD)
-        q[rejected] = self._rejected_now[rejected]
-        # sum check where every child is metered and fresh
-        fresh = self.metered & (q == Quality.GOOD)
-        parent = self.topo.parent_idx
-        child_fresh = np.bincount(parent[(parent >= 0) & fresh],
-                                  minlength=self.topo.n_nodes)
-        check = self._sum_check & fresh & (child_fresh == self._child_count)
-        if check.any():
-            n = self.topo.n_nodes
-            kids = np.flatnonzero((parent >= 0) & fresh)
-            rows = np.flatnonzero(check)
-            sums = np.stack([np.bincount(parent[kids], weights=self.node_i_a[kids, c],
-                                         minlength=n)[rows] for c in range(3)], axis=1)
-            rating = self.topo.rating_a[rows]
-            tol = (self.limits.sum_tolerance * np.maximum(np.maximum(rating[:, 0], rating[:, 1]),
-                                                          rating[:, 2])
-                   + self.limits.sum_tolerance_a)
-            d = np.abs(sums - np.nan_to_num(self.node_i_a[rows]))
-            bad = np.zeros(n, bool)
-            bad[rows] = np.maximum(np.maximum(d[:, 0], d[:, 1]), d[:, 2]) > tol
+        n = self.topo.n_nodes
+        q = np.empty(n, np.int8)
+        bad = np.empty(n, np.bool_)
+        # qualities (stale, missing, rejected) and the children-sum check in one pass
+        _node_quality_into(self.metered, self.node_t_s, self._rejected_now, self._parent_idx,
+                           self._child_count_i64, self._sum_check, self.node_i_a,
+                           self._rating_a, float(now), float(self.meter_stale_s),
+                           float(self.limits.sum_tolerance), float(self.limits.sum_tolerance_a),
+                           np.empty(n, np.int64), np.empty((n, 3)), q, bad)
+        if bad.any():
             for node in np.flatnonzero(bad & (self.node_quality != Quality.INCONSISTENT)):
                 self._note_fault("node", int(node), "children_sum_disagrees")
                 self.rejected["children_sum_disagrees"] += 1
-            q[bad] = Quality.INCONSISTENT
         self.node_quality = q
         sq = np.full(self.topo.n_servers, Quality.GOOD, dtype=np.int8)
         s_never = self.has_agent & ~np.isfinite(self.server_t_s)
@@ -371,6 +346,12 @@ class TelemetryStore:
     def _name(self, kind: str, index: int) -> str:
         names = self.topo.node_id if kind == "node" else self.topo.server_id
         return names[index] if 0 <= index < len(names) else f"#{index}"
+
+
+#: the reason counted for each implausible screening code of ``_screen_readings_into``
+_SCREEN_REASON = {READING_NOT_FINITE: "not_finite", READING_NEGATIVE: "negative",
+                  READING_ABSENT_POLE: "current_on_absent_pole",
+                  READING_OUT_OF_RANGE: "out_of_range", READING_FUTURE: "future_timestamp"}
 
 
 def _distinct(idx: npt.NDArray[np.int64]) -> bool:

@@ -30,9 +30,12 @@ __all__ = [
     "measured_load_a",
     "meter_sample",
     "neutral_current_a",
+    "node_quality",
+    "node_utilization",
     "phase_current_a",
     "psu_load_va",
     "refresh_nodes",
+    "screen_readings",
     "server_power",
     "time_to_trip_s",
     "tree_current_a",
@@ -907,3 +910,139 @@ def gpu_temperature_step(
             slow[s], changed[s] = False, True
     return (np.array(st, dtype=np.int8), np.array(temp, dtype=np.float64),
             np.array(slow, dtype=np.bool_), np.array(changed, dtype=np.bool_))
+
+
+# ------------------------------------------------------------------ the core's per-tick passes
+def _np_max(a: float, b: float) -> float:
+    """numpy's maximum of two floats: ``a`` when it is NaN or above ``b``, else ``b``."""
+    return a if (math.isnan(a) or a > b) else b
+
+
+def node_utilization(
+    measured_a: Any, limit_a: Any, over_since_s: Any, now_s: float, over_x: float,
+    capping_x: float,
+) -> tuple[FloatArray, FloatArray, int]:
+    """(utilization (n,) 1, over-since (n,) s, nodes above ``capping_x``): the largest
+    measured / limit of a node's poles; since when it is above ``over_x`` (+inf: it is not);
+    how many are above ``capping_x``."""
+    m, lim, since = _lst(measured_a), _lst(limit_a), _lst(over_since_s)
+    util: list[float] = []
+    out_since: list[float] = []
+    for i in range(len(m)):
+        ratios = [m[i][c] / lim[i][c] if lim[i][c] != 0 else math.copysign(math.inf, m[i][c])
+                  if m[i][c] != 0 else math.nan for c in range(3)]
+        u = _np_max(_np_max(ratios[0], ratios[1]), ratios[2])
+        util.append(u)
+        if u > over_x:
+            t = since[i]
+            out_since.append(t if (math.isnan(t) or t < now_s) else now_s)
+        else:
+            out_since.append(math.inf)
+    count = sum(1 for u in util if u > capping_x)
+    return np.asarray(util, np.float64), np.asarray(out_since, np.float64), count
+
+
+def node_quality(
+    metered: Any, node_t_s: Any, rejected_now: Any, parent_idx: Any, child_count: Any,
+    sum_check: Any, node_i_a: Any, rating_a: Any, now_s: float, stale_s: float,
+    sum_tolerance_x: float, sum_tolerance_a: float,
+) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.bool_]]:
+    """(quality code (n,), children's sum disagrees (n,)): per node GOOD 0, MISSING 1 (metered,
+    never read), STALE 2 (metered, last reading older than ``stale_s``), the code of a refused
+    latest input where there is one; a fresh node whose children are all fresh and whose
+    reading differs from their sum by more than ``sum_tolerance_x`` × its largest rating +
+    ``sum_tolerance_a`` on a pole is INCONSISTENT 4. Each node's children are gathered first
+    and summed node by node."""
+    met, t_s, rej = _lst(metered), _lst(node_t_s), _lst(rejected_now)
+    parent, count, check = _lst(parent_idx), _lst(child_count), _lst(sum_check)
+    cur, rating = _lst(node_i_a), _lst(rating_a)
+    n = len(met)
+    quality = []
+    for i in range(n):
+        q = 0
+        if met[i]:
+            if not math.isfinite(t_s[i]):
+                q = 1
+            elif now_s - t_s[i] > stale_s:
+                q = 2
+            if rej[i] != 0:
+                q = rej[i]
+        quality.append(q)
+    fresh = [bool(met[i]) and quality[i] == 0 for i in range(n)]
+    children: list[list[int]] = [[] for _ in range(n)]
+    for i in range(n):
+        if parent[i] >= 0:
+            children[parent[i]].append(i)
+    bad = [False] * n
+    for i in range(n):
+        kids = [k for k in children[i] if fresh[k]]
+        if not (check[i] and fresh[i] and len(kids) == count[i]):
+            continue
+        tol = sum_tolerance_x * _np_max(_np_max(rating[i][0], rating[i][1]), rating[i][2]) + (
+            sum_tolerance_a)
+        diffs = []
+        for c in range(3):
+            total = 0.0
+            for k in kids:
+                total += cur[k][c]
+            own = cur[i][c]
+            own = 0.0 if math.isnan(own) else max(min(own, _F64_MAX), -_F64_MAX)
+            diffs.append(abs(total - own))
+        if _np_max(_np_max(diffs[0], diffs[1]), diffs[2]) > tol:
+            bad[i] = True
+            quality[i] = 4
+    return np.asarray(quality, np.int8), np.asarray(bad, np.bool_)
+
+
+_F64_MAX = float(np.finfo(np.float64).max)
+
+
+def screen_readings(
+    node: Any, reading_i_a: Any, reading_t_s: Any, rating_a: Any, rating_max_a: Any,
+    jump_fraction: float, future_limit_s: float, range_x: float, absent_pole_a: float,
+    confirm_x: float, node_i_a: Any, node_t_s: Any, pending_i_a: Any, rejected_now: Any,
+) -> tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.int8], npt.NDArray[np.int8]]:
+    """(node_i_a, node_t_s, pending_i_a, rejected_now after the readings, code per reading):
+    each reading of a node is refused for the first of not finite (1), negative (2), current
+    on an absent pole (3), beyond ``range_x`` × rating (4), a time not finite or after
+    ``future_limit_s`` (5), older than the node's last (6), a jump beyond
+    ``jump_fraction`` × the largest rating that the pending reading does not confirm within
+    ``confirm_x`` of it (7, it becomes pending), else taken (0)."""
+    cur, t_node, pend = _lst(node_i_a), _lst(node_t_s), _lst(pending_i_a)
+    rej, rating, rmax = _lst(rejected_now), _lst(rating_a), _lst(rating_max_a)
+    codes = []
+    for i, v, t in zip(_lst(node), _lst(reading_i_a), _lst(reading_t_s), strict=True):
+        if not all(math.isfinite(x) for x in v):
+            code = 1
+        elif any(x < 0 for x in v):
+            code = 2
+        elif any(rating[i][c] == 0 and v[c] > absent_pole_a for c in range(3)):
+            code = 3
+        elif any(rating[i][c] > 0 and v[c] > range_x * rating[i][c] for c in range(3)):
+            code = 4
+        elif not math.isfinite(t) or t > future_limit_s:
+            code = 5
+        elif t < t_node[i]:
+            code = 6
+        else:
+            code = 0
+            jump_a = jump_fraction * rmax[i]
+            prev = cur[i]
+            if all(math.isfinite(x) for x in prev) and max(
+                    abs(v[c] - prev[c]) for c in range(3)) > jump_a:
+                q = pend[i]
+                confirmed = all(math.isfinite(x) for x in q) and max(
+                    abs(v[c] - q[c]) for c in range(3)) <= jump_a * confirm_x
+                if not confirmed:
+                    code = 7
+        if code == 0:
+            cur[i] = list(v)
+            t_node[i] = t
+            pend[i] = [math.nan] * 3
+            rej[i] = 0
+        elif code == 7:
+            pend[i] = list(v)
+        codes.append(code)
+    return (np.asarray(cur, np.float64).reshape(-1, 3), np.asarray(t_node, np.float64),
+            np.asarray(pend, np.float64).reshape(-1, 3), np.asarray(rej, np.int8),
+            np.asarray(codes, np.int8))

@@ -15,11 +15,11 @@ import pytest
 from numba.core.registry import CPUDispatcher
 
 import kernels
-from kernels import _jit, aggregate, breaker, headroom, reference
+from kernels import _jit, aggregate, breaker, headroom, reference, tick
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "kernels"
-KERNEL_MODULES = (aggregate, breaker, headroom)
+KERNEL_MODULES = (aggregate, breaker, headroom, tick)
 
 # every jitted kernel and its plain-Python twin in kernels.reference
 REFERENCE_OF = {
@@ -36,6 +36,9 @@ REFERENCE_OF = {
     "_worst_case_utilization_into": "worst_case_utilization",
     "_worst_case_current_into": "worst_case_current_a",
     "_measured_load_into": "measured_load_a",
+    "_node_utilization_into": "node_utilization",
+    "_node_quality_into": "node_quality",
+    "_screen_readings_into": "screen_readings",
 }
 
 

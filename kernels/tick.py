@@ -1,0 +1,307 @@
+"""Per-tick passes of the decision core and its telemetry store over the node arrays, fused.
+
+Each kernel replaces a chain of numpy operations over all nodes (or all meter readings) with one
+loop and gives bit for bit what that chain gave: the same IEEE operations on the same values in
+the same order (sums in index order; maxima and minima by numpy's rule for two operands: the
+first when it is NaN or strictly beyond the second, else the second, so that a tie of 0.0 and
+-0.0 gives the second as ``np.maximum`` does). The callers (``controller.core``,
+``controller.telemetry``) pass arrays they own; the tests compare each kernel with the numpy
+code it replaced and with its plain-Python twin in :mod:`kernels.reference`
+(``tests/kernels/test_tick_kernels.py``).
+
+Quality codes (``out_quality``) are those of ``controller.telemetry.Quality``:
+:data:`QUALITY_GOOD` 0, :data:`QUALITY_MISSING` 1, :data:`QUALITY_STALE` 2,
+:data:`QUALITY_IMPLAUSIBLE` 3, :data:`QUALITY_INCONSISTENT` 4.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from kernels._jit import (
+    F64,
+    IN_BOOL_1,
+    IN_F64_1,
+    IN_F64_2,
+    IN_I8_1,
+    IN_I32_1,
+    IN_I64_1,
+    OUT_BOOL_1,
+    OUT_F64_1,
+    OUT_F64_2,
+    OUT_I8_1,
+    OUT_I64_1,
+    kernel,
+)
+
+__all__: list[str] = []
+
+QUALITY_GOOD, QUALITY_MISSING, QUALITY_STALE, QUALITY_IMPLAUSIBLE, QUALITY_INCONSISTENT = (
+    0, 1, 2, 3, 4)
+
+#: Screening codes of :func:`_screen_readings_into`, one per reading: taken, or why not (the
+#: implausibility reasons in the order ``TelemetryStore.ingest_node`` tests them).
+READING_TAKEN = 0
+READING_NOT_FINITE = 1
+READING_NEGATIVE = 2
+READING_ABSENT_POLE = 3
+READING_OUT_OF_RANGE = 4
+READING_FUTURE = 5
+READING_OUT_OF_ORDER = 6
+READING_JUMP = 7
+
+_F64_MAX = float(np.finfo(np.float64).max)
+
+
+@kernel(IN_F64_2, IN_F64_2, IN_F64_1, F64, F64, F64, OUT_F64_1, OUT_F64_1, OUT_I64_1)
+def _node_utilization_into(
+    measured_a,
+    limit_a,
+    over_since_s,
+    now_s,
+    over_x,
+    capping_x,
+    out_utilization,
+    out_over_since_s,
+    out_count,
+):
+    """Per node i: u = max over the three poles of measured / limit (numpy's maximum: NaN
+    propagates), in out_utilization; out_over_since_s[i] = min(over_since_s[i], now_s) where
+    u > over_x, else +inf; out_count[0] = the number of nodes with u > capping_x.
+
+    What the core's shedding step computed with ``ratio = measured_a / limit_a``,
+    ``np.maximum`` over the columns, ``np.where(u > over_x, np.minimum(...), inf)`` and
+    ``u > capping_x``.
+
+    Units: measured_a, limit_a (n, 3) A (limit +inf where a pole has none); over_since_s (n,)
+    s; now_s s; over_x, capping_x 1 (× the limit); out_utilization (n,) 1; out_over_since_s
+    (n,) s; out_count (1,) nodes.
+    """
+    n = measured_a.shape[0]
+    count = 0
+    for i in range(n):
+        u = measured_a[i, 0] / limit_a[i, 0]
+        r = measured_a[i, 1] / limit_a[i, 1]
+        if not (u > r or u != u):
+            u = r
+        r = measured_a[i, 2] / limit_a[i, 2]
+        if not (u > r or u != u):
+            u = r
+        out_utilization[i] = u
+        if u > over_x:
+            t = over_since_s[i]
+            out_over_since_s[i] = t if (t < now_s or t != t) else now_s
+        else:
+            out_over_since_s[i] = math.inf
+        if u > capping_x:
+            count += 1
+    out_count[0] = count
+
+
+@kernel(
+    IN_BOOL_1, IN_F64_1, IN_I8_1, IN_I32_1, IN_I64_1, IN_BOOL_1, IN_F64_2, IN_F64_2, F64, F64,
+    F64, F64, OUT_I64_1, OUT_F64_2, OUT_I8_1, OUT_BOOL_1,
+)  # fmt: skip
+def _node_quality_into(
+    metered,
+    node_t_s,
+    rejected_now,
+    parent_idx,
+    child_count,
+    sum_check,
+    node_i_a,
+    rating_a,
+    now_s,
+    stale_s,
+    sum_tolerance_x,
+    sum_tolerance_a,
+    scratch_fresh_children,
+    scratch_sum_a,
+    out_quality,
+    out_disagrees,
+):
+    """The quality of every node's reading at now_s, and the children-sum check.
+
+    Per node, in this order of precedence (last wins): GOOD; STALE where metered, the last
+    reading's time t finite and now_s - t > stale_s; MISSING where metered and t not finite;
+    rejected_now[i] where metered and that is not GOOD (the latest input was refused). A node is
+    fresh when metered and GOOD. Where sum_check[i], i is fresh and every one of its
+    child_count[i] children is fresh, the children's readings are summed per pole (children in
+    index order, from 0.0) and compared with its own (NaN taken as 0, ±inf as the largest
+    finite magnitude, as ``np.nan_to_num``): out_disagrees[i] when the largest |sum - own|
+    over the poles (numpy's maximum) is above sum_tolerance_x × its largest pole rating +
+    sum_tolerance_a; those nodes become INCONSISTENT. out_disagrees is False elsewhere.
+
+    Units: metered (n,) bool; node_t_s (n,) s; rejected_now (n,) quality code; parent_idx (n,)
+    index; child_count (n,) children; sum_check (n,) bool; node_i_a (n, 3) A; rating_a
+    (n, 3) A; now_s, stale_s s; sum_tolerance_x 1; sum_tolerance_a A;
+    scratch_fresh_children (n,) children; scratch_sum_a (n, 3) A; out_quality (n,) quality
+    code; out_disagrees (n,) bool.
+    """
+    n = metered.shape[0]
+    for i in range(n):
+        q = QUALITY_GOOD
+        if metered[i]:
+            t = node_t_s[i]
+            if not math.isfinite(t):
+                q = QUALITY_MISSING
+            elif now_s - t > stale_s:
+                q = QUALITY_STALE
+            if rejected_now[i] != QUALITY_GOOD:
+                q = rejected_now[i]
+        out_quality[i] = q
+        out_disagrees[i] = False
+        scratch_fresh_children[i] = 0
+    any_check = False
+    for i in range(n):
+        p = parent_idx[i]
+        if p >= 0 and metered[i] and out_quality[i] == QUALITY_GOOD:
+            scratch_fresh_children[p] += 1
+    for i in range(n):
+        if (sum_check[i] and metered[i] and out_quality[i] == QUALITY_GOOD
+                and scratch_fresh_children[i] == child_count[i]):
+            any_check = True
+            break
+    if not any_check:
+        return
+    for i in range(n):
+        for c in range(3):
+            scratch_sum_a[i, c] = 0.0
+    for i in range(n):
+        p = parent_idx[i]
+        if p >= 0 and metered[i] and out_quality[i] == QUALITY_GOOD:
+            for c in range(3):
+                scratch_sum_a[p, c] += node_i_a[i, c]
+    for i in range(n):
+        if not (sum_check[i] and metered[i] and out_quality[i] == QUALITY_GOOD
+                and scratch_fresh_children[i] == child_count[i]):
+            continue
+        r = rating_a[i, 0]
+        if not (r > rating_a[i, 1] or r != r):
+            r = rating_a[i, 1]
+        if not (r > rating_a[i, 2] or r != r):
+            r = rating_a[i, 2]
+        tol_a = sum_tolerance_x * r + sum_tolerance_a
+        d_max = 0.0
+        for c in range(3):
+            own = node_i_a[i, c]
+            if own != own:
+                own = 0.0
+            elif own == math.inf:
+                own = _F64_MAX
+            elif own == -math.inf:
+                own = -_F64_MAX
+            d = abs(scratch_sum_a[i, c] - own)
+            if c == 0 or not (d_max > d or d_max != d_max):
+                d_max = d
+        if d_max > tol_a:
+            out_disagrees[i] = True
+            out_quality[i] = QUALITY_INCONSISTENT
+
+
+@kernel(
+    IN_I64_1, IN_F64_2, IN_F64_1, IN_F64_2, IN_F64_1, F64, F64, F64, F64, F64, OUT_F64_2,
+    OUT_F64_1, OUT_F64_2, OUT_I8_1, OUT_I8_1,
+)  # fmt: skip
+def _screen_readings_into(
+    node,
+    reading_i_a,
+    reading_t_s,
+    rating_a,
+    rating_max_a,
+    jump_fraction,
+    future_limit_s,
+    range_x,
+    absent_pole_a,
+    confirm_x,
+    out_node_i_a,
+    out_node_t_s,
+    out_pending_i_a,
+    out_rejected_now,
+    out_code,
+):
+    """Screen M meter readings of distinct nodes and take the good ones, as the telemetry
+    store's ``ingest_nodes`` does with numpy.
+
+    Per reading j of node i = node[j], values v = reading_i_a[j], time t = reading_t_s[j]:
+    out_code[j] is the first that holds of READING_NOT_FINITE (a value not finite),
+    READING_NEGATIVE (v < 0), READING_ABSENT_POLE (v > absent_pole_a on a pole of rating 0),
+    READING_OUT_OF_RANGE (v > range_x × rating on a pole of rating > 0), READING_FUTURE (t not
+    finite or t > future_limit_s), READING_OUT_OF_ORDER (t < out_node_t_s[i]), READING_JUMP
+    (the last reading p = out_node_i_a[i] is finite and max |v - p| > J, with
+    J = jump_fraction × rating_max_a[i], unless the pending reading q = out_pending_i_a[i] is
+    finite and max |v - q| <= J × confirm_x: the jump is then confirmed), else READING_TAKEN. A taken reading is written
+    (out_node_i_a[i] = v, out_node_t_s[i] = t, out_pending_i_a[i] = NaN,
+    out_rejected_now[i] = 0); a jump becomes the pending reading (out_pending_i_a[i] = v);
+    the others write nothing.
+
+    Units: node (M,) index; reading_i_a (M, 3) A; reading_t_s (M,) s; rating_a (n, 3) A;
+    rating_max_a (n,) A (each node's largest pole rating); jump_fraction 1; future_limit_s s; range_x 1; absent_pole_a A; confirm_x 1; out_node_i_a,
+    out_pending_i_a (n, 3) A; out_node_t_s (n,) s; out_rejected_now (n,) quality code;
+    out_code (M,) code.
+    """
+    m_count = node.shape[0]
+    for j in range(m_count):
+        i = node[j]
+        t = reading_t_s[j]
+        code = READING_TAKEN
+        if not math.isfinite(t) or t > future_limit_s:
+            code = READING_FUTURE
+        out_of_range = False
+        absent = False
+        negative = False
+        not_finite = False
+        for c in range(3):
+            v = reading_i_a[j, c]
+            r = rating_a[i, c]
+            if r > 0.0 and v > range_x * r:
+                out_of_range = True
+            if r == 0.0 and v > absent_pole_a:
+                absent = True
+            if v < 0.0:
+                negative = True
+            if not math.isfinite(v):
+                not_finite = True
+        if out_of_range:
+            code = READING_OUT_OF_RANGE
+        if absent:
+            code = READING_ABSENT_POLE
+        if negative:
+            code = READING_NEGATIVE
+        if not_finite:
+            code = READING_NOT_FINITE
+        if code == READING_TAKEN and t < out_node_t_s[i]:
+            code = READING_OUT_OF_ORDER
+        if code == READING_TAKEN:
+            # v is finite here; a jump is judged only against finite readings, so no NaN
+            # enters the maxima
+            jump_a = jump_fraction * rating_max_a[i]
+            prev_finite = True
+            d_prev = 0.0
+            for c in range(3):
+                p = out_node_i_a[i, c]
+                if not math.isfinite(p):
+                    prev_finite = False
+                d_prev = max(d_prev, abs(reading_i_a[j, c] - p))
+            if prev_finite and d_prev > jump_a:
+                confirmed = True
+                d_pend = 0.0
+                for c in range(3):
+                    q = out_pending_i_a[i, c]
+                    if not math.isfinite(q):
+                        confirmed = False
+                    d_pend = max(d_pend, abs(reading_i_a[j, c] - q))
+                if not (confirmed and d_pend <= jump_a * confirm_x):
+                    code = READING_JUMP
+        out_code[j] = code
+        if code == READING_TAKEN:
+            for c in range(3):
+                out_node_i_a[i, c] = reading_i_a[j, c]
+                out_pending_i_a[i, c] = math.nan
+            out_node_t_s[i] = t
+            out_rejected_now[i] = QUALITY_GOOD
+        elif code == READING_JUMP:
+            for c in range(3):
+                out_pending_i_a[i, c] = reading_i_a[j, c]

@@ -1,0 +1,273 @@
+"""The per-tick kernels of the core and the telemetry store (kernels.tick) against the numpy code
+they replace (bit for bit) and against their plain-Python references, on random inputs with the
+awkward values: NaN, ±inf, 0.0 and -0.0, ties."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from controller.telemetry import Quality
+from kernels import reference, tick
+
+SEEDS = range(120)
+
+
+def _bits_equal(a: np.ndarray, b: np.ndarray) -> None:
+    """Same dtype, shape and bits (0.0 and -0.0 differ; NaN equals NaN of the same bits)."""
+    assert a.dtype == b.dtype and a.shape == b.shape
+    if a.dtype == np.float64:
+        np.testing.assert_array_equal(a.view(np.uint64), b.view(np.uint64))
+    else:
+        np.testing.assert_array_equal(a, b)
+
+
+def _awkward(rng: np.random.Generator, shape: tuple[int, ...], scale: float) -> np.ndarray:
+    x = rng.uniform(0.0, scale, shape)
+    pick = rng.random(shape)
+    x[pick < 0.05] = 0.0
+    x[(pick >= 0.05) & (pick < 0.10)] = -0.0
+    x[(pick >= 0.10) & (pick < 0.13)] = np.nan
+    x[(pick >= 0.13) & (pick < 0.15)] = np.inf
+    # ties between poles
+    tie = rng.random(shape[0]) < 0.1
+    x[tie, 1] = x[tie, 0]
+    return x
+
+
+# ------------------------------------------------------------------------ node utilization
+def _numpy_utilization(measured_a, limit_a, over_since_s, now_s, over_x, capping_x):
+    """controller.core._shed before the kernel, verbatim but for the names."""
+    ratio = measured_a / limit_a
+    util = np.maximum(np.maximum(ratio[:, 0], ratio[:, 1]), ratio[:, 2])
+    over = util > capping_x
+    over_since = np.where(util > over_x, np.minimum(over_since_s, now_s), np.inf)
+    return util, over_since, int(over.sum())
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_node_utilization_is_the_numpy_code_it_replaces(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 300))
+    limit = rng.uniform(10.0, 100.0, (n, 3))
+    limit[rng.random((n, 3)) < 0.2] = np.inf
+    measured = _awkward(rng, (n, 3), 120.0)
+    since = np.where(rng.random(n) < 0.5, np.inf, rng.uniform(0.0, 50.0, n))
+    since[rng.random(n) < 0.05] = np.nan
+    now, over_x, cap_x = 40.0, 1.0 + 1e-9, float(rng.choice([0.9, 0.95, 1.0]))
+    with np.errstate(all="ignore"):
+        want = _numpy_utilization(measured, limit, since, now, over_x, cap_x)
+    util, over_since, count = np.full(n, 7.0), np.full(n, 7.0), np.full(1, -1, np.int64)
+    with np.errstate(all="ignore"):
+        tick._node_utilization_into(measured, limit, since, now, over_x, cap_x, util,
+                                    over_since, count)
+    _bits_equal(util, want[0])
+    _bits_equal(over_since, want[1])
+    assert int(count[0]) == want[2]
+    ref = reference.node_utilization(measured, limit, since, now, over_x, cap_x)
+    np.testing.assert_array_equal(ref[0], util)
+    np.testing.assert_array_equal(ref[1], over_since)
+    assert ref[2] == want[2]
+
+
+# ------------------------------------------------------------------------ node quality
+def _numpy_quality(metered, node_t_s, rejected_now, parent, child_count, sum_check, node_i_a,
+                   rating_a, now, stale_s, tol_x, tol_a):
+    """controller.telemetry.TelemetryStore.refresh before the kernel (the node part),
+    verbatim but for the names; returns the qualities and the nodes found inconsistent."""
+    n = metered.size
+    q = np.full(n, Quality.GOOD, dtype=np.int8)
+    never = metered & ~np.isfinite(node_t_s)
+    stale = metered & np.isfinite(node_t_s) & (now - node_t_s > stale_s)
+    q[stale] = Quality.STALE
+    q[never] = Quality.MISSING
+    rejected = metered & (rejected_now != Quality.GOOD)
+    q[rejected] = rejected_now[rejected]
+    fresh = metered & (q == Quality.GOOD)
+    child_fresh = np.bincount(parent[(parent >= 0) & fresh], minlength=n)
+    check = sum_check & fresh & (child_fresh == child_count)
+    bad = np.zeros(n, bool)
+    if check.any():
+        kids = np.flatnonzero((parent >= 0) & fresh)
+        rows = np.flatnonzero(check)
+        sums = np.stack([np.bincount(parent[kids], weights=node_i_a[kids, c],
+                                     minlength=n)[rows] for c in range(3)], axis=1)
+        rating = rating_a[rows]
+        tol = (tol_x * np.maximum(np.maximum(rating[:, 0], rating[:, 1]), rating[:, 2])
+               + tol_a)
+        d = np.abs(sums - np.nan_to_num(node_i_a[rows]))
+        bad[rows] = np.maximum(np.maximum(d[:, 0], d[:, 1]), d[:, 2]) > tol
+        q[bad] = Quality.INCONSISTENT
+    return q, bad
+
+
+def _quality_inputs(seed: int):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 80))
+    parent = np.array([-1] + [int(rng.integers(-1, i)) for i in range(1, n)], np.int32)
+    metered = rng.random(n) < float(rng.choice([0.6, 0.95, 1.0]))
+    child_count = np.bincount(parent[parent >= 0], minlength=n).astype(np.int64)
+    metered_children = np.bincount(parent[(parent >= 0) & metered], minlength=n)
+    sum_check = metered & (child_count > 0) & (metered_children == child_count)
+    t = rng.uniform(0.0, 10.0, n)
+    t[rng.random(n) < 0.1] = -np.inf
+    rejected = np.where(rng.random(n) < 0.08, np.int8(Quality.IMPLAUSIBLE), np.int8(0))
+    rating = rng.choice([0.0, 16.0, 32.0, 63.0], (n, 3))
+    # readings near the children's sums, some far off, a few not finite
+    cur = rng.uniform(0.0, 20.0, (n, 3))
+    for i in range(n - 1, 0, -1):
+        if parent[i] >= 0:
+            cur[parent[i]] += cur[i] * (1.0 if rng.random() < 0.8 else 1.5)
+    cur[rng.random((n, 3)) < 0.03] = np.nan
+    cur[rng.random((n, 3)) < 0.01] = np.inf
+    return (metered, t, rejected, parent, child_count, sum_check, cur, rating, 10.0, 5.0,
+            0.05, 1.0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_node_quality_is_the_numpy_code_it_replaces(seed):
+    args = _quality_inputs(seed)
+    n = args[0].size
+    with np.errstate(all="ignore"):
+        want_q, want_bad = _numpy_quality(*args)
+    q, bad = np.full(n, 9, np.int8), np.ones(n, np.bool_)
+    with np.errstate(all="ignore"):
+        tick._node_quality_into(*args, np.full(n, 5, np.int64), np.full((n, 3), 7.0), q, bad)
+    _bits_equal(q, want_q)
+    _bits_equal(bad, want_bad)
+    ref_q, ref_bad = reference.node_quality(*args)
+    _bits_equal(ref_q, want_q)
+    _bits_equal(ref_bad, want_bad)
+
+
+def test_random_quality_inputs_cover_every_quality():
+    seen = set()
+    for seed in SEEDS:
+        with np.errstate(all="ignore"):
+            seen |= set(_numpy_quality(*_quality_inputs(seed))[0].tolist())
+    assert seen == {int(q) for q in Quality}
+
+
+def test_quality_codes_are_the_stores():
+    assert (tick.QUALITY_GOOD, tick.QUALITY_MISSING, tick.QUALITY_STALE,
+            tick.QUALITY_IMPLAUSIBLE, tick.QUALITY_INCONSISTENT) == (
+        Quality.GOOD, Quality.MISSING, Quality.STALE, Quality.IMPLAUSIBLE,
+        Quality.INCONSISTENT)
+
+
+# ------------------------------------------------------------------------ reading screening
+_REASON_CODE = {"not_finite": 1, "negative": 2, "current_on_absent_pole": 3,
+                "out_of_range": 4, "future_timestamp": 5}
+
+
+def _numpy_screen(node, v, t, rating_a, rating_max_a, jump_fraction, now, future_tol,
+                  range_x, absent_a, node_i_a, node_t_s, pending_i_a, rejected_now):
+    """TelemetryStore.ingest_nodes before the kernel (from the bound readings on), verbatim but
+    for the names; the rejections become codes and the store's arrays are updated in place."""
+    rating = rating_a[node]
+    reason = np.full(node.size, "", dtype=object)
+    checks = (
+        ("future_timestamp", ~np.isfinite(t) | (t > now + future_tol)),
+        ("out_of_range", ((rating > 0) & (v > range_x * rating)).any(axis=1)),
+        ("current_on_absent_pole", ((rating == 0) & (v > absent_a)).any(axis=1)),
+        ("negative", (v < 0).any(axis=1)),
+        ("not_finite", ~np.isfinite(v).all(axis=1)),
+    )
+    for name, bad in checks:
+        reason[bad] = name
+    implausible = reason != ""
+    code = np.zeros(node.size, np.int8)
+    for j in np.flatnonzero(implausible):
+        code[j] = _REASON_CODE[reason[j]]
+    older = ~implausible & (t < node_t_s[node])
+    code[older] = 6
+    go = ~implausible & ~older
+    prev = node_i_a[node]
+    jump_a = jump_fraction * rating_max_a[node]
+    with np.errstate(invalid="ignore"):
+        jumped = go & np.isfinite(prev).all(axis=1) & (np.abs(v - prev).max(axis=1) > jump_a)
+    glitch = jumped
+    if jumped.any():
+        jn = np.flatnonzero(jumped)
+        pending = pending_i_a[node[jn]]
+        with np.errstate(invalid="ignore"):
+            confirmed = np.isfinite(pending).all(axis=1) & (
+                np.abs(v[jn] - pending).max(axis=1) <= jump_a[jn] * 0.5)
+        glitch = jumped.copy()
+        glitch[jn[confirmed]] = False
+    for j in np.flatnonzero(glitch):
+        pending_i_a[node[j]] = v[j]
+        code[j] = 7
+    take = go & ~glitch
+    tn = node[take]
+    pending_i_a[tn] = math.nan
+    node_i_a[tn] = v[take]
+    node_t_s[tn] = t[take]
+    rejected_now[tn] = Quality.GOOD
+    return code
+
+
+def _screen_inputs(seed: int):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 60))
+    rating = rng.choice([0.0, 16.0, 32.0], (n, 3))
+    rating[:, 0] = np.where(rating.max(axis=1) == 0, 16.0, rating[:, 0])
+    node_i_a = np.where(rating > 0, rng.uniform(0.0, 20.0, (n, 3)), 0.0)
+    node_i_a[rng.random(n) < 0.2] = np.nan          # never read
+    node_t_s = np.where(np.isfinite(node_i_a[:, 0]), rng.uniform(0.0, 5.0, n), -np.inf)
+    pending = np.full((n, 3), np.nan)
+    pend = rng.random(n) < 0.3
+    pending[pend] = node_i_a[pend] + rng.choice([0.5, 30.0])
+    rejected = np.where(rng.random(n) < 0.1, np.int8(3), np.int8(0))
+    m = int(rng.integers(0, n + 1))
+    node = rng.permutation(n)[:m].astype(np.int64)
+    base = np.nan_to_num(node_i_a[node])
+    step = rng.choice([0.0, 1.0, 10.0, 25.0, 40.0], (m, 1))
+    v = np.where(rating[node] > 0, base + step * rng.uniform(0.5, 1.5, (m, 3)), 0.0)
+    confirm = pend[node] & (rng.random(m) < 0.5)
+    v[confirm] = np.where(rating[node[confirm]] > 0, pending[node[confirm]], 0.0)
+    pick = rng.random((m, 3))
+    v[pick < 0.02] = np.nan
+    v[(pick >= 0.02) & (pick < 0.04)] = -1.0
+    v[(pick >= 0.04) & (pick < 0.05)] = -0.0
+    v[(pick >= 0.05) & (pick < 0.07)] = 1e4                  # out of range (or absent pole)
+    v[(pick >= 0.07) & (pick < 0.08)] = np.inf
+    t = rng.uniform(4.0, 8.0, m)
+    t[rng.random(m) < 0.03] = np.nan
+    t[rng.random(m) < 0.03] = 100.0                          # from the future
+    rmax = rating.max(axis=1)
+    return node, v, t, rating, rmax, node_i_a, node_t_s, pending, rejected
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_screen_readings_is_the_numpy_code_it_replaces(seed):
+    node, v, t, rating, rmax, cur, t_node, pending, rejected = _screen_inputs(seed)
+    now, future_tol, range_x, absent_a, jump = 6.0, 1.0, 20.0, 1.0, 0.5
+    want = [cur.copy(), t_node.copy(), pending.copy(), rejected.copy()]
+    with np.errstate(all="ignore"):
+        want_code = _numpy_screen(node, v, t, rating, rmax, jump, now, future_tol, range_x,
+                                  absent_a, *want)
+    got = [cur.copy(), t_node.copy(), pending.copy(), rejected.copy()]
+    code = np.full(node.size, 99, np.int8)
+    tick._screen_readings_into(node, v, t, rating, rmax, jump, now + future_tol, range_x,
+                               absent_a, 0.5, *got, code)
+    _bits_equal(code, want_code)
+    for g, w in zip(got, want, strict=True):
+        _bits_equal(g, w)
+    ref = reference.screen_readings(node, v, t, rating, rmax, jump, now + future_tol, range_x,
+                                    absent_a, 0.5, cur, t_node, pending, rejected)
+    _bits_equal(ref[4], want_code)
+    for r, w in zip(ref[:4], want, strict=True):
+        np.testing.assert_array_equal(r, w)
+
+
+def test_random_readings_cover_every_code():
+    seen = set()
+    for seed in SEEDS:
+        node, v, t, rating, rmax, cur, t_node, pending, rejected = _screen_inputs(seed)
+        with np.errstate(all="ignore"):
+            seen |= set(_numpy_screen(node, v, t, rating, rmax, 0.5, 6.0, 1.0, 20.0, 1.0, cur,
+                                      t_node, pending, rejected).tolist())
+    assert seen == set(range(8))
