@@ -58,7 +58,12 @@ from controller.schedule import Schedule
 from controller.telemetry import Quality, TelemetryStore
 from controller.topology import Topology
 from kernels import feed_loss_current_a, time_to_trip_s
-from kernels.aggregate import _measured_load_into, _tree_current_into, _worst_case_current_into
+from kernels.aggregate import (
+    _measured_load_into,
+    _tree_current_into,
+    _worst_case_current_into,
+    _worst_case_current_update_into,
+)
 from kernels.tick import _node_utilization_into
 
 F64 = npt.NDArray[np.float64]
@@ -272,9 +277,21 @@ class CoreContext:
             1.0: ServerModel(1.0, topo, self.planner, self.floor_w)}
         self._times_key: F64 | None = None
         self._times_val: F64 = np.zeros((0, 5))
-        #: the last worst case of :func:`decide` and the inputs it came from (None: none yet):
-        #: (normal W, contingency W, alive, (3, n, 3) A read-only)
-        self._worst_memo: tuple[F64, F64, B, F64] | None = None
+        #: the last worst case of :func:`decide` and what it came from (None: none yet):
+        #: (normal W, contingency W, alive, (3, n, 3) A read-only, (3, n, 3) VA of its nodes)
+        self._worst_memo: tuple[F64, F64, B, F64, F64] | None = None
+        self._worst_lock = threading.Lock()
+        # per node, its PSUs in PSU order and its children from the highest index down (the
+        # order in which the worst-case kernel sums them), for the partial recomputation
+        psu_by_node = np.argsort(topo.psu_node, kind="stable")
+        self.node_psu_order: I64 = np.ascontiguousarray(psu_by_node, np.int64)
+        self.node_psu_start: I64 = np.ascontiguousarray(np.searchsorted(
+            topo.psu_node[psu_by_node], np.arange(topo.n_nodes + 1)), np.int64)
+        kids = np.flatnonzero(topo.parent_idx >= 0)
+        kids = kids[np.lexsort((-kids, topo.parent_idx[kids]))]
+        self.child_order: I64 = np.ascontiguousarray(kids, np.int64)
+        self.child_start: I64 = np.ascontiguousarray(np.searchsorted(
+            topo.parent_idx[kids], np.arange(topo.n_nodes + 1)), np.int64)
         #: unexplained load (A) beyond which the plan is recomputed: 2 % of the limit, >= 1 A
         self.departure_a: F64 = np.maximum(0.02 * topo.limit_a, 1.0)
         #: per zone, the inlet (°C) at which its servers are capped to their minimum
@@ -709,14 +726,15 @@ def _worst_currents_a(ctx: CoreContext, w_normal: F64, w_contingency: F64, alive
     The raw kernel runs on the topology arrays checked once in :class:`CoreContext`; only the
     per-tick inputs are checked here (finite, non-negative powers) and the output after.
     ``out``: a (3, n, 3) float64 C-contiguous array to fill, e.g. a scratch buffer (default:
-    the result is read-only and may be the one of the last call, see below).
+    a read-only result, see below).
 
-    Without ``out``, when the inputs are bit for bit those of the last such call (a steady
-    tick: nothing switched, no cap changed), the last result is returned again instead of
-    recomputing it: the kernel is a pure function of these inputs and of the topology arrays
-    of ``ctx``, so it would give the same bits. The result is made read-only before it is
-    remembered, so that earlier decisions that keep it (``Decision.worst_a``) can never see it
-    change: nothing writes into an array after it was handed out, and a write raises."""
+    Without ``out`` (the tick's own worst case) the result is computed from the last one
+    (:func:`kernels.aggregate._worst_case_current_update_into`): only the nodes above a
+    server whose powers or PSUs changed are summed again, in the order of the full kernel, so
+    the bits are those of a full computation; with nothing changed (a steady tick) the last
+    result itself is returned. Results are read-only: earlier decisions that keep one
+    (``Decision.worst_a``) never see it change, as nothing writes into an array once it was
+    handed out (a write raises)."""
     k = ctx.kernel_args
     wn = np.ascontiguousarray(w_normal, np.float64)
     wc = np.ascontiguousarray(w_contingency, np.float64)
@@ -724,25 +742,42 @@ def _worst_currents_a(ctx: CoreContext, w_normal: F64, w_contingency: F64, alive
     if not (np.isfinite(wc).all() and (wc >= 0).all() and np.isfinite(wn).all()
             and (wn >= 0).all()):
         raise ValueError("server powers must be finite and non-negative")
-    memo = ctx._worst_memo if out is None else None
-    if memo is not None and _same_bits(memo[0], wn) and _same_bits(memo[1], wc) and (
-            np.array_equal(memo[2], al)):
-        return memo[3]
-    result = np.empty((3, ctx.topo.n_nodes, 3)) if out is None else out
     finite = np.empty(1, np.bool_)
-    _worst_case_current_into(wn, wc, k[0], k[1], k[2], k[3], k[4], al, k[5], k[6], result,
-                             finite)
-    if not finite[0]:
-        raise ValueError("worst-case currents are not finite")
-    if out is None:
+    if out is not None:
+        _worst_case_current_into(wn, wc, k[0], k[1], k[2], k[3], k[4], al, k[5], k[6], out,
+                                 finite)
+        if not finite[0]:
+            raise ValueError("worst-case currents are not finite")
+        return out
+    with ctx._worst_lock:
+        memo, ctx._worst_memo = ctx._worst_memo, None
+        if memo is None:
+            va = np.empty((3, ctx.topo.n_nodes, 3))
+            prev = va   # not read when every server is marked changed
+            changed = np.ones(wn.size, np.bool_)
+        else:
+            prev_wn, prev_wc, prev_al, prev, va = memo
+            # 0.0 and -0.0 W give the same sums: equal values are unchanged
+            changed = (prev_wn != wn) | (prev_wc != wc)
+            alive_flip = prev_al != al
+            if alive_flip.any():
+                changed[k[1][alive_flip]] = True
+            n_changed = int(np.count_nonzero(changed))
+            if n_changed == 0:
+                ctx._worst_memo = memo
+                return prev
+            if 4 * n_changed > wn.size:   # a large change: everything again, no copy
+                changed[:] = True
+        result = np.empty((3, ctx.topo.n_nodes, 3))
+        _worst_case_current_update_into(
+            wn, wc, k[0], k[1], k[2], k[3], k[4], al, k[5], k[6], ctx.node_psu_start,
+            ctx.node_psu_order, ctx.child_start, ctx.child_order, changed, prev,
+            np.empty(ctx.topo.n_nodes, np.bool_), va, result, finite)
+        if not finite[0]:
+            raise ValueError("worst-case currents are not finite")   # the memo stays None
         result.setflags(write=False)
-        ctx._worst_memo = (wn.copy(), wc.copy(), al.copy(), result)
+        ctx._worst_memo = (wn.copy(), wc.copy(), al.copy(), result, va)
     return result
-
-
-def _same_bits(a: F64, b: F64) -> bool:
-    """Two float64 arrays of the same shape hold the same bits (0.0 and -0.0 differ)."""
-    return a.shape == b.shape and bool(np.array_equal(a.view(np.uint64), b.view(np.uint64)))
 
 
 def _calibrate_post(ctx: CoreContext, st: CoreState, store: TelemetryStore, psu_on_s: F64,

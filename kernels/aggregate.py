@@ -341,6 +341,128 @@ def _worst_case_current_into(
 
 
 @kernel(
+    IN_F64_1, IN_F64_1, IN_F64_1, IN_I32_1, IN_I32_1, IN_I8_1, IN_I8_1, IN_BOOL_1, IN_I32_1,
+    IN_F64_1, IN_I64_1, IN_I64_1, IN_I64_1, IN_I64_1, IN_BOOL_1, IN_F64_3, OUT_BOOL_1,
+    OUT_F64_3, OUT_F64_3, OUT_BOOL_1,
+)  # fmt: skip
+def _worst_case_current_update_into(
+    server_p_w,
+    server_contingency_p_w,
+    server_pf,
+    psu_server,
+    psu_node,
+    psu_phase,
+    psu_feed,
+    psu_alive,
+    parent_idx,
+    v_ln_v,
+    node_psu_start,
+    node_psu_order,
+    child_start,
+    child_order,
+    server_changed,
+    prev_scenario_i_a,
+    scratch_affected,
+    out_scenario_va,
+    out_scenario_i_a,
+    out_finite,
+):
+    """The currents of _worst_case_current_into, recomputed only where servers changed.
+
+    out_scenario_va holds the per-phase VA of every node and scenario of the last computation
+    (the sums _worst_case_current_into forms before it divides by V_LN), prev_scenario_i_a its
+    currents. The nodes above any PSU of a server with server_changed (its powers or the alive
+    flags of its PSUs differ from that computation's) are affected; every other node keeps its
+    VA and its current (copied from prev_scenario_i_a). Each affected node, from the last to
+    the first, has its VA summed again in the order _worst_case_current_into sums them: from
+    0.0, the shares of its alive PSUs in PSU order (node_psu_order, split by node_psu_start),
+    then the VA of its children from the highest index down (child_order, split by
+    child_start), so that the result is bit for bit the full computation's. When every server
+    is marked changed, every node is recomputed and prev_scenario_i_a is not read (the first
+    computation). out_finite[0] is False when a recomputed current is not finite.
+
+    Units: server_p_w, server_contingency_p_w (S,) W; server_pf (S,) 1; psu_* (K,) indices,
+    codes, feeds, flags; parent_idx (n,) index; v_ln_v (n,) V; node_psu_start (n+1,),
+    node_psu_order (K,), child_start (n+1,), child_order (n,) indices; server_changed (S,)
+    bool; prev_scenario_i_a (3, n, 3) A; scratch_affected (n,) bool; out_scenario_va
+    (3, n, 3) VA, updated; out_scenario_i_a (3, n, 3) A; out_finite (1,) bool.
+    """
+    n_servers = server_p_w.shape[0]
+    n_psus = psu_server.shape[0]
+    n = parent_idx.shape[0]
+    every = True
+    for s in range(n_servers):
+        if not server_changed[s]:
+            every = False
+            break
+    count = np.zeros((3, n_servers), np.int64)
+    for k in range(n_psus):
+        if psu_alive[k]:
+            s = psu_server[k]
+            count[0, s] += 1
+            if psu_feed[k] != 0:
+                count[1, s] += 1
+            if psu_feed[k] != 1:
+                count[2, s] += 1
+    for i in range(n):
+        scratch_affected[i] = every
+    if not every:
+        for k in range(n_psus):
+            if server_changed[psu_server[k]]:
+                node = psu_node[k]
+                while node >= 0 and not scratch_affected[node]:
+                    scratch_affected[node] = True
+                    node = parent_idx[node]
+        out_scenario_i_a[:, :, :] = prev_scenario_i_a
+    finite = True
+    for i in range(n - 1, -1, -1):
+        if not scratch_affected[i]:
+            continue
+        for scenario in range(3):
+            for c in range(3):
+                out_scenario_va[scenario, i, c] = 0.0
+        for j in range(node_psu_start[i], node_psu_start[i + 1]):
+            k = node_psu_order[j]
+            if not psu_alive[k]:
+                continue
+            s = psu_server[k]
+            code = psu_phase[k]
+            for scenario in range(3):
+                if scenario == 1 and psu_feed[k] == 0:
+                    continue
+                if scenario == 2 and psu_feed[k] == 1:
+                    continue
+                p_w = server_p_w[s] if scenario == 0 else server_contingency_p_w[s]
+                share_va = p_w / server_pf[s] / count[scenario, s]
+                if code <= 2:
+                    out_scenario_va[scenario, i, code] += share_va
+                elif code <= 5:
+                    a = code - 3
+                    b = (a + 1) % 3
+                    line_va = share_va * _INV_SQRT3
+                    out_scenario_va[scenario, i, a] += line_va
+                    out_scenario_va[scenario, i, b] += line_va
+                else:
+                    third_va = share_va * _THIRD
+                    out_scenario_va[scenario, i, 0] += third_va
+                    out_scenario_va[scenario, i, 1] += third_va
+                    out_scenario_va[scenario, i, 2] += third_va
+        for j in range(child_start[i], child_start[i + 1]):
+            ch = child_order[j]
+            for scenario in range(3):
+                for c in range(3):
+                    out_scenario_va[scenario, i, c] += out_scenario_va[scenario, ch, c]
+        inv_v = 1.0 / v_ln_v[i]
+        for scenario in range(3):
+            for c in range(3):
+                i_a = out_scenario_va[scenario, i, c] * inv_v
+                out_scenario_i_a[scenario, i, c] = i_a
+                if not math.isfinite(i_a):
+                    finite = False
+    out_finite[0] = finite
+
+
+@kernel(
     IN_F64_2, IN_BOOL_1, IN_BOOL_1, IN_F64_3, IN_I32_1, IN_I64_1, IN_I64_1, IN_F64_2, F64, F64,
     OUT_F64_2, OUT_F64_2, OUT_F64_3, OUT_F64_2, OUT_BOOL_1,
 )  # fmt: skip

@@ -41,6 +41,7 @@ __all__ = [
     "tree_current_a",
     "utilization_by_kind",
     "worst_case_current_a",
+    "worst_case_current_va",
     "worst_case_headroom_a",
     "worst_case_utilization",
     "zone_step",
@@ -300,6 +301,27 @@ def worst_case_current_a(
     out[0] = tree_current_a(server_p_w, server_pf, psu_server, psu_node, psu_phase, psu_alive,
                             parent_idx, v_ln_v)
     return out
+
+
+def worst_case_current_va(
+    server_p_w: Any,
+    server_contingency_p_w: Any,
+    server_pf: Any,
+    psu_server: Any,
+    psu_node: Any,
+    psu_phase: Any,
+    psu_feed: Any,
+    psu_alive: Any,
+    parent_idx: Any,
+    v_ln_v: Any,
+) -> tuple[FloatArray, FloatArray]:
+    """(per-phase VA (3, n, 3), phase currents (3, n, 3) A) of the three scenarios of
+    :func:`worst_case_current_a`: what the partial recomputation of the worst case keeps and
+    gives, computed in full (the VA as the currents times V_LN)."""
+    cur = worst_case_current_a(server_p_w, server_contingency_p_w, server_pf, psu_server,
+                               psu_node, psu_phase, psu_feed, psu_alive, parent_idx, v_ln_v)
+    v = np.asarray(v_ln_v, np.float64)
+    return cur * v[None, :, None], cur
 
 
 def measured_load_a(

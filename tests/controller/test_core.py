@@ -569,3 +569,45 @@ def test_rule_4_a_hot_zone_still_gets_the_missing_psus_of_a_server_already_booti
     # its other PSU adds no heat and goes on; nothing else does
     assert sent.tolist() == [int(rig.ctx.psu_outlet[first[1]])]
     assert "zone inlet at hold" in rig.state.hold_reasons
+
+
+def test_kept_decisions_keep_their_worst_case_and_each_is_the_full_computation() -> None:
+    """The worst case is computed from the last one (only where servers changed) or reused
+    when nothing changed: every decision's ``worst_a`` is still, ticks later, the full kernel's
+    result for its own tick, and nobody can write into it."""
+    from kernels.aggregate import _worst_case_current_into
+
+    rig = Rig()
+    rig.start()
+    seen: list[tuple[core.Decision, np.ndarray]] = []
+    calls: list[np.ndarray] = []
+    inner = core._worst_currents_a
+
+    def recording(ctx, w_normal, w_contingency, alive, out=None):
+        if out is None:   # the tick's own worst case: what the full kernel gives for it
+            k = ctx.kernel_args
+            full = np.empty((3, ctx.topo.n_nodes, 3))
+            _worst_case_current_into(np.ascontiguousarray(w_normal, float),
+                                     np.ascontiguousarray(w_contingency, float), k[0], k[1],
+                                     k[2], k[3], k[4], np.ascontiguousarray(alive, bool),
+                                     k[5], k[6], full, np.empty(1, bool))
+            calls.append(full)
+        return inner(ctx, w_normal, w_contingency, alive, out)
+
+    core._worst_currents_a = recording
+    try:
+        for t in range(60):
+            if t == 45:   # confirm the caps: servers' worst cases change, the others' not
+                rig.store.ingest_servers(np.arange(4), np.full(4, 100.0), rig.state.cap_cmd_w,
+                                         rig.now)
+            d = rig.tick()
+            seen.append((d, calls[-1]))
+    finally:
+        core._worst_currents_a = inner
+    distinct = {id(d.worst_a) for d, _ in seen}
+    assert 1 < len(distinct) < len(seen)   # recomputed when something changed, else reused
+    for d, full in seen:
+        np.testing.assert_array_equal(d.worst_a.view(np.uint64), full.view(np.uint64))
+        assert not d.worst_a.flags.writeable
+        with pytest.raises(ValueError):
+            d.worst_a[0, 0, 0] = 1.0

@@ -35,6 +35,7 @@ REFERENCE_OF = {
     "_worst_case_headroom_into": "worst_case_headroom_a",
     "_worst_case_utilization_into": "worst_case_utilization",
     "_worst_case_current_into": "worst_case_current_a",
+    "_worst_case_current_update_into": "worst_case_current_va",
     "_measured_load_into": "measured_load_a",
     "_node_utilization_into": "node_utilization",
     "_node_quality_into": "node_quality",

@@ -12,6 +12,7 @@ from kernels.aggregate import (
     _measured_load_into,
     _tree_current_into,
     _worst_case_current_into,
+    _worst_case_current_update_into,
 )
 
 RTOL = 1e-10
@@ -82,6 +83,64 @@ def test_worst_case_current_flags_a_current_that_is_not_finite():
     out, finite = np.empty((3, 2, 3)), np.ones(1, np.bool_)
     _worst_case_current_into(*args, out, finite)
     assert not finite[0]
+
+
+def _csr(h: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """The node → PSU and node → children tables of controller.core.CoreContext."""
+    parent, psu_node = h["parent_idx"], h["psu_node"]
+    n = parent.size
+    by_node = np.argsort(psu_node, kind="stable")
+    psu_start = np.searchsorted(psu_node[by_node], np.arange(n + 1))
+    kids = np.flatnonzero(parent >= 0)
+    kids = kids[np.lexsort((-kids, parent[kids]))]
+    child_start = np.searchsorted(parent[kids], np.arange(n + 1))
+    return tuple(np.ascontiguousarray(a, np.int64) for a in (psu_start, by_node, child_start,
+                                                              kids))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_worst_case_update_gives_the_bits_of_the_full_kernel(seed):
+    """A sequence of ticks, each changing a few servers' powers or PSUs (sometimes none,
+    sometimes all): the partial recomputation from the last result equals the full kernel
+    bit for bit, and its VA the reference's."""
+    rng = np.random.default_rng(seed)
+    h = _hall(rng)
+    n, s = h["parent_idx"].size, h["server_pf"].size
+    topo = (h["server_pf"], h["psu_server"], h["psu_node"], h["psu_phase"], h["psu_feed"])
+    csr = _csr(h)
+    va = np.full((3, n, 3), np.nan)
+    prev = None
+    wn, wc = _powers(rng, s)
+    alive = h["psu_alive"].copy()
+    for step in range(6):
+        if step:
+            pick = rng.random(s) < rng.choice([0.0, 0.2, 1.0])
+            wn, wc = wn.copy(), wc.copy()
+            wn[pick], wc[pick] = _powers(rng, int(pick.sum()))
+            wn[rng.random(s) < 0.1] = -0.0
+            flip = rng.random(alive.size) < 0.1
+            alive = np.where(flip, ~alive, alive)
+        if prev is None:
+            changed = np.ones(s, np.bool_)
+        else:
+            changed = (prev[0] != wn) | (prev[1] != wc)
+            changed[h["psu_server"][prev[2] != alive]] = True
+        got = np.full((3, n, 3), np.nan)
+        finite = np.zeros(1, np.bool_)
+        _worst_case_current_update_into(
+            wn, wc, *topo, alive, h["parent_idx"], h["v_ln_v"], *csr, changed,
+            va if prev is None else prev[3], np.zeros(n, np.bool_), va, got, finite)
+        want = np.empty((3, n, 3))
+        want_finite = np.zeros(1, np.bool_)
+        _worst_case_current_into(wn, wc, *topo, alive, h["parent_idx"], h["v_ln_v"], want,
+                                 want_finite)
+        np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
+        assert finite[0] == want_finite[0]
+        ref_va, ref_a = reference.worst_case_current_va(wn, wc, *topo, alive, h["parent_idx"],
+                                                        h["v_ln_v"])
+        np.testing.assert_allclose(va, ref_va, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(got, ref_a, rtol=RTOL, atol=ATOL)
+        prev = (wn, wc, alive, got)
 
 
 def _numpy_measured_load(node_i_a, trusted, metered, model_a, parent, depth, departure_a,
