@@ -12,22 +12,34 @@ Measures, on one core, over ticks of a real bring-up against the simulated plant
   load at every node is back under its continuous limit, against the shed deadline the guard trip
   curve leaves at the peak overload.
 
+* ``baseline`` (with ``--baseline DIR``, a checkout of another revision, e.g. ``git worktree
+  add /tmp/main main``): at every steady tick (those of ``tick_steady``, whose figures stay
+  this checkout's) the baseline's telemetry store and core run beside this checkout's on the same observation, read-backs and state, in alternating
+  order; both are timed (ingest + refresh + decide) and their decisions compared bit for bit
+  (actions, next state, ``worst_a``, ``measured_a``). Reported: both medians and the median
+  of the per-tick ratios, which the machine's load affects far less than either median.
+
 Writes JSON (default ``benchmarks/results/controller.json``). Usage::
 
     .venv/bin/python benchmarks/bench_controller.py [--config configs/hall-32k.toml]
-        [--decide-repeats 200] [--out PATH] [--profile]
+        [--decide-repeats 200] [--out PATH] [--profile] [--baseline DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
+import importlib.util
 import json
 import math
+import os
 import platform
 import pstats
+import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -91,6 +103,130 @@ class Loop:
             p.step(self.dt_s)
 
 
+def _load_as(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, arrays bit for bit (NaN equal to NaN), dataclasses field by field."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.dtype != b.dtype or a.shape != b.shape:
+            return False
+        if a.dtype.kind == "f":
+            return bool(np.array_equal(a.view(np.uint8), b.view(np.uint8)))
+        return bool(np.array_equal(a, b))
+    if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
+        return type(a).__name__ == type(b).__name__ and all(
+            _same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b) or (isinstance(a, float) and isinstance(b, float)
+                            and math.isnan(a) and math.isnan(b))
+
+
+class Baseline:
+    """Another revision's telemetry store and core (``--baseline DIR``), fed what this
+    checkout's get, timed against them tick by tick."""
+
+    def __init__(self, src: Path, loop: Loop) -> None:
+        self.telemetry = _load_as("baseline_telemetry", src / "controller" / "telemetry.py")
+        self.core = _load_as("baseline_core", src / "controller" / "core.py")
+        s = loop.strat
+        self.ctx = self.core.CoreContext(s.topo, s.settings, outlet_nodes=s.ctx.outlet_node,
+                                         planner=s.ctx.planner)
+        self.store: Any = None
+        self.loop = loop
+        self.samples: list[tuple[float, float]] = []   # (this checkout, baseline) s
+        self.mismatches = 0
+
+    def _ingest(self, obs: Any) -> Any:
+        s = self.loop.strat
+        if self.store is None:
+            # a copy of this checkout's store as it is now, in the baseline's class
+            self.store = self.telemetry.TelemetryStore(
+                s.topo, s.settings, obs.meter_node, np.arange(s.topo.n_servers),
+                clock=lambda: s.now_s)
+            for k, v in vars(s.store).items():
+                if k not in ("clock",):
+                    setattr(self.store, k, v.copy() if hasattr(v, "copy") else v)
+        store = self.store
+        fresh = (obs.meter_quality == 0) & np.isfinite(obs.meter_t_sample_s)
+        if fresh.any():
+            store.ingest_nodes(obs.meter_node[fresh], obs.meter_i_a[fresh],
+                               obs.meter_t_sample_s[fresh])
+        up = np.flatnonzero(obs.server_agent_up)
+        if up.size:
+            store.ingest_servers(up, obs.server_gpu_w[up], obs.server_cap_w[up], obs.t_s)
+        store.refresh()
+        return store
+
+    def tick(self, obs: Any, t_s: float) -> None:
+        """One steady tick of both, in alternating order; this checkout's result is kept."""
+        s = self.loop.strat
+        state = s.state
+        s.now_s = t_s
+
+        def ours() -> tuple[Any, float]:
+            t0 = time.perf_counter()
+            store = s._ingest(obs)
+            t1 = time.perf_counter()
+            rb = s._readbacks(obs)
+            t2 = time.perf_counter()
+            d = core.decide(s.ctx, store, rb, state, t_s)
+            t3 = time.perf_counter()
+            rec.update(ingest_s=t1 - t0, readbacks_s=t2 - t1, decide_s=t3 - t2,
+                       total_s=t3 - t0)
+            return d, t3 - t0
+
+        def theirs() -> tuple[Any, float]:
+            t0 = time.perf_counter()
+            store = self._ingest(obs)
+            d = self.core.decide(self.ctx, store, s._readbacks(obs), state, t_s)
+            return d, time.perf_counter() - t0
+
+        rec: dict[str, Any] = {"t_s": t_s}
+        if len(self.samples) % 2:
+            (d, t_ours), (d_base, t_base) = ours(), theirs()
+        else:
+            (d_base, t_base), (d, t_ours) = theirs(), ours()
+        self.samples.append((t_ours, t_base))
+        rec.update(mode=d.state.mode.value,
+                   set_caps=sum(isinstance(a, core.SetCaps) for a in d.actions))
+        self.loop.ticks.append(rec)
+        if not (_same(list(d.actions), list(d_base.actions)) and _same(d.state, d_base.state)
+                and _same(d.worst_a, d_base.worst_a)
+                and _same(d.measured_a, d_base.measured_a)):
+            self.mismatches += 1
+        s.state, s.last = d.state, d
+        self.loop.plant.submit(s._to_plant(d.actions, t_s))
+
+    def run(self, t_end_s: float) -> dict[str, Any]:
+        """The loop's steps until ``t_end_s`` (as :meth:`Loop.run_until`), each tick by
+        :meth:`tick`."""
+        loop, p = self.loop, self.loop.plant
+        while p.t_s < t_end_s - 1e-9:
+            if p.t_s >= loop.next_tick - 1e-9:
+                p.process_due()
+                self.tick(p.observe(), p.t_s)
+                loop.next_tick = p.t_s + loop.tick_s
+            p.step(loop.dt_s)
+        a = np.asarray(self.samples)
+        return {"ticks": int(a.shape[0]),
+                "tick_median_ms": round(float(np.median(a[:, 0])) * 1e3, 3),
+                "baseline_tick_median_ms": round(float(np.median(a[:, 1])) * 1e3, 3),
+                "ratio_median": round(float(np.median(a[:, 0] / a[:, 1])), 3),
+                "decisions_differ": self.mismatches}
+
+
 def _phase_stats(ticks: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: _stats_ms([r[f"{k}_s"] for r in ticks])
             for k in ("total", "ingest", "readbacks", "decide")}
@@ -103,8 +239,11 @@ def main() -> None:
     ap.add_argument("--steady-ticks", type=int, default=120)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "controller.json"))
     ap.add_argument("--profile", action="store_true", help="print a cProfile of steady ticks")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="a checkout of another revision to time against, tick by tick")
     args = ap.parse_args()
 
+    load0 = os.getloadavg()[0]
     loop = Loop(Path(args.config))
     wall0 = time.perf_counter()
     # the bring-up: until the core is STEADY (ticks before and after are kept apart)
@@ -119,7 +258,12 @@ def main() -> None:
     prof = cProfile.Profile() if args.profile else None
     if prof:
         prof.enable()
-    loop.run_until(loop.plant.t_s + args.steady_ticks * loop.tick_s)
+    baseline = None
+    if args.baseline is not None:   # the steady ticks, beside the baseline's
+        baseline = Baseline(args.baseline.resolve(), loop).run(
+            loop.plant.t_s + args.steady_ticks * loop.tick_s)
+    else:
+        loop.run_until(loop.plant.t_s + args.steady_ticks * loop.tick_s)
     if prof:
         prof.disable()
         pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
@@ -193,7 +337,9 @@ def main() -> None:
         "tick_steady": _phase_stats(steady_ticks),
         "decide_alone_steady": decide_stats,
         "reaction": events,
+        **({"baseline": {"src": str(args.baseline), **baseline}} if baseline else {}),
         "target_tick_ms": 2.0,
+        "load_average_1min": {"start": round(load0, 2), "end": round(os.getloadavg()[0], 2)},
         "wall_s": round(time.perf_counter() - wall0, 1),
         "ticks_measured": {"ramp": len(ramp_ticks), "steady": len(steady_ticks),
                            "bring_up_total": n_before},
