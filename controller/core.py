@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,7 +65,7 @@ from kernels.aggregate import (
     _worst_case_current_into,
     _worst_case_current_update_into,
 )
-from kernels.tick import _node_utilization_into
+from kernels.tick import _measured_at_into, _node_utilization_into
 
 F64 = npt.NDArray[np.float64]
 I32 = npt.NDArray[np.int32]
@@ -281,6 +282,11 @@ class CoreContext:
         #: (normal W, contingency W, alive, (3, n, 3) A read-only, (3, n, 3) VA of its nodes)
         self._worst_memo: tuple[F64, F64, B, F64, F64] | None = None
         self._worst_lock = threading.Lock()
+        self._worst_arrays = _Recycler((3, topo.n_nodes, 3))
+        self._metered_of: tuple[B, I64] | None = None
+        #: per worst case computed (a counter), the nodes it recomputed (None: all)
+        self._worst_version = 0
+        self._worst_log: dict[int, I64 | None] = {}
         # per node, its PSUs in PSU order and its children from the highest index down (the
         # order in which the worst-case kernel sums them), for the partial recomputation
         psu_by_node = np.argsort(topo.psu_node, kind="stable")
@@ -322,6 +328,28 @@ class CoreContext:
         if buf is None:
             buf = self._scratch.worst_a = np.empty((3, self.topo.n_nodes, 3))
         return buf
+
+    def metered_nodes(self, store: TelemetryStore) -> I64:
+        """The indices of the store's metered nodes (remembered per store: a store's meters
+        are fixed when it is made)."""
+        found = self._metered_of
+        if found is None or found[0] is not store.metered:
+            found = self._metered_of = (store.metered, np.ascontiguousarray(
+                np.flatnonzero(store.metered), np.int64))
+        return found[1]
+
+    def _worst_rows_since(self, version: int | None) -> I64 | None:
+        """The nodes the worst cases after ``version`` recomputed, up to the last one, with
+        repeats (None: not known, or all of them)."""
+        if version is None or version > self._worst_version:
+            return None
+        parts = []
+        for v in range(version + 1, self._worst_version + 1):
+            rows = self._worst_log.get(v)
+            if rows is None:
+                return None
+            parts.append(rows)
+        return np.ascontiguousarray(np.concatenate([np.zeros(0, np.int64), *parts]))
 
     def model(self, post_x: float) -> ServerModel:
         """The hall with its servers' POST power scaled by ``post_x`` (what the planner and the
@@ -367,6 +395,49 @@ class CoreContext:
         cap = np.clip(cap_w, t.server_gpu_min_cap_w[sel], t.server_gpu_max_w[sel])
         return np.minimum(t.server_other_max_w[sel] + t.server_gpus[sel] * cap,
                           t.server_max_w[sel])
+
+
+class _Recycler:
+    """Arrays of one shape that are handed out read-only, and whose memory is used again once
+    nobody else holds them: writing a fresh 4 MB array costs page faults, and copying all of
+    the last one into a free one costs memory bandwidth, both more than the partial worst case
+    that fills it; an array used again is tagged with what it holds, so that only what changed
+    since then is written.
+
+    An array is taken again only when its reference count says that this list is its only
+    holder. Whatever can read an array holds a reference to it (a variable, an attribute, a
+    container, a view through its ``base``, a memoryview), so nothing can read the array
+    while it is overwritten. Not thread-safe: the caller holds a lock."""
+
+    def __init__(self, shape: tuple[int, ...], keep: int = 4) -> None:
+        self.shape, self.keep = shape, keep
+        self.arrays: list[F64] = []
+        self.tags: list[int | None] = []
+
+    def take(self) -> tuple[F64, int | None]:
+        """A writeable array of the shape and the tag it was given (None: a new array)."""
+        for i in range(len(self.arrays)):
+            if sys.getrefcount(self.arrays[i]) <= _ONLY_LISTED:
+                found = self.arrays[i]
+                found.setflags(write=True)
+                return found, self.tags[i]
+        fresh = np.empty(self.shape)
+        if len(self.arrays) < self.keep:
+            self.arrays.append(fresh)
+            self.tags.append(None)
+        return fresh, None
+
+    def tag(self, array: F64, tag: int) -> None:
+        for i, a in enumerate(self.arrays):
+            if a is array:
+                self.tags[i] = tag
+
+
+#: how many worst cases back the nodes they recomputed are remembered
+_WORST_LOG_TICKS = 8
+#: ``sys.getrefcount`` of an array that only a list holds, taken as :meth:`_Recycler.take`
+#: takes it (the list's reference and the call's argument)
+_ONLY_LISTED = (lambda held: sys.getrefcount(held[0]))([np.empty(0)])
 
 
 # ============================================================================== state
@@ -753,7 +824,6 @@ def _worst_currents_a(ctx: CoreContext, w_normal: F64, w_contingency: F64, alive
         memo, ctx._worst_memo = ctx._worst_memo, None
         if memo is None:
             va = np.empty((3, ctx.topo.n_nodes, 3))
-            prev = va   # not read when every server is marked changed
             changed = np.ones(wn.size, np.bool_)
         else:
             prev_wn, prev_wc, prev_al, prev, va = memo
@@ -768,13 +838,30 @@ def _worst_currents_a(ctx: CoreContext, w_normal: F64, w_contingency: F64, alive
                 return prev
             if 4 * n_changed > wn.size:   # a large change: everything again, no copy
                 changed[:] = True
-        result = np.empty((3, ctx.topo.n_nodes, 3))
+        every = memo is None or bool(changed.all())
+        result, held = ctx._worst_arrays.take()
+        prev = result if memo is None else memo[3]
+        stale = np.zeros(0, np.int64)
+        if not every:
+            # the array is brought to the last result first: the nodes recomputed since the
+            # one it holds are copied (all of it when that is not known)
+            rows = ctx._worst_rows_since(held)
+            if rows is None:
+                np.copyto(result, prev)
+            else:
+                stale = rows
+        affected = np.empty(ctx.topo.n_nodes, np.bool_)
         _worst_case_current_update_into(
             wn, wc, k[0], k[1], k[2], k[3], k[4], al, k[5], k[6], ctx.node_psu_start,
-            ctx.node_psu_order, ctx.child_start, ctx.child_order, changed, prev,
-            np.empty(ctx.topo.n_nodes, np.bool_), va, result, finite)
+            ctx.node_psu_order, ctx.child_start, ctx.child_order, changed, prev, stale,
+            affected, va, result, finite)
         if not finite[0]:
+            ctx._worst_log.clear()
             raise ValueError("worst-case currents are not finite")   # the memo stays None
+        ctx._worst_version += 1
+        ctx._worst_log[ctx._worst_version] = None if every else np.flatnonzero(affected)
+        ctx._worst_log.pop(ctx._worst_version - _WORST_LOG_TICKS, None)
+        ctx._worst_arrays.tag(result, ctx._worst_version)
         result.setflags(write=False)
         ctx._worst_memo = (wn.copy(), wc.copy(), al.copy(), result, va)
     return result
@@ -866,10 +953,18 @@ def _measured_load(ctx: CoreContext, store: TelemetryStore, model_a: F64
     - whether the background departs from the model by more than
       :attr:`CoreContext.departure_a` somewhere (the plan is then recomputed)."""
     n = ctx.topo.n_nodes
+    # first the metered nodes alone: without a reading beyond the model (the usual case) the
+    # measured load is all there is to compute
+    measured_a = np.zeros((n, 3))
+    excess = np.empty(1, np.bool_)
+    _measured_at_into(ctx.metered_nodes(store), np.ascontiguousarray(store.node_i_a, np.float64),
+                      np.ascontiguousarray(store.node_quality, np.int8), model_a,
+                      METER_TOLERANCE_X, METER_TOLERANCE_A, measured_a, excess)
+    if not excess[0]:
+        return None, model_a, measured_a, False
     trusted = store.metered & (store.node_quality == Quality.GOOD)
     up_a = np.empty((n, 3))
     worst_a = np.empty((3, n, 3))
-    measured_a = np.empty((n, 3))
     flags = np.empty(2, np.bool_)
     _measured_load_into(np.ascontiguousarray(store.node_i_a, np.float64), trusted,
                         np.ascontiguousarray(store.metered, np.bool_), model_a,
@@ -898,13 +993,15 @@ def _shed(ctx: CoreContext, st: CoreState, store: TelemetryStore, measured_a: F6
     actions: list[CoreAction] = []
     # per node: utilization, since when it is over its limit, and how many are over the
     # capping threshold, in one pass (kernels.tick._node_utilization_into)
+    # (only metered nodes carry a measured load: elsewhere it is 0, u = 0, never over)
     n = topo.n_nodes
-    util = np.empty(n)
-    over_since = np.empty(n)
+    util = np.zeros(n)
+    over_since = np.full(n, np.inf)
     n_over = np.empty(1, np.int64)
-    _node_utilization_into(np.ascontiguousarray(measured_a, np.float64), ctx.limit_node_a,
-                           np.ascontiguousarray(st.over_since_s, np.float64), float(now_s),
-                           1.0 + _RTOL, float(pol.capping_threshold), util, over_since, n_over)
+    _node_utilization_into(ctx.metered_nodes(store), np.ascontiguousarray(measured_a, np.float64),
+                           ctx.limit_node_a, np.ascontiguousarray(st.over_since_s, np.float64),
+                           float(now_s), 1.0 + _RTOL, float(pol.capping_threshold), util,
+                           over_since, n_over)
     over = util > pol.capping_threshold if n_over[0] else None
     shed = st.shed_cap_w.copy()
     gpus = topo.server_gpus.astype(float)

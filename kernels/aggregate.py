@@ -342,8 +342,8 @@ def _worst_case_current_into(
 
 @kernel(
     IN_F64_1, IN_F64_1, IN_F64_1, IN_I32_1, IN_I32_1, IN_I8_1, IN_I8_1, IN_BOOL_1, IN_I32_1,
-    IN_F64_1, IN_I64_1, IN_I64_1, IN_I64_1, IN_I64_1, IN_BOOL_1, IN_F64_3, OUT_BOOL_1,
-    OUT_F64_3, OUT_F64_3, OUT_BOOL_1,
+    IN_F64_1, IN_I64_1, IN_I64_1, IN_I64_1, IN_I64_1, IN_BOOL_1, IN_F64_3, IN_I64_1,
+    OUT_BOOL_1, OUT_F64_3, OUT_F64_3, OUT_BOOL_1,
 )  # fmt: skip
 def _worst_case_current_update_into(
     server_p_w,
@@ -362,6 +362,7 @@ def _worst_case_current_update_into(
     child_order,
     server_changed,
     prev_scenario_i_a,
+    stale_rows,
     scratch_affected,
     out_scenario_va,
     out_scenario_i_a,
@@ -370,22 +371,25 @@ def _worst_case_current_update_into(
     """The currents of _worst_case_current_into, recomputed only where servers changed.
 
     out_scenario_va holds the per-phase VA of every node and scenario of the last computation
-    (the sums _worst_case_current_into forms before it divides by V_LN), prev_scenario_i_a its
-    currents. The nodes above any PSU of a server with server_changed (its powers or the alive
-    flags of its PSUs differ from that computation's) are affected; every other node keeps its
-    VA and its current (copied from prev_scenario_i_a). Each affected node, from the last to
+    (the sums _worst_case_current_into forms before it divides by V_LN), prev_scenario_i_a
+    its currents. out_scenario_i_a holds on entry the currents of an earlier computation,
+    which differ from prev_scenario_i_a at most at the nodes listed in stale_rows (repeats
+    allowed): those are copied from prev_scenario_i_a first. The nodes above any PSU of a
+    server with server_changed (its powers or the alive flags of its PSUs differ from the last
+    computation's) are affected; every other node keeps its VA and its current. Each affected node, from the last to
     the first, has its VA summed again in the order _worst_case_current_into sums them: from
     0.0, the shares of its alive PSUs in PSU order (node_psu_order, split by node_psu_start),
     then the VA of its children from the highest index down (child_order, split by
     child_start), so that the result is bit for bit the full computation's. When every server
-    is marked changed, every node is recomputed and prev_scenario_i_a is not read (the first
+    is marked changed, every node is recomputed and no array is read on entry (the first
     computation). out_finite[0] is False when a recomputed current is not finite.
 
     Units: server_p_w, server_contingency_p_w (S,) W; server_pf (S,) 1; psu_* (K,) indices,
     codes, feeds, flags; parent_idx (n,) index; v_ln_v (n,) V; node_psu_start (n+1,),
     node_psu_order (K,), child_start (n+1,), child_order (n,) indices; server_changed (S,)
-    bool; prev_scenario_i_a (3, n, 3) A; scratch_affected (n,) bool; out_scenario_va
-    (3, n, 3) VA, updated; out_scenario_i_a (3, n, 3) A; out_finite (1,) bool.
+    bool; prev_scenario_i_a (3, n, 3) A; stale_rows (R,) indices; scratch_affected (n,)
+    bool; out_scenario_va (3, n, 3) VA and out_scenario_i_a (3, n, 3) A, updated; out_finite
+    (1,) bool.
     """
     n_servers = server_p_w.shape[0]
     n_psus = psu_server.shape[0]
@@ -413,7 +417,11 @@ def _worst_case_current_update_into(
                 while node >= 0 and not scratch_affected[node]:
                     scratch_affected[node] = True
                     node = parent_idx[node]
-        out_scenario_i_a[:, :, :] = prev_scenario_i_a
+        for j in range(stale_rows.shape[0]):
+            r = stale_rows[j]
+            for scenario in range(3):
+                for c in range(3):
+                    out_scenario_i_a[scenario, r, c] = prev_scenario_i_a[scenario, r, c]
     finite = True
     for i in range(n - 1, -1, -1):
         if not scratch_affected[i]:

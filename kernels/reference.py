@@ -27,6 +27,7 @@ __all__ = [
     "gpu_temperature_step",
     "headroom_a",
     "inrush_x",
+    "measured_at",
     "measured_load_a",
     "meter_sample",
     "neutral_current_a",
@@ -941,27 +942,47 @@ def _np_max(a: float, b: float) -> float:
 
 
 def node_utilization(
-    measured_a: Any, limit_a: Any, over_since_s: Any, now_s: float, over_x: float,
-    capping_x: float,
+    nodes: Any, measured_a: Any, limit_a: Any, over_since_s: Any, now_s: float,
+    over_x: float, capping_x: float,
 ) -> tuple[FloatArray, FloatArray, int]:
-    """(utilization (n,) 1, over-since (n,) s, nodes above ``capping_x``): the largest
-    measured / limit of a node's poles; since when it is above ``over_x`` (+inf: it is not);
-    how many are above ``capping_x``."""
+    """(utilization (n,) 1, over-since (n,) s, listed nodes above ``capping_x``): at each node
+    listed, the largest measured / limit of its poles, and since when it is above ``over_x``
+    (+inf: it is not); 0 and +inf at the others."""
     m, lim, since = _lst(measured_a), _lst(limit_a), _lst(over_since_s)
-    util: list[float] = []
-    out_since: list[float] = []
-    for i in range(len(m)):
+    util = [0.0] * len(m)
+    out_since = [math.inf] * len(m)
+    count = 0
+    for i in _lst(nodes):
         ratios = [m[i][c] / lim[i][c] if lim[i][c] != 0 else math.copysign(math.inf, m[i][c])
                   if m[i][c] != 0 else math.nan for c in range(3)]
         u = _np_max(_np_max(ratios[0], ratios[1]), ratios[2])
-        util.append(u)
+        util[i] = u
         if u > over_x:
             t = since[i]
-            out_since.append(t if (math.isnan(t) or t < now_s) else now_s)
-        else:
-            out_since.append(math.inf)
-    count = sum(1 for u in util if u > capping_x)
+            out_since[i] = t if (math.isnan(t) or t < now_s) else now_s
+        count += u > capping_x
     return np.asarray(util, np.float64), np.asarray(out_since, np.float64), count
+
+
+def measured_at(
+    nodes: Any, node_i_a: Any, node_quality: Any, model_scenario_i_a: Any,
+    tolerance_x: float, tolerance_a: float,
+) -> tuple[FloatArray, bool]:
+    """(measured (n, 3) A, any excess): at each node listed, its reading where GOOD (quality
+    0) and finite, else the model's normal scenario; 0 at the others; whether a GOOD finite
+    reading m exceeds the model M by more than ``tolerance_x`` · m + ``tolerance_a``."""
+    cur, quality, model = _lst(node_i_a), _lst(node_quality), _lst(model_scenario_i_a)
+    out = [[0.0, 0.0, 0.0] for _ in cur]
+    excess = False
+    for i in _lst(nodes):
+        for c in range(3):
+            m, big_m = cur[i][c], model[0][i][c]
+            if quality[i] == 0 and math.isfinite(m):
+                out[i][c] = m
+                excess = excess or m - big_m - (tolerance_x * m + tolerance_a) > 0.0
+            else:
+                out[i][c] = big_m
+    return np.asarray(out, np.float64).reshape(-1, 3), excess
 
 
 def node_quality(

@@ -23,6 +23,7 @@ import numpy as np
 from kernels._jit import (
     F64,
     IN_BOOL_1,
+    IN_F64_3,
     IN_F64_1,
     IN_F64_2,
     IN_I8_1,
@@ -55,8 +56,9 @@ READING_JUMP = 7
 _F64_MAX = float(np.finfo(np.float64).max)
 
 
-@kernel(IN_F64_2, IN_F64_2, IN_F64_1, F64, F64, F64, OUT_F64_1, OUT_F64_1, OUT_I64_1)
+@kernel(IN_I64_1, IN_F64_2, IN_F64_2, IN_F64_1, F64, F64, F64, OUT_F64_1, OUT_F64_1, OUT_I64_1)
 def _node_utilization_into(
+    nodes,
     measured_a,
     limit_a,
     over_since_s,
@@ -67,21 +69,23 @@ def _node_utilization_into(
     out_over_since_s,
     out_count,
 ):
-    """Per node i: u = max over the three poles of measured / limit (numpy's maximum: NaN
-    propagates), in out_utilization; out_over_since_s[i] = min(over_since_s[i], now_s) where
-    u > over_x, else +inf; out_count[0] = the number of nodes with u > capping_x.
+    """Per node i of nodes: u = max over the three poles of measured / limit (numpy's maximum:
+    NaN propagates), in out_utilization[i]; out_over_since_s[i] = min(over_since_s[i], now_s)
+    where u > over_x, else +inf; out_count[0] = the number of those nodes with u > capping_x.
+    Other nodes are not written.
 
-    What the core's shedding step computed with ``ratio = measured_a / limit_a``,
-    ``np.maximum`` over the columns, ``np.where(u > over_x, np.minimum(...), inf)`` and
-    ``u > capping_x``.
+    With nodes every index, what the core's shedding step computed with
+    ``ratio = measured_a / limit_a``, ``np.maximum`` over the columns,
+    ``np.where(u > over_x, np.minimum(...), inf)`` and ``u > capping_x``; the core lists its
+    metered nodes only, the others' measured load being 0 (u = 0, never over).
 
-    Units: measured_a, limit_a (n, 3) A (limit +inf where a pole has none); over_since_s (n,)
-    s; now_s s; over_x, capping_x 1 (× the limit); out_utilization (n,) 1; out_over_since_s
-    (n,) s; out_count (1,) nodes.
+    Units: nodes (m,) index; measured_a, limit_a (n, 3) A (limit +inf where a pole has none);
+    over_since_s (n,) s; now_s s; over_x, capping_x 1 (× the limit); out_utilization (n,) 1;
+    out_over_since_s (n,) s; out_count (1,) nodes.
     """
-    n = measured_a.shape[0]
     count = 0
-    for i in range(n):
+    for j in range(nodes.shape[0]):
+        i = nodes[j]
         u = measured_a[i, 0] / limit_a[i, 0]
         r = measured_a[i, 1] / limit_a[i, 1]
         if not (u > r or u != u):
@@ -98,6 +102,45 @@ def _node_utilization_into(
         if u > capping_x:
             count += 1
     out_count[0] = count
+
+
+@kernel(IN_I64_1, IN_F64_2, IN_I8_1, IN_F64_3, F64, F64, OUT_F64_2, OUT_BOOL_1)
+def _measured_at_into(
+    nodes,
+    node_i_a,
+    node_quality,
+    model_scenario_i_a,
+    tolerance_x,
+    tolerance_a,
+    out_measured_a,
+    out_any_excess,
+):
+    """The load taken as measured at the metered nodes, and whether any reading is beyond the
+    model, without the background pass of kernels.aggregate._measured_load_into.
+
+    Per node i of nodes (the metered ones) and phase c, with m = node_i_a[i, c] where the
+    node's quality is GOOD and M = model_scenario_i_a[0, i, c]: out_measured_a[i, c] = m when
+    finite, else M; out_any_excess[0]: some m - M - (tolerance_x·m + tolerance_a) > 0. Other
+    nodes are not written (the core's are 0: no meter). Without any excess this is what
+    _measured_load_into gives for out_measured_a; with one, the caller runs that kernel.
+
+    Units: nodes (m,) index; node_i_a (n, 3) A; node_quality (n,) quality code;
+    model_scenario_i_a (3, n, 3) A; tolerance_x 1; tolerance_a A; out_measured_a (n, 3) A;
+    out_any_excess (1,) bool.
+    """
+    excess = False
+    for j in range(nodes.shape[0]):
+        i = nodes[j]
+        good = node_quality[i] == QUALITY_GOOD
+        for c in range(3):
+            m = node_i_a[i, c]
+            if good and math.isfinite(m):
+                out_measured_a[i, c] = m
+                if m - model_scenario_i_a[0, i, c] - (tolerance_x * m + tolerance_a) > 0.0:
+                    excess = True
+            else:
+                out_measured_a[i, c] = model_scenario_i_a[0, i, c]
+    out_any_excess[0] = excess
 
 
 @kernel(

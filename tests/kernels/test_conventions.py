@@ -38,6 +38,7 @@ REFERENCE_OF = {
     "_worst_case_current_update_into": "worst_case_current_va",
     "_measured_load_into": "measured_load_a",
     "_node_utilization_into": "node_utilization",
+    "_measured_at_into": "measured_at",
     "_node_quality_into": "node_quality",
     "_screen_readings_into": "screen_readings",
 }

@@ -109,7 +109,7 @@ def test_worst_case_update_gives_the_bits_of_the_full_kernel(seed):
     topo = (h["server_pf"], h["psu_server"], h["psu_node"], h["psu_phase"], h["psu_feed"])
     csr = _csr(h)
     va = np.full((3, n, 3), np.nan)
-    prev = None
+    prev = older = None
     wn, wc = _powers(rng, s)
     alive = h["psu_alive"].copy()
     for step in range(6):
@@ -125,11 +125,19 @@ def test_worst_case_update_gives_the_bits_of_the_full_kernel(seed):
         else:
             changed = (prev[0] != wn) | (prev[1] != wc)
             changed[h["psu_server"][prev[2] != alive]] = True
-        got = np.full((3, n, 3), np.nan)
+        # the output array holds an older result (two computations back) and the nodes that
+        # differ from the last one are named; or a copy of the last
+        if prev is None:
+            got, stale, last = np.full((3, n, 3), np.nan), np.zeros(0, np.int64), va
+        elif older is not None and rng.random() < 0.7:
+            got, stale, last = older[0].copy(), older[1], prev[3]
+        else:
+            got, stale, last = prev[3].copy(), np.zeros(0, np.int64), prev[3]
         finite = np.zeros(1, np.bool_)
+        affected = np.zeros(n, np.bool_)
         _worst_case_current_update_into(
-            wn, wc, *topo, alive, h["parent_idx"], h["v_ln_v"], *csr, changed,
-            va if prev is None else prev[3], np.zeros(n, np.bool_), va, got, finite)
+            wn, wc, *topo, alive, h["parent_idx"], h["v_ln_v"], *csr, changed, last, stale,
+            affected, va, got, finite)
         want = np.empty((3, n, 3))
         want_finite = np.zeros(1, np.bool_)
         _worst_case_current_into(wn, wc, *topo, alive, h["parent_idx"], h["v_ln_v"], want,
@@ -140,6 +148,8 @@ def test_worst_case_update_gives_the_bits_of_the_full_kernel(seed):
                                                         h["v_ln_v"])
         np.testing.assert_allclose(va, ref_va, rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(got, ref_a, rtol=RTOL, atol=ATOL)
+        # what an array holding this result misses of the next one: the nodes it recomputes
+        older = None if prev is None else (prev[3], np.flatnonzero(affected))
         prev = (wn, wc, alive, got)
 
 

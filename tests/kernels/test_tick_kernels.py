@@ -60,16 +60,77 @@ def test_node_utilization_is_the_numpy_code_it_replaces(seed):
     with np.errstate(all="ignore"):
         want = _numpy_utilization(measured, limit, since, now, over_x, cap_x)
     util, over_since, count = np.full(n, 7.0), np.full(n, 7.0), np.full(1, -1, np.int64)
-    with np.errstate(all="ignore"):
-        tick._node_utilization_into(measured, limit, since, now, over_x, cap_x, util,
-                                    over_since, count)
+    every = np.arange(n, dtype=np.int64)
+    tick._node_utilization_into(every, measured, limit, since, now, over_x, cap_x, util,
+                                over_since, count)
     _bits_equal(util, want[0])
     _bits_equal(over_since, want[1])
     assert int(count[0]) == want[2]
-    ref = reference.node_utilization(measured, limit, since, now, over_x, cap_x)
+    ref = reference.node_utilization(every, measured, limit, since, now, over_x, cap_x)
     np.testing.assert_array_equal(ref[0], util)
     np.testing.assert_array_equal(ref[1], over_since)
     assert ref[2] == want[2]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_node_utilization_of_the_metered_nodes_is_that_of_all_when_the_rest_carry_nothing(seed):
+    """The core lists its metered nodes; elsewhere the measured load is 0: the result over all
+    nodes is the same bits as over every node."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    limit = rng.uniform(10.0, 100.0, (n, 3))
+    limit[rng.random((n, 3)) < 0.2] = np.inf
+    metered = np.flatnonzero(rng.random(n) < 0.3).astype(np.int64)
+    measured = np.zeros((n, 3))
+    measured[metered] = _awkward(rng, (metered.size, 3), 120.0)
+    since = np.where(rng.random(n) < 0.5, np.inf, rng.uniform(0.0, 50.0, n))
+    with np.errstate(all="ignore"):
+        want = _numpy_utilization(measured, limit, since, 40.0, 1.0 + 1e-9, 0.95)
+    util, over_since, count = np.zeros(n), np.full(n, np.inf), np.zeros(1, np.int64)
+    tick._node_utilization_into(metered, measured, limit, since, 40.0, 1.0 + 1e-9, 0.95, util,
+                                over_since, count)
+    _bits_equal(util, want[0])
+    _bits_equal(over_since, want[1])
+    assert int(count[0]) == want[2]
+    ref = reference.node_utilization(metered, measured, limit, since, 40.0, 1.0 + 1e-9, 0.95)
+    np.testing.assert_array_equal(ref[0], util)
+    np.testing.assert_array_equal(ref[1], over_since)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_measured_at_the_meters_is_the_full_kernel_without_background(seed):
+    from kernels.aggregate import _measured_load_into
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 80))
+    parent = np.array([-1] + [int(rng.integers(-1, i)) for i in range(1, n)], np.int32)
+    metered = rng.random(n) < 0.6
+    quality = np.where(metered & (rng.random(n) < 0.2), np.int8(2), np.int8(0))
+    model = rng.uniform(0.0, 100.0, (3, n, 3))
+    cur = model[0] * rng.choice([0.8, 1.0, 1.2]) * rng.uniform(0.9, 1.1, (n, 3))
+    cur[rng.random((n, 3)) < 0.05] = np.nan
+    cur[~metered] = np.nan
+    nodes = np.flatnonzero(metered).astype(np.int64)
+    got, excess = np.zeros((n, 3)), np.zeros(1, np.bool_)
+    tick._measured_at_into(nodes, cur, quality, model, 0.02, 0.5, got, excess)
+    trusted = metered & (quality == 0)
+    depth = np.zeros(n, np.int64)
+    for i in range(n):
+        depth[i] = 0 if parent[i] < 0 else depth[parent[i]] + 1
+    levels = [np.flatnonzero(depth == d) for d in range(int(depth.max()), 0, -1)]
+    order = np.concatenate([np.zeros(0, np.int64), *levels]).astype(np.int64)
+    start = np.concatenate([[0], np.cumsum([lv.size for lv in levels])]).astype(np.int64)
+    want = np.full((n, 3), np.nan)
+    flags = np.zeros(2, np.bool_)
+    _measured_load_into(cur, trusted, metered, model, parent, order, start,
+                        np.full((n, 3), 5.0), 0.02, 0.5, np.empty((n, 3)), np.empty((n, 3)),
+                        np.empty((3, n, 3)), want, flags)
+    assert bool(excess[0]) == bool(flags[0])
+    if not flags[0]:
+        _bits_equal(got, want)
+    ref = reference.measured_at(nodes, cur, quality, model, 0.02, 0.5)
+    assert ref[1] == bool(excess[0])
+    np.testing.assert_array_equal(ref[0], got)
 
 
 # ------------------------------------------------------------------------ node quality
