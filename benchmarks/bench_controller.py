@@ -13,11 +13,12 @@ Measures, on one core, over ticks of a real bring-up against the simulated plant
   curve leaves at the peak overload.
 
 * ``baseline`` (with ``--baseline DIR``, a checkout of another revision, e.g. ``git worktree
-  add /tmp/main main``): at every steady tick (those of ``tick_steady``, whose figures stay
-  this checkout's) the baseline's telemetry store and core run beside this checkout's on the same observation, read-backs and state, in alternating
-  order; both are timed (ingest + refresh + decide) and their decisions compared bit for bit
-  (actions, next state, ``worst_a``, ``measured_a``). Reported: both medians and the median
-  of the per-tick ratios, which the machine's load affects far less than either median.
+  add /tmp/main main``): at every steady tick (those of ``tick_steady``, whose figures stay this
+  checkout's) the baseline's telemetry store and core run beside this checkout's on the same
+  observation, read-backs and state, in alternating order; both are timed (ingest + refresh +
+  decide) and their decisions compared bit for bit (actions, next state, ``worst_a``,
+  ``measured_a``). Reported: both medians and the median of the per-tick ratios, which the machine's
+  load affects far less than either median.
 
 Writes JSON (default ``benchmarks/results/controller.json``). Usage::
 

@@ -123,8 +123,15 @@ class TelemetryStore:
         self._rating_max_a = np.ascontiguousarray(
             topo.rating_a.max(axis=1) if n else np.zeros(0), np.float64)
         self._rating_a = np.ascontiguousarray(topo.rating_a, np.float64)
-        self._parent_idx = np.ascontiguousarray(topo.parent_idx, np.int32)
-        self._child_count_i64 = np.ascontiguousarray(self._child_count, np.int64)
+        # for the one-pass refresh: the metered nodes, those with the sum check, and each
+        # node's children in increasing order
+        self._metered_idx = np.ascontiguousarray(np.flatnonzero(self.metered), np.int64)
+        self._sum_idx = np.ascontiguousarray(np.flatnonzero(self._sum_check), np.int64)
+        kids = np.flatnonzero(parent >= 0)
+        kids = kids[np.argsort(parent[kids], kind="stable")]
+        self._child_order = np.ascontiguousarray(kids, np.int64)
+        self._child_start = np.ascontiguousarray(
+            np.searchsorted(parent[kids], np.arange(n + 1)), np.int64)
         depth_max = int(topo.depth.max()) if n else 0
         self._levels = [np.flatnonzero(topo.depth == d) for d in range(1, depth_max + 1)]
 
@@ -280,14 +287,15 @@ class TelemetryStore:
         """Recompute every quality at the current time (staleness, sums). Vectorized."""
         now = self.clock()
         n = self.topo.n_nodes
-        q = np.empty(n, np.int8)
-        bad = np.empty(n, np.bool_)
-        # qualities (stale, missing, rejected) and the children-sum check in one pass
-        _node_quality_into(self.metered, self.node_t_s, self._rejected_now, self._parent_idx,
-                           self._child_count_i64, self._sum_check, self.node_i_a,
+        q = np.full(n, Quality.GOOD, dtype=np.int8)
+        bad = np.zeros(n, np.bool_)
+        # qualities (stale, missing, rejected) and the children-sum check in one pass over the
+        # metered nodes
+        _node_quality_into(self._metered_idx, self.node_t_s, self._rejected_now, self._sum_idx,
+                           self._child_start, self._child_order, self.node_i_a,
                            self._rating_a, float(now), float(self.meter_stale_s),
                            float(self.limits.sum_tolerance), float(self.limits.sum_tolerance_a),
-                           np.empty(n, np.int64), np.empty((n, 3)), q, bad)
+                           q, bad)
         if bad.any():
             for node in np.flatnonzero(bad & (self.node_quality != Quality.INCONSISTENT)):
                 self._note_fault("node", int(node), "children_sum_disagrees")

@@ -370,19 +370,19 @@ def _worst_case_current_update_into(
 ):
     """The currents of _worst_case_current_into, recomputed only where servers changed.
 
-    out_scenario_va holds the per-phase VA of every node and scenario of the last computation
-    (the sums _worst_case_current_into forms before it divides by V_LN), prev_scenario_i_a
-    its currents. out_scenario_i_a holds on entry the currents of an earlier computation,
-    which differ from prev_scenario_i_a at most at the nodes listed in stale_rows (repeats
-    allowed): those are copied from prev_scenario_i_a first. The nodes above any PSU of a
-    server with server_changed (its powers or the alive flags of its PSUs differ from the last
-    computation's) are affected; every other node keeps its VA and its current. Each affected node, from the last to
-    the first, has its VA summed again in the order _worst_case_current_into sums them: from
-    0.0, the shares of its alive PSUs in PSU order (node_psu_order, split by node_psu_start),
-    then the VA of its children from the highest index down (child_order, split by
-    child_start), so that the result is bit for bit the full computation's. When every server
-    is marked changed, every node is recomputed and no array is read on entry (the first
-    computation). out_finite[0] is False when a recomputed current is not finite.
+    out_scenario_va holds the per-phase VA of every node and scenario of the last computation (the
+    sums _worst_case_current_into forms before it divides by V_LN), prev_scenario_i_a its currents.
+    out_scenario_i_a holds on entry the currents of an earlier computation, which differ from
+    prev_scenario_i_a at most at the nodes listed in stale_rows (repeats allowed): those are copied
+    from prev_scenario_i_a first. The nodes above any PSU of a server with server_changed (its
+    powers or the alive flags of its PSUs differ from the last computation's) are affected; every
+    other node keeps its VA and its current. Each affected node, from the last to the first, has its
+    VA summed again in the order _worst_case_current_into sums them: from 0.0, the shares of its
+    alive PSUs in PSU order (node_psu_order, split by node_psu_start), then the VA of its children
+    from the highest index down (child_order, split by child_start), so that the result is bit for
+    bit the full computation's. When every server is marked changed, every node is recomputed and no
+    array is read on entry (the first computation). out_finite[0] is False when a recomputed current
+    is not finite.
 
     Units: server_p_w, server_contingency_p_w (S,) W; server_pf (S,) 1; psu_* (K,) indices,
     codes, feeds, flags; parent_idx (n,) index; v_ln_v (n,) V; node_psu_start (n+1,),

@@ -22,12 +22,10 @@ import numpy as np
 
 from kernels._jit import (
     F64,
-    IN_BOOL_1,
-    IN_F64_3,
     IN_F64_1,
     IN_F64_2,
+    IN_F64_3,
     IN_I8_1,
-    IN_I32_1,
     IN_I64_1,
     OUT_BOOL_1,
     OUT_F64_1,
@@ -144,82 +142,68 @@ def _measured_at_into(
 
 
 @kernel(
-    IN_BOOL_1, IN_F64_1, IN_I8_1, IN_I32_1, IN_I64_1, IN_BOOL_1, IN_F64_2, IN_F64_2, F64, F64,
-    F64, F64, OUT_I64_1, OUT_F64_2, OUT_I8_1, OUT_BOOL_1,
+    IN_I64_1, IN_F64_1, IN_I8_1, IN_I64_1, IN_I64_1, IN_I64_1, IN_F64_2, IN_F64_2, F64, F64, F64,
+    F64, OUT_I8_1, OUT_BOOL_1,
 )  # fmt: skip
 def _node_quality_into(
-    metered,
+    metered_nodes,
     node_t_s,
     rejected_now,
-    parent_idx,
-    child_count,
-    sum_check,
+    sum_nodes,
+    child_start,
+    child_order,
     node_i_a,
     rating_a,
     now_s,
     stale_s,
     sum_tolerance_x,
     sum_tolerance_a,
-    scratch_fresh_children,
-    scratch_sum_a,
     out_quality,
     out_disagrees,
 ):
-    """The quality of every node's reading at now_s, and the children-sum check.
+    """The quality of every metered node's reading at now_s, and the children-sum check.
 
-    Per node, in this order of precedence (last wins): GOOD; STALE where metered, the last
-    reading's time t finite and now_s - t > stale_s; MISSING where metered and t not finite;
-    rejected_now[i] where metered and that is not GOOD (the latest input was refused). A node is
-    fresh when metered and GOOD. Where sum_check[i], i is fresh and every one of its
-    child_count[i] children is fresh, the children's readings are summed per pole (children in
-    index order, from 0.0) and compared with its own (NaN taken as 0, ±inf as the largest
-    finite magnitude, as ``np.nan_to_num``): out_disagrees[i] when the largest |sum - own|
-    over the poles (numpy's maximum) is above sum_tolerance_x × its largest pole rating +
-    sum_tolerance_a; those nodes become INCONSISTENT. out_disagrees is False elsewhere.
+    Per node i of metered_nodes, in this order of precedence (last wins): GOOD; STALE where the
+    last reading's time t is finite and now_s - t > stale_s; MISSING where t is not finite;
+    rejected_now[i] where that is not GOOD (the latest input was refused). Other nodes are not
+    written (they are GOOD: no meter). A node is fresh when metered and GOOD then. Each node
+    of sum_nodes (metered, with children, all metered; in increasing order) that is fresh and
+    whose children (child_order, split by child_start, in increasing order) are all fresh has
+    its children's readings summed per pole (in that order, from 0.0) and compared with its own
+    (NaN taken as 0, ±inf as the largest finite magnitude, as ``np.nan_to_num``): when the
+    largest |sum - own| over the poles (numpy's maximum) is above sum_tolerance_x × its largest
+    pole rating + sum_tolerance_a, out_disagrees[i] is set and i becomes INCONSISTENT (which
+    does not change whether it counts as fresh for its parent). out_disagrees is not written
+    elsewhere.
 
-    Units: metered (n,) bool; node_t_s (n,) s; rejected_now (n,) quality code; parent_idx (n,)
-    index; child_count (n,) children; sum_check (n,) bool; node_i_a (n, 3) A; rating_a
-    (n, 3) A; now_s, stale_s s; sum_tolerance_x 1; sum_tolerance_a A;
-    scratch_fresh_children (n,) children; scratch_sum_a (n, 3) A; out_quality (n,) quality
-    code; out_disagrees (n,) bool.
+    Units: metered_nodes (m,) index; node_t_s (n,) s; rejected_now (n,) quality code;
+    sum_nodes (c,) index; child_start (n+1,), child_order (n,) indices; node_i_a (n, 3) A;
+    rating_a (n, 3) A; now_s, stale_s s; sum_tolerance_x 1; sum_tolerance_a A; out_quality
+    (n,) quality code; out_disagrees (n,) bool.
     """
-    n = metered.shape[0]
-    for i in range(n):
+    for j in range(metered_nodes.shape[0]):
+        i = metered_nodes[j]
         q = QUALITY_GOOD
-        if metered[i]:
-            t = node_t_s[i]
-            if not math.isfinite(t):
-                q = QUALITY_MISSING
-            elif now_s - t > stale_s:
-                q = QUALITY_STALE
-            if rejected_now[i] != QUALITY_GOOD:
-                q = rejected_now[i]
+        t = node_t_s[i]
+        if not math.isfinite(t):
+            q = QUALITY_MISSING
+        elif now_s - t > stale_s:
+            q = QUALITY_STALE
+        if rejected_now[i] != QUALITY_GOOD:
+            q = rejected_now[i]
         out_quality[i] = q
-        out_disagrees[i] = False
-        scratch_fresh_children[i] = 0
-    any_check = False
-    for i in range(n):
-        p = parent_idx[i]
-        if p >= 0 and metered[i] and out_quality[i] == QUALITY_GOOD:
-            scratch_fresh_children[p] += 1
-    for i in range(n):
-        if (sum_check[i] and metered[i] and out_quality[i] == QUALITY_GOOD
-                and scratch_fresh_children[i] == child_count[i]):
-            any_check = True
-            break
-    if not any_check:
-        return
-    for i in range(n):
-        for c in range(3):
-            scratch_sum_a[i, c] = 0.0
-    for i in range(n):
-        p = parent_idx[i]
-        if p >= 0 and metered[i] and out_quality[i] == QUALITY_GOOD:
-            for c in range(3):
-                scratch_sum_a[p, c] += node_i_a[i, c]
-    for i in range(n):
-        if not (sum_check[i] and metered[i] and out_quality[i] == QUALITY_GOOD
-                and scratch_fresh_children[i] == child_count[i]):
+    # sum_nodes increase and children have larger indices than their parent: a node's
+    # children are not yet marked INCONSISTENT when it is checked
+    for j in range(sum_nodes.shape[0]):
+        i = sum_nodes[j]
+        if out_quality[i] != QUALITY_GOOD:
+            continue
+        all_fresh = True
+        for q_idx in range(child_start[i], child_start[i + 1]):
+            if out_quality[child_order[q_idx]] != QUALITY_GOOD:
+                all_fresh = False
+                break
+        if not all_fresh:
             continue
         r = rating_a[i, 0]
         if not (r > rating_a[i, 1] or r != r):
@@ -229,6 +213,9 @@ def _node_quality_into(
         tol_a = sum_tolerance_x * r + sum_tolerance_a
         d_max = 0.0
         for c in range(3):
+            total = 0.0
+            for q_idx in range(child_start[i], child_start[i + 1]):
+                total += node_i_a[child_order[q_idx], c]
             own = node_i_a[i, c]
             if own != own:
                 own = 0.0
@@ -236,7 +223,7 @@ def _node_quality_into(
                 own = _F64_MAX
             elif own == -math.inf:
                 own = -_F64_MAX
-            d = abs(scratch_sum_a[i, c] - own)
+            d = abs(total - own)
             if c == 0 or not (d_max > d or d_max != d_max):
                 d_max = d
         if d_max > tol_a:
@@ -275,15 +262,15 @@ def _screen_readings_into(
     finite or t > future_limit_s), READING_OUT_OF_ORDER (t < out_node_t_s[i]), READING_JUMP
     (the last reading p = out_node_i_a[i] is finite and max |v - p| > J, with
     J = jump_fraction × rating_max_a[i], unless the pending reading q = out_pending_i_a[i] is
-    finite and max |v - q| <= J × confirm_x: the jump is then confirmed), else READING_TAKEN. A taken reading is written
-    (out_node_i_a[i] = v, out_node_t_s[i] = t, out_pending_i_a[i] = NaN,
+    finite and max |v - q| <= J × confirm_x: the jump is then confirmed), else READING_TAKEN.
+    A taken reading is written (out_node_i_a[i] = v, out_node_t_s[i] = t, out_pending_i_a[i] = NaN,
     out_rejected_now[i] = 0); a jump becomes the pending reading (out_pending_i_a[i] = v);
     the others write nothing.
 
     Units: node (M,) index; reading_i_a (M, 3) A; reading_t_s (M,) s; rating_a (n, 3) A;
-    rating_max_a (n,) A (each node's largest pole rating); jump_fraction 1; future_limit_s s; range_x 1; absent_pole_a A; confirm_x 1; out_node_i_a,
-    out_pending_i_a (n, 3) A; out_node_t_s (n,) s; out_rejected_now (n,) quality code;
-    out_code (M,) code.
+    rating_max_a (n,) A (each node's largest pole rating); jump_fraction 1; future_limit_s s;
+    range_x 1; absent_pole_a A; confirm_x 1; out_node_i_a, out_pending_i_a (n, 3) A; out_node_t_s
+    (n,) s; out_rejected_now (n,) quality code; out_code (M,) code.
     """
     m_count = node.shape[0]
     for j in range(m_count):

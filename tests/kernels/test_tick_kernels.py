@@ -193,9 +193,15 @@ def test_node_quality_is_the_numpy_code_it_replaces(seed):
     n = args[0].size
     with np.errstate(all="ignore"):
         want_q, want_bad = _numpy_quality(*args)
-    q, bad = np.full(n, 9, np.int8), np.ones(n, np.bool_)
+    q, bad = np.zeros(n, np.int8), np.zeros(n, np.bool_)
+    metered, t, rejected, parent, _count, sum_check, cur, rating = args[:8]
+    kids = np.flatnonzero(parent >= 0)
+    kids = kids[np.argsort(parent[kids], kind="stable")].astype(np.int64)
+    start = np.searchsorted(parent[kids], np.arange(n + 1)).astype(np.int64)
     with np.errstate(all="ignore"):
-        tick._node_quality_into(*args, np.full(n, 5, np.int64), np.full((n, 3), 7.0), q, bad)
+        tick._node_quality_into(np.flatnonzero(metered).astype(np.int64), t, rejected,
+                                np.flatnonzero(sum_check).astype(np.int64), start, kids, cur,
+                                rating, *args[8:], q, bad)
     _bits_equal(q, want_q)
     _bits_equal(bad, want_bad)
     ref_q, ref_bad = reference.node_quality(*args)
