@@ -65,7 +65,7 @@ from kernels.aggregate import (
     _worst_case_current_into,
     _worst_case_current_update_into,
 )
-from kernels.tick import _measured_at_into, _node_utilization_into
+from kernels.tick import _measured_at_into, _node_utilization_into, _step_budget_into
 
 F64 = npt.NDArray[np.float64]
 I32 = npt.NDArray[np.int32]
@@ -319,6 +319,10 @@ class CoreContext:
                                                                   np.inf)
         self.rise_budget_w: F64 = STEP_BUDGET_FRACTION * np.minimum(
             self.drop_budget_w / STEP_BUDGET_FRACTION, ramp * settings.tick_s)
+        #: the server arrays of kernels.tick._step_budget_into
+        self.step_server_args = tuple(np.ascontiguousarray(x, np.float64) for x in (
+            topo.server_gpu_min_cap_w, topo.server_gpu_max_w, topo.server_other_max_w,
+            topo.server_gpus, topo.server_max_w))
 
     def scratch_worst_a(self) -> F64:
         """A (3, n, 3) buffer of this thread for worst cases that are judged and dropped
@@ -1186,30 +1190,27 @@ def _limit_cap_change(ctx: CoreContext, servers: I64, old_cap_w: F64, new_cap_w:
     if nodes.size == 0 or servers.size == 0:
         return new_cap_w
     topo = ctx.topo
-    new_w = ctx.work_w(new_cap_w, servers)
-    old_w = ctx.work_w(old_cap_w, servers)
-    drop_w = np.maximum(np.minimum(draw_w, old_w) - new_w, 0.0)
-    rise_w = np.maximum(new_w - old_w, 0.0)
-    per_server_drop = np.zeros(topo.n_servers)
-    per_server_rise = np.zeros(topo.n_servers)
-    per_server_drop[servers] = drop_w
-    per_server_rise[servers] = rise_w
-    # per node with a budget (its slot in ``step_nodes``), the load the change drops and adds
+    # per node with a budget (its slot in ``step_nodes``), the fraction of the change that the
+    # load it drops and adds leaves within the budget, in one pass (kernels.tick)
     slot_of, server_of = ctx.step_pair_slot, ctx.step_pair_server
-    drop_node = np.bincount(slot_of, weights=per_server_drop[server_of], minlength=nodes.size)
-    rise_node = np.bincount(slot_of, weights=per_server_rise[server_of], minlength=nodes.size)
     rise_budget = ctx.rise_budget_w[nodes]
     if fixed_rise_w is not None:
         per_server_fixed = np.zeros(topo.n_servers)
         per_server_fixed[servers] = np.maximum(fixed_rise_w, 0.0)
         rise_budget = np.maximum(rise_budget - np.bincount(
             slot_of, weights=per_server_fixed[server_of], minlength=nodes.size), 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f_node = np.minimum(
-            np.where(drop_node > 0, ctx.drop_budget_w[nodes] / drop_node, 1.0),
-            np.where(rise_node > 0, rise_budget / rise_node, 1.0))
-    f_node = np.clip(f_node, 0.0, 1.0)
-    if (f_node >= 1.0).all():
+    f_node = np.empty(nodes.size)
+    limited = np.empty(1, np.bool_)
+    _step_budget_into(np.ascontiguousarray(servers, np.int64),
+                      np.ascontiguousarray(old_cap_w, np.float64),
+                      np.ascontiguousarray(new_cap_w, np.float64),
+                      np.ascontiguousarray(draw_w, np.float64), *ctx.step_server_args,
+                      np.ascontiguousarray(slot_of, np.int64),
+                      np.ascontiguousarray(server_of, np.int64),
+                      np.ascontiguousarray(ctx.drop_budget_w[nodes], np.float64),
+                      np.ascontiguousarray(rise_budget, np.float64),
+                      np.empty(topo.n_servers), np.empty(topo.n_servers), f_node, limited)
+    if not limited[0]:
         return new_cap_w
     f_server = np.ones(topo.n_servers)
     np.minimum.at(f_server, server_of, f_node[slot_of])

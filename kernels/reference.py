@@ -38,6 +38,7 @@ __all__ = [
     "refresh_nodes",
     "screen_readings",
     "server_power",
+    "step_budget",
     "time_to_trip_s",
     "tree_current_a",
     "utilization_by_kind",
@@ -1089,3 +1090,39 @@ def screen_readings(
     return (np.asarray(cur, np.float64).reshape(-1, 3), np.asarray(t_node, np.float64),
             np.asarray(pend, np.float64).reshape(-1, 3), np.asarray(rej, np.int8),
             np.asarray(codes, np.int8))
+
+
+def step_budget(
+    servers: Any, old_cap_w: Any, new_cap_w: Any, draw_w: Any, gpu_min_cap_w: Any,
+    gpu_max_w: Any, other_max_w: Any, gpus: Any, server_max_w: Any, pair_slot: Any,
+    pair_server: Any, drop_budget_w: Any, rise_budget_w: Any,
+) -> tuple[FloatArray, bool]:
+    """(fraction (B,) 1, some fraction below 1): per node with a step budget, the share of a
+    cap change (per GPU, ``old_cap_w`` → ``new_cap_w`` of the servers listed) that keeps the
+    power it drops (at most what the server draws) and adds within the budgets; each server
+    at min(other + GPUs × cap clipped to its range, its maximum). Per node, the servers below
+    it are gathered first and summed."""
+    lo, hi, other = _lst(gpu_min_cap_w), _lst(gpu_max_w), _lst(other_max_w)
+    n_gpus, top = _lst(gpus), _lst(server_max_w)
+
+    def power(s: int, cap: float) -> float:
+        cap = min(max(cap, lo[s]), hi[s])
+        return min(other[s] + n_gpus[s] * cap, top[s])
+
+    drop = [0.0] * len(lo)
+    rise = [0.0] * len(lo)
+    for s, old, new, d in zip(_lst(servers), _lst(old_cap_w), _lst(new_cap_w), _lst(draw_w),
+                              strict=True):
+        drop[s] = max(min(d, power(s, old)) - power(s, new), 0.0)
+        rise[s] = max(power(s, new) - power(s, old), 0.0)
+    drop_b, rise_b = _lst(drop_budget_w), _lst(rise_budget_w)
+    below: list[list[int]] = [[] for _ in drop_b]
+    for b, s in zip(_lst(pair_slot), _lst(pair_server), strict=True):
+        below[b].append(s)
+    out = []
+    for b, members in enumerate(below):
+        d_sum = sum(drop[s] for s in members)
+        r_sum = sum(rise[s] for s in members)
+        f = min(drop_b[b] / d_sum if d_sum > 0 else 1.0, rise_b[b] / r_sum if r_sum > 0 else 1.0)
+        out.append(min(max(f, 0.0), 1.0))
+    return np.asarray(out, np.float64), any(not f >= 1.0 for f in out)

@@ -335,3 +335,90 @@ def _screen_readings_into(
         elif code == READING_JUMP:
             for c in range(3):
                 out_pending_i_a[i, c] = reading_i_a[j, c]
+
+
+@kernel(
+    IN_I64_1, IN_F64_1, IN_F64_1, IN_F64_1, IN_F64_1, IN_F64_1, IN_F64_1, IN_F64_1, IN_F64_1,
+    IN_I64_1, IN_I64_1, IN_F64_1, IN_F64_1, OUT_F64_1, OUT_F64_1, OUT_F64_1, OUT_BOOL_1,
+)  # fmt: skip
+def _step_budget_into(
+    servers,
+    old_cap_w,
+    new_cap_w,
+    draw_w,
+    gpu_min_cap_w,
+    gpu_max_w,
+    other_max_w,
+    gpus,
+    server_max_w,
+    pair_slot,
+    pair_server,
+    drop_budget_w,
+    rise_budget_w,
+    scratch_drop_w,
+    scratch_rise_w,
+    out_fraction,
+    out_limited,
+):
+    """The fraction of a cap change that each node with a step budget lets through in one tick.
+
+    For the servers listed (distinct), with per-GPU caps going from old_cap_w[j] to
+    new_cap_w[j] (both clipped to [gpu_min_cap_w, gpu_max_w] of the server, numpy's clip: NaN
+    stays), the server power at a cap is W(cap) = min(other_max_w + gpus × cap, server_max_w);
+    the change drops max(min(draw_w[j], W(old)) - W(new), 0) and adds max(W(new) - W(old), 0).
+    Per slot (a node with a budget), the drops and rises of the servers below it (pairs
+    pair_slot[q], pair_server[q], summed in pair order from 0.0, other servers adding 0.0) give
+    out_fraction[slot] = clip(min(drop_budget_w / drop if drop > 0 else 1,
+    rise_budget_w / rise if rise > 0 else 1), 0, 1) (numpy's minimum and clip);
+    out_limited[0]: some fraction is below 1 (or NaN).
+
+    What controller.core._limit_cap_change computed with ``work_w``, ``np.bincount`` and
+    ``np.where``. Units: servers (m,) index; old_cap_w, new_cap_w (m,) W per GPU; draw_w (m,)
+    W; gpu_min_cap_w, gpu_max_w (S,) W per GPU; other_max_w, server_max_w (S,) W; gpus (S,)
+    GPUs; pair_slot, pair_server (P,) indices; drop_budget_w, rise_budget_w (B,) W;
+    scratch_drop_w, scratch_rise_w (S,) W; out_fraction (B,) 1; out_limited (1,) bool.
+    """
+
+    def _server_w(cap, lo, hi, other_w, n_gpus, max_w):
+        if cap == cap:   # numpy's clip: NaN stays NaN
+            cap = cap if cap > lo else lo
+            cap = cap if cap < hi else hi
+        p = other_w + n_gpus * cap
+        return p if (p < max_w or p != p) else max_w
+
+    n_servers = gpus.shape[0]
+    for s in range(n_servers):
+        scratch_drop_w[s] = 0.0
+        scratch_rise_w[s] = 0.0
+    for j in range(servers.shape[0]):
+        s = servers[j]
+        new_w = _server_w(new_cap_w[j], gpu_min_cap_w[s], gpu_max_w[s], other_max_w[s],
+                          gpus[s], server_max_w[s])
+        old_w = _server_w(old_cap_w[j], gpu_min_cap_w[s], gpu_max_w[s], other_max_w[s],
+                          gpus[s], server_max_w[s])
+        d = draw_w[j]
+        lower = d if (d < old_w or d != d) else old_w
+        drop = lower - new_w
+        scratch_drop_w[s] = drop if (drop > 0.0 or drop != drop) else 0.0
+        rise = new_w - old_w
+        scratch_rise_w[s] = rise if (rise > 0.0 or rise != rise) else 0.0
+    n_slots = out_fraction.shape[0]
+    for b in range(n_slots):
+        out_fraction[b] = 0.0
+    drop_sum = np.zeros(n_slots)
+    for q in range(pair_slot.shape[0]):
+        drop_sum[pair_slot[q]] += scratch_drop_w[pair_server[q]]
+        out_fraction[pair_slot[q]] += scratch_rise_w[pair_server[q]]
+    limited = False
+    for b in range(n_slots):
+        rise_sum = out_fraction[b]
+        a = drop_budget_w[b] / drop_sum[b] if drop_sum[b] > 0.0 else 1.0
+        r = rise_budget_w[b] / rise_sum if rise_sum > 0.0 else 1.0
+        f = a if (a < r or a != a) else r
+        if f == f:
+            f = f if f > 0.0 else 0.0
+            f = f if f < 1.0 else 1.0
+        out_fraction[b] = f
+        if not f >= 1.0:
+            limited = True
+    out_limited[0] = limited

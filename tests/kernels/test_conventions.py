@@ -41,6 +41,7 @@ REFERENCE_OF = {
     "_measured_at_into": "measured_at",
     "_node_quality_into": "node_quality",
     "_screen_readings_into": "screen_readings",
+    "_step_budget_into": "step_budget",
 }
 
 

@@ -338,3 +338,66 @@ def test_random_readings_cover_every_code():
             seen |= set(_numpy_screen(node, v, t, rating, rmax, 0.5, 6.0, 1.0, 20.0, 1.0, cur,
                                       t_node, pending, rejected).tolist())
     assert seen == set(range(8))
+
+
+# ------------------------------------------------------------------------ step budgets
+def _numpy_step_budget(servers, old_cap_w, new_cap_w, draw_w, lo, hi, other, gpus, top,
+                       slot_of, server_of, drop_budget, rise_budget):
+    """controller.core._limit_cap_change before the kernel (with CoreContext.work_w), up to
+    the fraction per node, verbatim but for the names."""
+    def work_w(cap_w):
+        cap = np.clip(cap_w, lo[servers], hi[servers])
+        return np.minimum(other[servers] + gpus[servers] * cap, top[servers])
+
+    n_servers = lo.size
+    new_w = work_w(new_cap_w)
+    old_w = work_w(old_cap_w)
+    drop_w = np.maximum(np.minimum(draw_w, old_w) - new_w, 0.0)
+    rise_w = np.maximum(new_w - old_w, 0.0)
+    per_server_drop = np.zeros(n_servers)
+    per_server_rise = np.zeros(n_servers)
+    per_server_drop[servers] = drop_w
+    per_server_rise[servers] = rise_w
+    n_slots = drop_budget.size
+    drop_node = np.bincount(slot_of, weights=per_server_drop[server_of], minlength=n_slots)
+    rise_node = np.bincount(slot_of, weights=per_server_rise[server_of], minlength=n_slots)
+    f_node = np.minimum(np.where(drop_node > 0, drop_budget / drop_node, 1.0),
+                        np.where(rise_node > 0, rise_budget / rise_node, 1.0))
+    f_node = np.clip(f_node, 0.0, 1.0)
+    return f_node, not bool((f_node >= 1.0).all())
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_step_budget_is_the_numpy_code_it_replaces(seed):
+    rng = np.random.default_rng(seed)
+    s = int(rng.integers(1, 40))
+    b = int(rng.integers(1, 6))
+    gpus = rng.choice([0, 4, 8], s).astype(np.float64)
+    lo = rng.uniform(100.0, 200.0, s)
+    hi = lo + rng.uniform(0.0, 500.0, s)
+    other = rng.uniform(200.0, 2000.0, s)
+    top = other + gpus * hi * rng.choice([0.8, 1.0, 1.2], s)
+    servers = np.sort(rng.permutation(s)[:int(rng.integers(0, s + 1))]).astype(np.int64)
+    m = servers.size
+    old = rng.uniform(50.0, 800.0, m)
+    new = np.where(rng.random(m) < 0.3, old, rng.uniform(50.0, 800.0, m))
+    new[rng.random(m) < 0.05] = np.nan
+    draw = rng.uniform(0.0, 8000.0, m)
+    pairs = int(rng.integers(0, 3 * s))
+    slot_of = rng.integers(0, b, pairs).astype(np.int64)
+    server_of = rng.integers(0, s, pairs).astype(np.int64)
+    scale = float(rng.choice([10.0, 1e3, 1e5]))
+    drop_budget = np.where(rng.random(b) < 0.3, np.inf, rng.uniform(0.0, scale, b))
+    rise_budget = np.where(rng.random(b) < 0.3, np.inf, rng.uniform(0.0, scale, b))
+    args = (servers, old, new, draw, lo, hi, other, gpus, top, slot_of, server_of,
+            drop_budget, rise_budget)
+    with np.errstate(all="ignore"):
+        want, want_limited = _numpy_step_budget(*args)
+    got, limited = np.full(b, 7.0), np.zeros(1, np.bool_)
+    tick._step_budget_into(*args, np.full(s, 7.0), np.full(s, 7.0), got, limited)
+    _bits_equal(got, want)
+    assert bool(limited[0]) == want_limited
+    with np.errstate(all="ignore"):
+        ref, ref_limited = reference.step_budget(*args)
+    np.testing.assert_allclose(ref, got, rtol=1e-12, atol=0.0)
+    assert ref_limited == want_limited
