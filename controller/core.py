@@ -65,7 +65,12 @@ from kernels.aggregate import (
     _worst_case_current_into,
     _worst_case_current_update_into,
 )
-from kernels.tick import _measured_at_into, _node_utilization_into, _step_budget_into
+from kernels.tick import (
+    _measured_at_into,
+    _node_utilization_into,
+    _step_budget_into,
+    _worst_server_power_into,
+)
 
 F64 = npt.NDArray[np.float64]
 I32 = npt.NDArray[np.int32]
@@ -777,20 +782,17 @@ def _worst_server_w(ctx: CoreContext, psu_on_s: F64, powered: B, confirmed_cap: 
     the read-back: a feed loss and a failed node agent together are two failures, and the
     controller keeps every *single* failure survivable (docs/controller.md). ``floor_w``: each
     server's largest power before it can work, from the model the core plans with."""
-    topo = ctx.topo
     on_s = np.where(powered, psu_on_s, np.inf)
     times = ctx.server_times(np.where(np.isinf(on_s) & (on_s < 0), -1e12, on_s))
-    t_first, e4 = times[:, 0], times[:, 4]
-    energized = np.isfinite(t_first)
-    full = topo.server_max_w.astype(float)
-    conf = np.isfinite(confirmed_cap)
-    capped = np.maximum(ctx.work_w(np.where(conf, confirmed_cap, 0.0)), floor_w)
-    booting = now_s < e4
-    w = np.where(booting, floor_w, np.where(conf, capped, full))
-    cmd = np.isfinite(cap_cmd_w)
-    commanded = np.maximum(ctx.work_w(np.where(cmd, cap_cmd_w, 0.0)), floor_w)
-    wc = np.where(booting | conf, w, np.where(cmd, np.minimum(commanded, full), full))
-    return np.where(energized, w, 0.0), np.where(energized, wc, 0.0)
+    n = times.shape[0]
+    w, wc = np.empty(n), np.empty(n)
+    # in one pass (kernels.tick._worst_server_power_into)
+    _worst_server_power_into(np.ascontiguousarray(times[:, 0]), np.ascontiguousarray(times[:, 4]),
+                             np.ascontiguousarray(confirmed_cap, np.float64),
+                             np.ascontiguousarray(cap_cmd_w, np.float64), float(now_s),
+                             np.ascontiguousarray(floor_w, np.float64), *ctx.step_server_args,
+                             w, wc)
+    return w, wc
 
 
 def _worst_currents_a(ctx: CoreContext, w_normal: F64, w_contingency: F64, alive: B,

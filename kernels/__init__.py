@@ -3,7 +3,8 @@ headroom, the ramp planner (:mod:`kernels.caps`: GPU cap allocation; :mod:`kerne
 staged switch-on schedule and the prediction of a plan, both with plain-Python twins in
 :mod:`kernels.reference_planner`), and the simulated plant's per-step work
 (:mod:`kernels.plant`: server states, incremental loads, breaker prediction, inrush, meters;
-:mod:`kernels.thermal`: cooling zones, GPU temperatures).
+:mod:`kernels.thermal`: cooling zones, GPU temperatures), and the decision core's and the
+telemetry store's fused per-tick passes (:mod:`kernels.tick`).
 
 Array in, array out: the kernels see only numpy arrays (parents-first node order, per-phase
 arrays of shape (n, 3) for L1, L2, L3) and carry the unit in every name (``_va``, ``_a``,

@@ -46,6 +46,7 @@ __all__ = [
     "worst_case_current_va",
     "worst_case_headroom_a",
     "worst_case_utilization",
+    "worst_server_power",
     "zone_step",
 ]
 
@@ -1126,3 +1127,34 @@ def step_budget(
         f = min(drop_b[b] / d_sum if d_sum > 0 else 1.0, rise_b[b] / r_sum if r_sum > 0 else 1.0)
         out.append(min(max(f, 0.0), 1.0))
     return np.asarray(out, np.float64), any(not f >= 1.0 for f in out)
+
+
+def worst_server_power(
+    t_first_s: Any, work_s: Any, confirmed_cap_w: Any, commanded_cap_w: Any, now_s: float,
+    floor_w: Any, gpu_min_cap_w: Any, gpu_max_w: Any, other_max_w: Any, gpus: Any,
+    server_max_w: Any,
+) -> tuple[FloatArray, FloatArray]:
+    """(normal (S,) W, contingency (S,) W): 0 for a server never on; its floor while it cannot
+    work yet; at a confirmed cap (at least the floor) in both; else at full power normally and
+    at its commanded cap (between the floor and full power) in the contingency, or full."""
+    lo, hi, other = _lst(gpu_min_cap_w), _lst(gpu_max_w), _lst(other_max_w)
+    n_gpus, top, floor = _lst(gpus), _lst(server_max_w), _lst(floor_w)
+    normal, contingency = [], []
+    for s, (t0, t_work, conf, cmd) in enumerate(zip(_lst(t_first_s), _lst(work_s),
+                                                    _lst(confirmed_cap_w),
+                                                    _lst(commanded_cap_w), strict=True)):
+        def at(cap: float, s: int = s) -> float:
+            return max(min(other[s] + n_gpus[s] * min(max(cap, lo[s]), hi[s]), top[s]),
+                       floor[s])
+
+        if not math.isfinite(t0):
+            pair = (0.0, 0.0)
+        elif now_s < t_work:
+            pair = (floor[s], floor[s])
+        elif math.isfinite(conf):
+            pair = (at(conf), at(conf))
+        else:
+            pair = (top[s], min(at(cmd), top[s]) if math.isfinite(cmd) else top[s])
+        normal.append(pair[0])
+        contingency.append(pair[1])
+    return np.asarray(normal, np.float64), np.asarray(contingency, np.float64)

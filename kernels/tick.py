@@ -422,3 +422,73 @@ def _step_budget_into(
         if not f >= 1.0:
             limited = True
     out_limited[0] = limited
+
+
+@kernel(
+    IN_F64_1, IN_F64_1, IN_F64_1, IN_F64_1, F64, IN_F64_1, IN_F64_1, IN_F64_1, IN_F64_1,
+    IN_F64_1, IN_F64_1, OUT_F64_1, OUT_F64_1,
+)  # fmt: skip
+def _worst_server_power_into(
+    t_first_s,
+    work_s,
+    confirmed_cap_w,
+    commanded_cap_w,
+    now_s,
+    floor_w,
+    gpu_min_cap_w,
+    gpu_max_w,
+    other_max_w,
+    gpus,
+    server_max_w,
+    out_normal_w,
+    out_contingency_w,
+):
+    """The most each server can draw now, normally and in the feed-loss contingency.
+
+    Per server, with W(cap) = min(other_max_w + gpus × clip(cap, gpu_min_cap_w, gpu_max_w),
+    server_max_w) (numpy's clip and minimum) and full = server_max_w: not energized
+    (t_first_s not finite): 0 and 0. Else booting (now_s < work_s, the earliest time it can
+    work): floor_w and floor_w. Else normally max(W(confirmed), floor_w) with a confirmed cap
+    (finite confirmed_cap_w), full without; in the contingency the same with a confirmed cap,
+    else min(max(W(commanded), floor_w), full) with a commanded cap (finite), full without.
+    (numpy's maximum and minimum: a NaN operand wins, a tie gives the second.)
+
+    What controller.core._worst_server_w computed with ``np.where``, ``work_w`` and
+    ``np.maximum``. Units: t_first_s, work_s (S,) s; confirmed_cap_w, commanded_cap_w (S,) W
+    per GPU (NaN: none); now_s s; floor_w (S,) W; gpu_min_cap_w, gpu_max_w (S,) W per GPU;
+    other_max_w, server_max_w (S,) W; gpus (S,) GPUs; out_normal_w, out_contingency_w (S,) W.
+    """
+
+    def _work_w(cap, lo, hi, other_w, n_gpus, max_w):
+        if cap == cap:   # numpy's clip: NaN stays NaN
+            cap = cap if cap > lo else lo
+            cap = cap if cap < hi else hi
+        p = other_w + n_gpus * cap
+        return p if (p < max_w or p != p) else max_w
+
+    for s in range(t_first_s.shape[0]):
+        if not math.isfinite(t_first_s[s]):
+            out_normal_w[s] = 0.0
+            out_contingency_w[s] = 0.0
+            continue
+        floor = floor_w[s]
+        full = server_max_w[s]
+        if now_s < work_s[s]:
+            out_normal_w[s] = floor
+            out_contingency_w[s] = floor
+            continue
+        conf = confirmed_cap_w[s]
+        if math.isfinite(conf):
+            w = _work_w(conf, gpu_min_cap_w[s], gpu_max_w[s], other_max_w[s], gpus[s], full)
+            w = w if (w > floor or w != w) else floor
+            out_normal_w[s] = w
+            out_contingency_w[s] = w
+            continue
+        out_normal_w[s] = full
+        cmd = commanded_cap_w[s]
+        if math.isfinite(cmd):
+            w = _work_w(cmd, gpu_min_cap_w[s], gpu_max_w[s], other_max_w[s], gpus[s], full)
+            w = w if (w > floor or w != w) else floor
+            out_contingency_w[s] = w if (w < full or w != w) else full
+        else:
+            out_contingency_w[s] = full

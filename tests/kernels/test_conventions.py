@@ -42,6 +42,7 @@ REFERENCE_OF = {
     "_node_quality_into": "node_quality",
     "_screen_readings_into": "screen_readings",
     "_step_budget_into": "step_budget",
+    "_worst_server_power_into": "worst_server_power",
 }
 
 

@@ -401,3 +401,52 @@ def test_step_budget_is_the_numpy_code_it_replaces(seed):
         ref, ref_limited = reference.step_budget(*args)
     np.testing.assert_allclose(ref, got, rtol=1e-12, atol=0.0)
     assert ref_limited == want_limited
+
+
+# ------------------------------------------------------------------------ worst server power
+def _numpy_worst_server_w(t_first, e4, confirmed_cap, cap_cmd_w, now_s, floor_w, lo, hi, other,
+                          gpus, top):
+    """controller.core._worst_server_w before the kernel (with CoreContext.work_w), from the
+    server times on, verbatim but for the names."""
+    def work_w(cap_w):
+        cap = np.clip(cap_w, lo, hi)
+        return np.minimum(other + gpus * cap, top)
+
+    energized = np.isfinite(t_first)
+    full = top.astype(float)
+    conf = np.isfinite(confirmed_cap)
+    capped = np.maximum(work_w(np.where(conf, confirmed_cap, 0.0)), floor_w)
+    booting = now_s < e4
+    w = np.where(booting, floor_w, np.where(conf, capped, full))
+    cmd = np.isfinite(cap_cmd_w)
+    commanded = np.maximum(work_w(np.where(cmd, cap_cmd_w, 0.0)), floor_w)
+    wc = np.where(booting | conf, w, np.where(cmd, np.minimum(commanded, full), full))
+    return np.where(energized, w, 0.0), np.where(energized, wc, 0.0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_worst_server_power_is_the_numpy_code_it_replaces(seed):
+    rng = np.random.default_rng(seed)
+    s = int(rng.integers(1, 60))
+    gpus = rng.choice([0, 4, 8], s).astype(np.float64)
+    lo = rng.uniform(100.0, 200.0, s)
+    hi = lo + rng.uniform(0.0, 500.0, s)
+    other = rng.uniform(200.0, 2000.0, s)
+    top = other + gpus * hi * rng.choice([0.8, 1.0, 1.2], s)
+    floor = rng.uniform(100.0, 3000.0, s)
+    t_first = np.where(rng.random(s) < 0.2, np.inf, rng.uniform(0.0, 10.0, s))
+    e4 = np.where(rng.random(s) < 0.1, np.inf, t_first + rng.uniform(0.0, 20.0, s))
+    conf = np.where(rng.random(s) < 0.5, np.nan, rng.uniform(50.0, 800.0, s))
+    cmd = np.where(rng.random(s) < 0.3, np.nan, rng.uniform(50.0, 800.0, s))
+    tie = rng.random(s) < 0.2   # confirmed at the command
+    conf[tie] = cmd[tie]
+    now = 15.0
+    args = (t_first, e4, conf, cmd, now, floor, lo, hi, other, gpus, top)
+    want = _numpy_worst_server_w(*args)
+    got = (np.full(s, 7.0), np.full(s, 7.0))
+    tick._worst_server_power_into(*args, *got)
+    _bits_equal(got[0], want[0])
+    _bits_equal(got[1], want[1])
+    ref = reference.worst_server_power(*args)
+    np.testing.assert_array_equal(ref[0], got[0])
+    np.testing.assert_array_equal(ref[1], got[1])
