@@ -159,16 +159,12 @@ class Baseline:
             for k, v in vars(s.store).items():
                 if k not in ("clock",):
                     setattr(self.store, k, v.copy() if hasattr(v, "copy") else v)
-        store = self.store
-        fresh = (obs.meter_quality == 0) & np.isfinite(obs.meter_t_sample_s)
-        if fresh.any():
-            store.ingest_nodes(obs.meter_node[fresh], obs.meter_i_a[fresh],
-                               obs.meter_t_sample_s[fresh])
-        up = np.flatnonzero(obs.server_agent_up)
-        if up.size:
-            store.ingest_servers(up, obs.server_gpu_w[up], obs.server_cap_w[up], obs.t_s)
-        store.refresh()
-        return store
+        # the strategy's own ingest, on the baseline's store
+        mine, s.store = s.store, self.store
+        try:
+            return s._ingest(obs)
+        finally:
+            s.store = mine
 
     def tick(self, obs: Any, t_s: float) -> None:
         """One steady tick of both, in alternating order; this checkout's result is kept."""

@@ -272,6 +272,18 @@ def _screen_readings_into(
     range_x 1; absent_pole_a A; confirm_x 1; out_node_i_a, out_pending_i_a (n, 3) A; out_node_t_s
     (n,) s; out_rejected_now (n,) quality code; out_code (M,) code.
     """
+
+    def _finite_and_distance(rows_a, i, readings_a, j):
+        """Whether rows_a[i] is finite on every pole, and max |readings_a[j] - rows_a[i]|."""
+        finite = True
+        d_max = 0.0
+        for c in range(3):
+            x = rows_a[i, c]
+            if not math.isfinite(x):
+                finite = False
+            d_max = max(d_max, abs(readings_a[j, c] - x))
+        return finite, d_max
+
     m_count = node.shape[0]
     for j in range(m_count):
         i = node[j]
@@ -308,21 +320,9 @@ def _screen_readings_into(
             # v is finite here; a jump is judged only against finite readings, so no NaN
             # enters the maxima
             jump_a = jump_fraction * rating_max_a[i]
-            prev_finite = True
-            d_prev = 0.0
-            for c in range(3):
-                p = out_node_i_a[i, c]
-                if not math.isfinite(p):
-                    prev_finite = False
-                d_prev = max(d_prev, abs(reading_i_a[j, c] - p))
+            prev_finite, d_prev = _finite_and_distance(out_node_i_a, i, reading_i_a, j)
             if prev_finite and d_prev > jump_a:
-                confirmed = True
-                d_pend = 0.0
-                for c in range(3):
-                    q = out_pending_i_a[i, c]
-                    if not math.isfinite(q):
-                        confirmed = False
-                    d_pend = max(d_pend, abs(reading_i_a[j, c] - q))
+                confirmed, d_pend = _finite_and_distance(out_pending_i_a, i, reading_i_a, j)
                 if not (confirmed and d_pend <= jump_a * confirm_x):
                     code = READING_JUMP
         out_code[j] = code

@@ -341,6 +341,17 @@ def test_random_readings_cover_every_code():
 
 
 # ------------------------------------------------------------------------ step budgets
+def _servers(rng: np.random.Generator, s: int) -> tuple[np.ndarray, ...]:
+    """GPUs per server, per-GPU cap range (W), non-GPU and largest power (W) of ``s`` servers,
+    some at their largest power before the top of their cap range."""
+    gpus = rng.choice([0, 4, 8], s).astype(np.float64)
+    lo = rng.uniform(100.0, 200.0, s)
+    hi = lo + rng.uniform(0.0, 500.0, s)
+    other = rng.uniform(200.0, 2000.0, s)
+    top = other + gpus * hi * rng.choice([0.8, 1.0, 1.2], s)
+    return gpus, lo, hi, other, top
+
+
 def _numpy_step_budget(servers, old_cap_w, new_cap_w, draw_w, lo, hi, other, gpus, top,
                        slot_of, server_of, drop_budget, rise_budget):
     """controller.core._limit_cap_change before the kernel (with CoreContext.work_w), up to
@@ -372,11 +383,7 @@ def test_step_budget_is_the_numpy_code_it_replaces(seed):
     rng = np.random.default_rng(seed)
     s = int(rng.integers(1, 40))
     b = int(rng.integers(1, 6))
-    gpus = rng.choice([0, 4, 8], s).astype(np.float64)
-    lo = rng.uniform(100.0, 200.0, s)
-    hi = lo + rng.uniform(0.0, 500.0, s)
-    other = rng.uniform(200.0, 2000.0, s)
-    top = other + gpus * hi * rng.choice([0.8, 1.0, 1.2], s)
+    gpus, lo, hi, other, top = _servers(rng, s)
     servers = np.sort(rng.permutation(s)[:int(rng.integers(0, s + 1))]).astype(np.int64)
     m = servers.size
     old = rng.uniform(50.0, 800.0, m)
@@ -428,11 +435,7 @@ def _numpy_worst_server_w(t_first, e4, confirmed_cap, cap_cmd_w, now_s, floor_w,
 def test_worst_server_power_is_the_numpy_code_it_replaces(seed):
     rng = np.random.default_rng(seed)
     s = int(rng.integers(1, 60))
-    gpus = rng.choice([0, 4, 8], s).astype(np.float64)
-    lo = rng.uniform(100.0, 200.0, s)
-    hi = lo + rng.uniform(0.0, 500.0, s)
-    other = rng.uniform(200.0, 2000.0, s)
-    top = other + gpus * hi * rng.choice([0.8, 1.0, 1.2], s)
+    gpus, lo, hi, other, top = _servers(rng, s)
     floor = rng.uniform(100.0, 3000.0, s)
     t_first = np.where(rng.random(s) < 0.2, np.inf, rng.uniform(0.0, 10.0, s))
     e4 = np.where(rng.random(s) < 0.1, np.inf, t_first + rng.uniform(0.0, 20.0, s))
