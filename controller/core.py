@@ -325,9 +325,11 @@ class CoreContext:
         self.rise_budget_w: F64 = STEP_BUDGET_FRACTION * np.minimum(
             self.drop_budget_w / STEP_BUDGET_FRACTION, ramp * settings.tick_s)
         #: the server arrays of kernels.tick._step_budget_into
-        self.step_server_args = tuple(np.ascontiguousarray(x, np.float64) for x in (
+        min_cap, max_w, other, gpus, server_max = (np.ascontiguousarray(x, np.float64) for x in (
             topo.server_gpu_min_cap_w, topo.server_gpu_max_w, topo.server_other_max_w,
             topo.server_gpus, topo.server_max_w))
+        self.step_server_args: tuple[F64, F64, F64, F64, F64] = (
+            min_cap, max_w, other, gpus, server_max)
 
     def scratch_worst_a(self) -> F64:
         """A (3, n, 3) buffer of this thread for worst cases that are judged and dropped
