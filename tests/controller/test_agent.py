@@ -346,9 +346,13 @@ async def test_driver_reload_detected_restored_and_reported(mqtt_broker: Any,
         gpus.simulate_reload(stale_handles=False)  # someone's reset under a live library
         await until(lambda: agent.stats.cap_restores == 8)
         assert gpus.limits_w() == (220.0,) * 4
+        errors = agent.stats.backend_errors
         gpus.fail_reads = GpuError("sensor fault", code=999)  # reads fail: no telemetry
+        # A reading taken just before the fault may still be on its way out: count from the
+        # first failed read on.
+        await until(lambda: agent.stats.backend_errors > errors)
         sent = agent.stats.telemetry_sent
-        await until(lambda: agent.stats.backend_errors >= 3)
+        await until(lambda: agent.stats.backend_errors >= errors + 3)
         assert agent.stats.telemetry_sent == sent
         gpus.fail_reads = None
         await until(lambda: agent.stats.telemetry_sent > sent)
