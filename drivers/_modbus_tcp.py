@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import struct
 from typing import Any
 
@@ -131,6 +132,14 @@ class _Connection:
     as the simulator's server answers a batch with one write, one receive. The connection is
     opened by the first client that connects (the others wait for that attempt) and closed
     when the last attached client closes.
+
+    Timeouts: one timer per connection, not one per request. Each request's deadline goes on a
+    heap; the timer is set for the earliest deadline of a request still unanswered, and when
+    it fires it fails every request whose deadline has passed and sets itself for the next.
+    A request still fails at its own deadline (the timer is never later than the earliest
+    one), but the thousands of requests a second a gateway's units make in a hall no longer
+    cost a timer each (a timer handle, a heap entry in the loop, a cancel: about a sixth of
+    the service's CPU under the 32k hall's load, py-spy).
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -138,9 +147,12 @@ class _Connection:
         self.proto: _Protocol | None = None
         self.clients: set[LeanModbusClient] = set()
         self._tid = 0
-        # transaction id -> (future, function, unit, timeout handle, client)
-        self.pending: dict[int, tuple[asyncio.Future[Reply], int, int, asyncio.TimerHandle,
+        # transaction id -> (future, function, unit, deadline (loop time, s), client)
+        self.pending: dict[int, tuple[asyncio.Future[Reply], int, int, float,
                                       LeanModbusClient]] = {}
+        self._deadlines: list[tuple[float, int]] = []   # heap of (deadline_s, tid)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at_s = float("inf")
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._connecting: asyncio.Task[bool] | None = None
@@ -201,8 +213,11 @@ class _Connection:
         while tid in self.pending:          # 65,536 in flight on one connection: never
             tid = (tid + 1) & 0xFFFF        # pragma: no cover
         self._tid = tid
-        handle = loop.call_later(timeout_s, self._expire, tid, timeout_s)
-        self.pending[tid] = (fut, function, unit, handle, client)
+        deadline_s = loop.time() + timeout_s
+        self.pending[tid] = (fut, function, unit, deadline_s, client)
+        heapq.heappush(self._deadlines, (deadline_s, tid))
+        if deadline_s < self._timer_at_s:
+            self._arm(loop, deadline_s)
         self._out.append(_READ.pack(tid, 0, 6, unit, function, address, word))
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -225,21 +240,58 @@ class _Connection:
         self.clients.discard(client)
         mine = [tid for tid, entry in self.pending.items() if entry[4] is client]
         self._fail([self.pending.pop(tid) for tid in mine], ConnectionError("connection closed"))
+        self._disarm_if_idle()
         if not self.clients and self._waiters == 0:
             self._close_socket()
 
+    # -- timeouts --------------------------------------------------------------------------
+    def _arm(self, loop: asyncio.AbstractEventLoop, at_s: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at_s = at_s
+        self._timer = loop.call_at(at_s, self._expire_due)
+
+    def _live(self, deadline_s: float, tid: int) -> bool:
+        """Whether a heap entry is a request still waiting (not answered, failed or a
+        transaction id used again since)."""
+        entry = self.pending.get(tid)
+        return entry is not None and entry[3] == deadline_s
+
+    def _expire_due(self) -> None:
+        """The timer: fail the requests whose deadline has passed, set the timer for the
+        next request still waiting."""
+        self._timer, self._timer_at_s = None, float("inf")
+        loop = asyncio.get_running_loop()
+        now_s = loop.time() + 1e-6      # the loop runs a timer up to its clock's resolution early
+        heap = self._deadlines
+        while heap:
+            deadline_s, tid = heap[0]
+            if not self._live(deadline_s, tid):
+                heapq.heappop(heap)              # answered or failed meanwhile
+                continue
+            if deadline_s > now_s:
+                self._arm(loop, deadline_s)
+                return
+            heapq.heappop(heap)
+            fut, _f, _u, _d, client = self.pending.pop(tid)
+            if not fut.done():
+                fut.set_exception(TimeoutError(f"no response within {client.timeout_s} s "
+                                               "(timeout)"))
+
+    def _disarm_if_idle(self) -> None:
+        if not self.pending:
+            self._deadlines.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer, self._timer_at_s = None, float("inf")
+
     # -- replies (from the protocol) -----------------------------------------------------------
-    def _expire(self, tid: int, timeout_s: float) -> None:
-        entry = self.pending.pop(tid, None)
-        if entry is not None and not entry[0].done():
-            entry[0].set_exception(TimeoutError(f"no response within {timeout_s} s (timeout)"))
 
     def _reply(self, tid: int, unit: int, pdu: bytes) -> None:
         entry = self.pending.pop(tid, None)
         if entry is None:
             return                    # a late answer to a request that timed out
-        fut, function, want_unit, handle, _client = entry
-        handle.cancel()
+        fut, function, want_unit, _deadline_s, _client = entry
         if fut.done():
             return
         try:
@@ -267,13 +319,13 @@ class _Connection:
 
     def _fail_all(self, exc: Exception) -> None:
         pending, self.pending = self.pending, {}
+        self._disarm_if_idle()
         self._fail(list(pending.values()), exc)
 
     @staticmethod
-    def _fail(entries: list[tuple[asyncio.Future[Reply], int, int, asyncio.TimerHandle,
+    def _fail(entries: list[tuple[asyncio.Future[Reply], int, int, float,
                                   LeanModbusClient]], exc: Exception) -> None:
-        for fut, _f, _u, handle, _c in entries:
-            handle.cancel()
+        for fut, _f, _u, _d, _c in entries:
             if not fut.done():
                 fut.set_exception(exc)
                 with contextlib.suppress(Exception):

@@ -215,3 +215,39 @@ async def test_a_connect_all_callers_gave_up_on_leaves_no_socket(
                  and pool.get("127.0.0.1", port)._connecting.done())  # type: ignore[union-attr]
     await asyncio.sleep(0.05)
     assert pool.open_sockets() == 0 and not any(c.connected for c in clients)
+
+
+async def test_each_request_times_out_at_its_own_deadline_on_one_timer(
+        recording: RecordingServer) -> None:
+    """The connection keeps one timer for all its requests: a short timeout queued behind
+    long ones still fails on time, a long one does not fail early, answered requests leave
+    nothing behind, and the timer is gone once nothing waits."""
+    recording.silent = {2, 3}
+    pool = ConnectionPool()
+    quick = LeanModbusClient("127.0.0.1", recording.port, 0.15, pool)
+    slow = LeanModbusClient("127.0.0.1", recording.port, 0.6, pool)
+    assert await quick.connect() and await slow.connect()
+    conn = pool.get("127.0.0.1", recording.port)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    late = slow.read_input_registers(0, count=46, device_id=3)        # queued first
+    early = quick.read_input_registers(0, count=46, device_id=2)
+    answered = await asyncio.gather(*(quick.read_input_registers(0, count=46, device_id=1)
+                                      for _ in range(50)))
+    unit_1 = tuple(encode_meter(MeterSnapshot(current_a=(1.0, 0.0, 0.0)), sequence=1,
+                                uptime_s=1.0)[:46])
+    assert all(r.registers == unit_1 for r in answered)
+    with pytest.raises(TimeoutError, match=r"within 0\.15 s"):
+        await early
+    t_early = loop.time() - t0
+    assert 0.15 <= t_early < 0.45 and not late.done()
+    with pytest.raises(TimeoutError, match=r"within 0\.6 s"):
+        await late
+    assert loop.time() - t0 >= 0.6
+    assert conn.pending == {} and conn._timer is None
+    # the next request arms it again, and its answer leaves only a stale heap entry
+    reply = await quick.read_input_registers(0, count=46, device_id=1)
+    assert not reply.isError() and conn.pending == {}
+    quick.close()
+    slow.close()
+    assert conn._timer is None and conn._deadlines == []
