@@ -358,7 +358,9 @@ def run(config: Path, *, duration_s: float = 600.0, sample_s: float = 5.0,
     token_file = tmp / "token"
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # the project first; a PYTHONPATH of the caller's after it (a probe's sitecustomize)
+    paths = (str(ROOT), os.environ.get("PYTHONPATH"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     env.pop("RAMPGUARD_API_TOKEN", None)
     progress(f"{config.name}: ports moved by {offset}, agents under {prefix}/, files in {tmp}")
     started = time.monotonic()

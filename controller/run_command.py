@@ -169,7 +169,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         metrics_host=metrics[0] if metrics else "127.0.0.1",
         metrics_port=metrics[1] if metrics else None,
         audit_path=Path(args.audit), token=token.token, token_file=token_file, command_key=key,
-        issuer=args.issuer, startup_wait_s=args.startup_wait_s, clock_speed=args.clock_speed)
+        issuer=args.issuer, startup_wait_s=args.startup_wait_s, clock_speed=args.clock_speed,
+        settle_heap=True)
 
     def ready(info: dict[str, Any]) -> None:
         print(ready_line(info), flush=True)

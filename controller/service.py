@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from controller import core
+from controller import core, heap
 from controller.audit import AuditLog, pending_intents, read_audit
 from controller.bindings import (
     ResolvedBindings,
@@ -142,6 +142,10 @@ class ServiceOptions:
     #: the controller's clock runs this many times faster than the wall clock: only for a
     #: hardware-in-the-loop simulator served at the same ``--speed`` (1 for real hardware)
     clock_speed: float = 1.0
+    #: once built, freeze the heap and raise the collector's thresholds (controller.heap):
+    #: for the process that runs only this service (``rampguard run``), not for a test or a
+    #: program that embeds it
+    settle_heap: bool = False
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -574,6 +578,8 @@ class Service:
                     self.exporter = stack.enter_context(
                         self.metrics.serve(o.metrics_host, o.metrics_port))
                 self._resume_from_log()
+                if o.settle_heap:       # what is built now lives as long as the service
+                    heap.settle()
                 if self.on_ready is not None:
                     self.on_ready({"event": "ready", "api": self.api.url,
                                    "metrics": None if self.exporter is None

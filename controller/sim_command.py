@@ -114,6 +114,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace, config: Any, topo: Any,
                  record_file: Any = None) -> int:
+    from controller import heap
     from sim.hil import serve
 
     def record(event: dict[str, Any]) -> None:
@@ -121,6 +122,7 @@ async def _serve(args: argparse.Namespace, config: Any, topo: Any,
         record_file.flush()     # each line reaches the file as it happens (a test reads it)
 
     def ready(info: dict[str, object]) -> None:
+        heap.settle()           # the plant and the endpoints live as long as the process
         print(json.dumps({"event": "serving", **info}), flush=True)
 
     def stats(info: dict[str, object]) -> None:
