@@ -12,9 +12,11 @@ collector took 28 % of the service's core (12.8 s of 100 s in full collections o
 0.39 s each, 8.6 s in generation 1, 7.1 s in generation 0).
 
 :func:`settle` is called once, when a process has built what it keeps for its lifetime: it
-collects, then freezes what survives (:func:`gc.freeze`: the permanent generation, never
-walked again) and raises the young generation's threshold so that a collection walks a
-tenth of the objects it otherwise would, ten times less often. Cycles are still collected.
+collects, then freezes what survives (:func:`gc.freeze`: the permanent generation, which no
+collection walks again) and raises the young generation's threshold tenfold (fewer young
+collections, so fewer short-lived objects live long enough to be promoted). Cycles are still
+collected. The same load afterwards: 11.9 s of 100 s (gen 0 7.5 s, gen 1 2.5 s, full 1.3 s);
+what remains is mostly young collections walking the objects that live about one poll period.
 """
 
 from __future__ import annotations
