@@ -266,6 +266,15 @@ def _bit_words(bits: Sequence[bool]) -> tuple[int, ...]:
     return tuple(words)
 
 
+def _phase_sum(power_w: Sequence[float]) -> float:
+    """``math.fsum`` of the phases; ±inf where the exact sum of finite phases is beyond a double
+    (fsum raises OverflowError there). ``+inf`` with ``-inf`` still raises ValueError."""
+    try:
+        return math.fsum(power_w)
+    except OverflowError:
+        return math.copysign(math.inf, sum(power_w))
+
+
 def encode_meter(snapshot: MeterSnapshot, *, sequence: int, uptime_s: float, banks: int = 0,
                  outlets: int = 0, relays: Sequence[bool] = (),
                  energized: Sequence[bool] = ()) -> tuple[int, ...]:
@@ -276,7 +285,7 @@ def encode_meter(snapshot: MeterSnapshot, *, sequence: int, uptime_s: float, ban
               | (STATUS_BREAKER_OPEN if s.breaker_open else 0))
     seq = s.sequence if s.sequence is not None else sequence
     up = s.uptime_s if s.uptime_s is not None else uptime_s
-    total = s.power_total_w if s.power_total_w is not None else math.fsum(s.power_w)
+    total = s.power_total_w if s.power_total_w is not None else _phase_sum(s.power_w)
     floats = (*s.current_a, s.neutral_a, *s.voltage_v, *s.power_w, total)
     try:
         packed = _INLET_FLOATS.pack(*floats)
@@ -882,7 +891,7 @@ def meter_quantities(snapshot: MeterSnapshot, *, sequence: int) -> dict[str, flo
     """A meter snapshot as quantities by their canonical names (those of the built-in layout,
     plus ``sequence``): what a generic profile can map."""
     s = snapshot
-    total = s.power_total_w if s.power_total_w is not None else math.fsum(s.power_w)
+    total = s.power_total_w if s.power_total_w is not None else _phase_sum(s.power_w)
     values = (*s.current_a, s.neutral_a, *s.voltage_v, *s.power_w, total, s.energy_wh)
     out = dict(zip(_INLET_NAMES, values, strict=True))
     out["sequence"] = float(s.sequence if s.sequence is not None else sequence)

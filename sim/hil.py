@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from controller.bindings import pdu_nodes, resolve_bindings
 from controller.model import HallConfig
@@ -29,6 +31,7 @@ from drivers.mqtt import MqttConfig, MqttLink, Subscription
 from drivers.payloads import CapAck, CapCommand
 from drivers.registers import BankSnapshot, MeterSnapshot, OutletSnapshot, PduSnapshot
 from sim.endpoints import AgentState, GpuState, ModbusEndpoints, MqttEndpoints, ZoneState
+from sim.endpoints._arrays import SnapshotArrays
 from sim.faults import Scenario
 from sim.meters import QUALITY_OK
 from sim.plant import Plant
@@ -36,9 +39,9 @@ from sim.realtime import RealTimeRunner, RunnerStats
 
 log = logging.getLogger(__name__)
 
-#: parts of a register refresh, with the event loop let go between them (about 270 devices,
-#: 60-110 ms, each on the 32k hall)
-REFRESH_PARTS = 16
+#: parts of a register refresh, with the event loop let go between them (on the 32k hall about
+#: 2,100 devices and 10-15 ms of CPU each, from the array provider)
+REFRESH_PARTS = 2
 
 
 class PlantView:
@@ -67,6 +70,10 @@ class PlantView:
         self._bank_v_factor = np.where(
             (self.topo.rating_a[self._banks_flat] > 0).sum(axis=1) == 2, math.sqrt(3), 1.0)
         self._t: float | None = None
+        self._listed = False
+        self._gather: dict[tuple[tuple[str, ...], tuple[int, int] | None], tuple[
+            npt.NDArray[np.int64], npt.NDArray[np.int64] | None,
+            npt.NDArray[np.int64] | None, npt.NDArray[np.bool_] | None]] = {}
 
     def _read(self) -> PlantView:
         if self._t != self.plant.t_s:       # one read-out per plant step
@@ -75,27 +82,43 @@ class PlantView:
             self.i, self.v, self.w = p.node_current_a(), p.node_voltage_v(), p.node_power_w()
             self.e, self.closed = p.node_energy_wh(), p.breaker_closed()
             self.on, self.live = p.outlet_on(), p.energized()
-            self.meter = {int(n): m for m, n in enumerate(self.obs.meter_node)}
-            # what the devices show, gathered once per step into Python lists (indexing a list
-            # per device is far cheaper than a numpy scalar per value)
             o = self.obs
-            self.meter_ok = (o.meter_quality == QUALITY_OK).tolist()
+            self.meter_of = np.full(len(self.i), -1, dtype=np.int64)   # node -> meter or -1
+            self.meter_of[o.meter_node] = np.arange(len(o.meter_node))
+            self.meter_ok_a = o.meter_quality == QUALITY_OK
+            b, u = self._banks_flat, self._outlets_flat
+            self.bank_i_a = self.i[b].max(axis=1)
+            self.bank_v_a = self.v[b].max(axis=1) * self._bank_v_factor
+            self.bank_w_a = self.w[b].sum(axis=1)
+            self.bank_closed_a = self.closed[b]
+            self.outlet_i_a = self.i[u].max(axis=1)
+            self.outlet_w_a = self.w[u].sum(axis=1)
+            self.outlet_on_a, self.outlet_live_a = self.on[u], self.live[u]
+            self._listed = False
+        return self
+
+    def _lists(self) -> PlantView:
+        """The read-out as Python lists, for :meth:`snapshot` (indexing a list per device is far
+        cheaper than a numpy scalar per value); made once per step, when first asked for."""
+        self._read()
+        if not self._listed:
+            o = self.obs
+            self.meter = {int(n): m for m, n in enumerate(o.meter_node)}
+            self.meter_ok = self.meter_ok_a.tolist()
             self.meter_i, self.meter_v = o.meter_i_a.tolist(), o.meter_v_v.tolist()
             self.meter_p, self.meter_e = o.meter_p_w.tolist(), o.meter_e_wh.tolist()
             self.meter_t = o.meter_t_sample_s.tolist()
             self.closed_l = self.closed.tolist()
-            b, u = self._banks_flat, self._outlets_flat
-            self.bank_i = self.i[b].max(axis=1).tolist()
-            self.bank_v = (self.v[b].max(axis=1) * self._bank_v_factor).tolist()
-            self.bank_w = self.w[b].sum(axis=1).tolist()
-            self.bank_closed = self.closed[b].tolist()
-            self.outlet_i = self.i[u].max(axis=1).tolist()
-            self.outlet_w = self.w[u].sum(axis=1).tolist()
-            self.outlet_on, self.outlet_live = self.on[u].tolist(), self.live[u].tolist()
+            self.bank_i, self.bank_v = self.bank_i_a.tolist(), self.bank_v_a.tolist()
+            self.bank_w, self.bank_closed = self.bank_w_a.tolist(), self.bank_closed_a.tolist()
+            self.outlet_i, self.outlet_w = self.outlet_i_a.tolist(), self.outlet_w_a.tolist()
+            self.outlet_on = self.outlet_on_a.tolist()
+            self.outlet_live = self.outlet_live_a.tolist()
+            self._listed = True
         return self
 
     def snapshot(self, node_id: str) -> MeterSnapshot | PduSnapshot | None:
-        r, n = self._read(), self.topo.node_index[node_id]
+        r, n = self._lists(), self.topo.node_index[node_id]
         m = r.meter.get(n)
         if m is None:                       # no meter in the plant: the tree's own values
             cur, volt, pw, e, t = r.i[n], r.v[n], r.w[n], r.e[n], r._t
@@ -124,6 +147,77 @@ class PlantView:
             tuple(OutletSnapshot() if node < 0 else
                   OutletSnapshot(oi[k], ow[k], oon[k], olive[k])
                   for k, node in enumerate(outlets, o0)))
+
+    def arrays(self, node_ids: Sequence[str], shape: tuple[int, int] | None) -> SnapshotArrays:
+        """What :meth:`snapshot` shows for each of ``node_ids``, as arrays (the endpoints' array
+        provider, :data:`sim.endpoints.modbus.ArrayProvider`): ``shape`` ``(banks, outlets)``
+        asks for PDUs of that shape (``ValueError`` if a node is not one), ``None`` for the
+        inlet only."""
+        r = self._read()
+        key = (tuple(node_ids), shape)
+        where = self._gather.get(key)
+        if where is None:
+            where = self._gather_of(key[0], shape)
+            if len(self._gather) >= 64:
+                self._gather.clear()
+            self._gather[key] = where
+        idx, bank_at, outlet_at, outlet_missing = where
+        o = r.obs
+        m = r.meter_of[idx]
+        metered = m >= 0
+        mm = np.where(metered, m, 0)
+        on_meter = metered[:, None]
+        t_s = np.where(metered, o.meter_t_sample_s[mm], float(r._t or 0.0))
+        valid = np.isfinite(t_s)
+        with np.errstate(invalid="ignore"):
+            seq = np.where(valid, np.trunc(np.where(valid, t_s, 0.0) / self.meter_period_s), 0)
+        arrays = SnapshotArrays(
+            present=np.where(metered, r.meter_ok_a[mm], True),
+            current_a=np.where(on_meter, o.meter_i_a[mm], r.i[idx]),
+            voltage_v=np.where(on_meter, o.meter_v_v[mm], r.v[idx]),
+            power_w=np.where(on_meter, o.meter_p_w[mm], r.w[idx]),
+            energy_wh=np.where(metered, o.meter_e_wh[mm], r.e[idx]),
+            breaker_open=~r.closed[idx],
+            data_valid=valid,
+            sequence=seq.astype(np.int64))
+        if shape is None:
+            return arrays
+        assert bank_at is not None and outlet_at is not None and outlet_missing is not None
+        live = ~outlet_missing
+        return dataclasses.replace(
+            arrays,
+            bank_current_a=r.bank_i_a[bank_at], bank_voltage_v=r.bank_v_a[bank_at],
+            bank_power_w=r.bank_w_a[bank_at], bank_open=~r.bank_closed_a[bank_at],
+            outlet_current_a=np.where(live, r.outlet_i_a[outlet_at], 0.0),
+            outlet_power_w=np.where(live, r.outlet_w_a[outlet_at], 0.0),
+            outlet_relay_on=live & r.outlet_on_a[outlet_at],
+            outlet_energized=live & r.outlet_live_a[outlet_at])
+
+    def _gather_of(self, node_ids: tuple[str, ...], shape: tuple[int, int] | None) -> tuple[
+            npt.NDArray[np.int64], npt.NDArray[np.int64] | None,
+            npt.NDArray[np.int64] | None, npt.NDArray[np.bool_] | None]:
+        """Node indices, and for PDUs the flat bank and outlet positions ``(n, banks)``,
+        ``(n, outlets)`` and where an outlet has no node, of ``node_ids``."""
+        idx = np.fromiter((self.topo.node_index[n] for n in node_ids), dtype=np.int64,
+                          count=len(node_ids))
+        if shape is None:
+            return idx, None, None, None
+        banks, outlets = shape
+        bank_at = np.zeros((len(node_ids), banks), dtype=np.int64)
+        outlet_at = np.zeros((len(node_ids), outlets), dtype=np.int64)
+        missing = np.zeros((len(node_ids), outlets), dtype=np.bool_)
+        for k, node_id in enumerate(node_ids):
+            flat = self._flat_at.get(node_id)
+            if flat is None:
+                raise ValueError(f"{node_id} is not a PDU")
+            b0, nb, o0, outlet_nodes = flat
+            if (nb, len(outlet_nodes)) != shape:
+                raise ValueError(f"{node_id} has {nb} banks and {len(outlet_nodes)} outlets, "
+                                 f"not {banks} and {outlets}")
+            bank_at[k] = np.arange(b0, b0 + nb)
+            outlet_at[k] = np.arange(o0, o0 + outlets)
+            missing[k] = np.asarray(outlet_nodes, dtype=np.int64) < 0
+        return idx, bank_at, outlet_at, missing
 
     def write(self, pdu_id: str, outlet: int, on: bool) -> bool:
         node = self.pdus[pdu_id][1][outlet - 1]
@@ -264,7 +358,8 @@ async def serve(
     every = max(1, round(1.0 / dt_s))
     async with contextlib.AsyncExitStack() as stack:
         modbus = await stack.enter_async_context(ModbusEndpoints(
-            bindings.modbus, view.snapshot, write, bind=bind, refresh_period_s=None))
+            bindings.modbus, view.snapshot, write, bind=bind, refresh_period_s=None,
+            arrays=view.arrays))
         mqtt: MqttEndpoints | None = None
         if mqtt_url is not None or mqtt_config is not None:
             broker = mqtt_config or MqttConfig.from_url(mqtt_url or "")

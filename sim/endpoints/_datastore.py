@@ -55,6 +55,18 @@ MAX_WRITE_COILS = 1968
 CoilWriter = Callable[[int, int, bool], bool]
 
 
+#: a run of registers from ``start``: their big-endian bytes, two per register, as they go on
+#: the wire (a reply is a slice; no per-request packing, and no object the collector tracks)
+Segment = tuple[int, bytes]
+
+
+def _pack_registers(values: Sequence[int]) -> bytes:
+    try:
+        return struct.pack(f">{len(values)}H", *values)
+    except struct.error as exc:
+        raise ValueError(f"a register holds 0 to 65535: {exc}") from None
+
+
 class DeviceImage:
     """The registers of one device (one unit id): input register segments, coils, discrete
     inputs, holding register segments (generic profiles with function 03 only)."""
@@ -62,26 +74,36 @@ class DeviceImage:
     __slots__ = ("coils", "discrete_inputs", "exception", "holding", "inputs", "silent")
 
     def __init__(self, n_coils: int = 0) -> None:
-        self.inputs: list[tuple[int, list[int]]] = []
-        self.holding: list[tuple[int, list[int]]] = []
+        self.inputs: list[Segment] = []
+        self.holding: list[Segment] = []
         self.coils: list[bool] = [False] * n_coils
         self.discrete_inputs: list[bool] = [False] * n_coils
         self.silent = False
         self.exception: int | None = None
 
     def set_inputs(self, blocks: Sequence[tuple[int, Sequence[int]]]) -> None:
-        self.inputs = [(start, list(values)) for start, values in blocks]
+        """Replace the input registers by ``(start, values)`` blocks (``ValueError`` for a value
+        outside 0..65535; the image is then left as it was)."""
+        self.inputs = [(start, _pack_registers(values)) for start, values in blocks]
 
     def set_holding(self, blocks: Sequence[tuple[int, Sequence[int]]]) -> None:
-        self.holding = [(start, list(values)) for start, values in blocks]
+        self.holding = [(start, _pack_registers(values)) for start, values in blocks]
 
 
-def _read_segment(segments: list[tuple[int, list[int]]], address: int,
-                  count: int) -> list[int] | ExcCodes:
-    for start, values in segments:
-        if start <= address and address + count <= start + len(values):
-            return values[address - start:address - start + count]
-    return ExcCodes.ILLEGAL_ADDRESS
+def _read_segment(segments: list[Segment], address: int, count: int) -> bytes | None:
+    """The bytes of registers ``address .. address + count − 1`` if one segment holds them all,
+    else None (an illegal address)."""
+    for start, data in segments:
+        if start <= address and 2 * (address - start + count) <= len(data):
+            return data[2 * (address - start):2 * (address - start + count)]
+    return None
+
+
+def _read_words(segments: list[Segment], address: int, count: int) -> list[int] | ExcCodes:
+    data = _read_segment(segments, address, count)
+    if data is None:
+        return ExcCodes.ILLEGAL_ADDRESS
+    return list(struct.unpack(f">{count}H", data))
 
 
 class StrictContext(ModbusServerContext):
@@ -115,9 +137,9 @@ class StrictContext(ModbusServerContext):
         if isinstance(image, ExcCodes):
             return image
         if func_code == 4:
-            return _read_segment(image.inputs, address, count)
+            return _read_words(image.inputs, address, count)
         if func_code in (3, 6, 16):
-            return _read_segment(image.holding, address, count)
+            return _read_words(image.holding, address, count)
         if func_code in (1, 5, 15):
             bits = image.coils
         elif func_code == 2:

@@ -34,16 +34,6 @@ _MBAP = struct.Struct(">HHHB")
 _HH = struct.Struct(">HH")
 _ILLEGAL_FUNCTION, _ILLEGAL_ADDRESS, _ILLEGAL_VALUE, _DEVICE_FAILURE = 1, 2, 3, 4
 _GATEWAY_NO_RESPONSE = 0x0B
-_WORDS: dict[int, struct.Struct] = {}
-
-
-def _words(n: int) -> struct.Struct:
-    s = _WORDS.get(n)
-    if s is None:
-        s = _WORDS[n] = struct.Struct(f">{n}H")
-    return s
-
-
 def _pack_bits(bits: list[bool]) -> bytes:
     out = bytearray((len(bits) + 7) // 8)
     for k, on in enumerate(bits):
@@ -92,9 +82,9 @@ def answer(context: StrictContext, unit: int, pdu: bytes) -> bytes | None:
         return exc(image.exception)
     if fc in (3, 4):
         regs = _read_segment(image.inputs if fc == 4 else image.holding, address, word)
-        if not isinstance(regs, list):
+        if regs is None:
             return exc(_ILLEGAL_ADDRESS)
-        return bytes((fc, 2 * word)) + _words(word).pack(*regs)
+        return bytes((fc, 2 * word)) + regs
     if fc in (1, 2):
         bits = image.coils if fc == 1 else image.discrete_inputs
         if address + word > len(bits):

@@ -4,7 +4,9 @@ One server per TCP port (:class:`sim.endpoints._server.LeanModbusServer`: pymodb
 costs four times the CPU per request, which a hall of thousands of devices cannot spare), one
 device per unit id as :mod:`controller.bindings` deals them, serving the maps of
 docs/registers.md through the same codec the driver decodes with (:mod:`drivers.registers`).
-Registers are refreshed from a snapshot provider; coil writes go to a callback.
+Registers are refreshed from a snapshot provider, or, for the devices of a built-in profile, from
+an array provider that gives many devices of one shape at once (:mod:`sim.endpoints._arrays`,
+the same registers for a tenth of the CPU); coil writes go to a callback.
 docs/simulator-endpoints.md describes the interfaces the plant is wired through.
 """
 
@@ -19,9 +21,12 @@ from enum import Enum
 from types import TracebackType
 from typing import Self
 
+import numpy as np
+
 from drivers._link import stop_task
 from drivers.modbus import ModbusDeviceConfig
 from drivers.registers import (
+    PROFILE_METER,
     PROFILE_PDU,
     GenericProfile,
     MeterSnapshot,
@@ -31,10 +36,12 @@ from drivers.registers import (
     encode_pdu,
     meter_quantities,
 )
+from sim.endpoints._arrays import SnapshotArrays, encode_arrays
 from sim.endpoints._datastore import DeviceImage, StrictContext
 from sim.endpoints._server import LeanModbusServer
 
 __all__ = [
+    "ArrayProvider",
     "EndpointFault",
     "EndpointStats",
     "ModbusEndpoints",
@@ -47,6 +54,13 @@ _log = logging.getLogger(__name__)
 #: ``snapshot(node_id)`` → what the device at that node measures now; ``None`` makes the
 #: device silent (a dead meter answers nothing).
 SnapshotProvider = Callable[[str], MeterSnapshot | PduSnapshot | None]
+#: ``arrays(node_ids, shape)`` → what the devices at those nodes measure now, one row per node
+#: in the order given: ``shape`` is ``(banks, outlets)`` for ``rampguard-pdu-v1`` devices (each
+#: node must be a PDU of that shape) and ``None`` for ``rampguard-meter-v1`` devices (the inlet
+#: only). A provider that raises (or returns the wrong shape) makes the endpoint refresh those
+#: devices one by one through the snapshot provider instead, which then decides each device's
+#: fate as it always does.
+ArrayProvider = Callable[[Sequence[str], tuple[int, int] | None], SnapshotArrays]
 #: ``on_outlet_write(pdu_node_id, outlet_n, on)`` → True if the relay switched (1-based n);
 #: False refuses the write (the client gets exception 04).
 OutletWriter = Callable[[str, int, bool], bool]
@@ -63,6 +77,10 @@ class EndpointFault(Enum):
 class EndpointStats:
     refreshes: int = 0
     provider_errors: int = 0
+    #: devices refreshed from the array provider, and groups it failed for (then refreshed
+    #: one by one)
+    array_refreshed: int = 0
+    array_fallbacks: int = 0
     writes_accepted: int = 0
     writes_refused: int = 0
 
@@ -75,6 +93,18 @@ class _Device:
     fault: EndpointFault | None = None
     provider_failed: bool = False
     shape_error: bool = False
+    #: the array batch this device belongs to: ``(banks, outlets)`` of a PDU, ``()`` for a meter
+    #: without coils, ``None`` when it is refreshed one by one (a generic profile, a meter that
+    #: switches outlets)
+    batch: tuple[int, ...] | None = None
+
+
+def _batch_of(cfg: ModbusDeviceConfig, n_coils: int) -> tuple[int, ...] | None:
+    if cfg.profile == PROFILE_PDU:
+        return (cfg.banks, cfg.outlets)
+    if cfg.profile == PROFILE_METER and n_coils == 0:
+        return ()
+    return None
 
 
 class ModbusEndpoints:
@@ -90,6 +120,10 @@ class ModbusEndpoints:
     time). Each refresh increments the device's ``sequence`` unless the snapshot gives one.
     Configs that share a port and a unit id must name the same node (meter and actuator of one
     PDU are one device).
+
+    ``arrays`` (optional, :data:`ArrayProvider`): the devices of a built-in profile are refreshed
+    in batches of one shape from it; ``snapshot`` stays the provider of every other device and
+    the fallback for a batch the array provider fails.
     """
 
     def __init__(
@@ -101,8 +135,11 @@ class ModbusEndpoints:
         bind: str = "127.0.0.1",
         refresh_period_s: float | None = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        arrays: ArrayProvider | None = None,
     ) -> None:
         self._provider = snapshot
+        self._arrays = arrays
+        self._array_failed: set[tuple[int, ...]] = set()
         self._on_write = on_outlet_write
         self._bind = bind
         self._period = refresh_period_s
@@ -120,7 +157,7 @@ class ModbusEndpoints:
                                      f"{known.config.node_id!r} and {cfg.node_id!r}")
                 continue
             n_coils = cfg.outlets if (cfg.actuator or cfg.profile == PROFILE_PDU) else 0
-            dev = _Device(cfg, DeviceImage(n_coils))
+            dev = _Device(cfg, DeviceImage(n_coils), batch=_batch_of(cfg, n_coils))
             units[cfg.unit_id] = dev
             self._by_node.setdefault(cfg.node_id, []).append(dev)
         self._devices = [d for units in self._ports.values() for d in units.values()]
@@ -227,8 +264,76 @@ class ModbusEndpoints:
         else:
             chosen = [d for n in node_ids for d in self._devices_of(n)]
             devices = chosen if part is None else chosen[part[0]::part[1]]
+        if self._arrays is None:
+            for dev in devices:
+                self._refresh_one(dev, uptime_s)
+            return
+        batches: dict[tuple[int, ...], list[_Device]] = {}
         for dev in devices:
-            self._refresh_one(dev, uptime_s)
+            if dev.batch is None:
+                self._refresh_one(dev, uptime_s)
+            else:
+                batches.setdefault(dev.batch, []).append(dev)
+        for batch, devs in batches.items():
+            self._refresh_batch(batch, devs, uptime_s)
+
+    def _refresh_batch(self, batch: tuple[int, ...], devs: list[_Device],
+                       uptime_s: float) -> None:
+        """Refresh ``devs`` (all of shape ``batch``) from one call of the array provider; one
+        by one when it fails, or when a device is listed twice (each listing is a refresh)."""
+        assert self._arrays is not None
+        banks, outlets = batch if batch else (0, 0)
+        shape = (banks, outlets) if batch else None
+        try:
+            if len({id(d) for d in devs}) != len(devs):
+                raise ValueError("a device is listed twice")
+            arrays = self._arrays([d.config.node_id for d in devs], shape)
+            if arrays.n != len(devs):
+                raise ValueError(f"{arrays.n} rows for {len(devs)} devices")
+            present = np.asarray(arrays.present, dtype=np.bool_).reshape(len(devs))
+            sequence = np.fromiter((d.sequence + 1 for d in devs), dtype=np.int64,
+                                   count=len(devs))
+            regs, bad = encode_arrays(arrays, banks=banks, outlets=outlets, sequence=sequence,
+                                      uptime_s=uptime_s)
+            relays = energized = None
+            if shape is not None and outlets:
+                relays = np.asarray(arrays.outlet_relay_on, dtype=np.bool_).tolist()
+                energized = np.asarray(arrays.outlet_energized, dtype=np.bool_).tolist()
+        except Exception as exc:
+            self.stats.array_fallbacks += 1
+            if batch not in self._array_failed:
+                _log.warning("array refresh of %d devices of shape %s failed (%s); refreshing "
+                             "them one by one", len(devs), shape, exc)
+                self._array_failed.add(batch)
+            for dev in devs:
+                self._refresh_one(dev, uptime_s)
+            return
+        self._array_failed.discard(batch)
+        width = 2 * regs.shape[1]
+        raw = regs.astype(">u2").tobytes()       # every row's registers as they go on the wire
+        present_l, bad_l = present.tolist(), bad.tolist()
+        for k, dev in enumerate(devs):
+            if dev.provider_failed:
+                _log.info("snapshot provider recovered for %s", dev.config.node_id)
+                dev.provider_failed = False
+            if not present_l[k]:
+                self._apply_fault(dev, silent=True)
+                continue
+            dev.sequence += 1
+            img = dev.image
+            if bad_l[k]:
+                if not dev.shape_error:
+                    _log.error("snapshot for %s does not fit its device (%s): phase powers "
+                               "+inf and -inf", dev.config.node_id, dev.config.profile_id)
+                dev.shape_error = True
+            else:
+                img.inputs = [(0, raw[k * width:(k + 1) * width])]
+                if relays is not None and energized is not None:
+                    img.coils[:] = relays[k]
+                    img.discrete_inputs[:] = energized[k]
+                dev.shape_error = False
+            self._apply_fault(dev)
+        self.stats.array_refreshed += len(devs)
 
     def _refresh_one(self, dev: _Device, uptime_s: float) -> None:
         cfg = dev.config
