@@ -12,7 +12,14 @@ Workloads (each on a fresh :class:`sim.Plant`, compiled hall shared, kernels war
 - ``steady``: 600 s at full power after an all-at-once bring-up (nothing but the thermal
   zones, GPU temperatures, meters and checks);
 - ``closed-loop tick``: the all-at-once bring-up with an :meth:`~sim.Plant.observe` every
-  second, as a controller would take.
+  second, as a controller would take;
+- ``register refresh`` (``--refresh-rounds``, 0 skips it): what ``rampguard sim serve`` does
+  once a second for its Modbus endpoints, on the hall at full power: every device's registers
+  refreshed one snapshot at a time (``PlantView.snapshot``) and from arrays
+  (``PlantView.arrays``), the two alternating, one plant second apart, each timed in CPU
+  (``time.process_time``; the plant's read-out, shared by both, is taken before the clock
+  starts). Reported: both medians, the median of the per-round ratios, and the devices whose
+  registers differed between the two (must be 0).
 
 Each workload is run ``--runs`` times; the median wall time is reported with µs per step and the
 real-time factor (virtual seconds per wall second; DESIGN.md asks for 500× or better). Times are
@@ -77,11 +84,55 @@ def _run(config: HallConfig, topo: Topology, workload: str, dt: float) -> dict[s
             "violations": len(plant.violations)}
 
 
+def _refresh(config: HallConfig, topo: Topology, rounds: int) -> dict[str, Any]:
+    from controller.bindings import resolve_bindings
+    from sim.endpoints import ModbusEndpoints
+    from sim.hil import PlantView
+
+    plant = Plant(config, topo, seed=0)
+    _start(plant, topo, config, "all-at-once")
+    plant.run_until(600.0, 0.1)
+    view = PlantView(plant)
+    devices = resolve_bindings(config, topo).modbus
+    one = ModbusEndpoints(devices, view.snapshot, view.write, refresh_period_s=None,
+                          clock=lambda: 1.0)
+    many = ModbusEndpoints(devices, view.snapshot, view.write, refresh_period_s=None,
+                           clock=lambda: 1.0, arrays=view.arrays)
+    one_s: list[float] = []
+    many_s: list[float] = []
+    differ = 0
+    for k in range(rounds):
+        plant.run_until(plant.t_s + 1.0, 0.1)
+        view._read()
+        pairs = ((one, one_s), (many, many_s)) if k % 2 == 0 else ((many, many_s), (one, one_s))
+        for ep, spent in pairs:
+            t0 = time.process_time()
+            ep.refresh()
+            spent.append(time.process_time() - t0)
+        differ += sum(
+            (a.image.inputs, a.image.coils, a.image.discrete_inputs, a.image.silent,
+             a.image.exception) != (b.image.inputs, b.image.coils, b.image.discrete_inputs,
+                                    b.image.silent, b.image.exception)
+            for a, b in zip(one._devices, many._devices, strict=True))
+    return {"workload": "register refresh", "devices": len(one._devices), "rounds": rounds,
+            "snapshot_cpu_s_median": round(statistics.median(one_s), 4),
+            "arrays_cpu_s_median": round(statistics.median(many_s), 4),
+            "ratio_median": round(statistics.median(m / o for m, o in zip(many_s, one_s,
+                                                                          strict=True)), 3),
+            "snapshot_cpu_s_runs": [round(x, 4) for x in one_s],
+            "arrays_cpu_s_runs": [round(x, 4) for x in many_s],
+            "array_fallbacks": many.stats.array_fallbacks, "devices_differing": differ}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "hall-32k.toml"))
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dt-s", type=float, default=0.1)
+    parser.add_argument("--refresh-rounds", type=int, default=7,
+                        help="rounds of the register refresh comparison (0: skip it)")
+    parser.add_argument("--only-refresh", action="store_true",
+                        help="run the register refresh comparison alone")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
     config = load_hall_config(args.config)
@@ -95,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{topo.name}: {topo.n_nodes:,} nodes, {topo.n_servers:,} servers, "
           f"{topo.n_psus:,} PSUs; dt {args.dt_s} s; {args.runs} runs each")
     print(f"{'workload':<22} {'median wall s':>14} {'µs/step':>9} {'× real time':>12}")
-    for workload in ("bring-up all-at-once", "bring-up fixed-rate", "steady",
-                     "closed-loop tick"):
+    for workload in (() if args.only_refresh else (
+            "bring-up all-at-once", "bring-up fixed-rate", "steady", "closed-loop tick")):
         runs = [_run(config, topo, workload, args.dt_s) for _ in range(args.runs)]
         walls = [r["wall_s"] for r in runs]
         median = statistics.median(walls)
@@ -112,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         results.append(entry)
         print(f"{workload:<22} {median:>14.3f} {entry['us_per_step_median']:>9.1f} "
               f"{entry['real_time_factor_median']:>11.0f}×")
+    if args.refresh_rounds > 0:
+        entry = _refresh(config, topo, args.refresh_rounds)
+        results.append(entry)
+        print(f"register refresh of {entry['devices']:,} devices, CPU median of "
+              f"{entry['rounds']}: one snapshot at a time {entry['snapshot_cpu_s_median']:.4f} s,"
+              f" from arrays {entry['arrays_cpu_s_median']:.4f} s (ratio "
+              f"{entry['ratio_median']:.3f}); devices differing: {entry['devices_differing']}")
     out = {
         "benchmark": "simulator",
         "command": "PYTHONPATH=. python benchmarks/bench_sim.py " + " ".join(argv or sys.argv[1:]),
