@@ -116,3 +116,36 @@ def test_a_meter_before_its_first_sample_says_its_data_are_not_valid(
     plant.run_until(1.5, dt_s=0.5)
     after = view.snapshot("LAB-PANEL")
     assert after is not None and after.data_valid is True and after.voltage_v[0] > 200
+
+
+def test_agents_report_from_one_read_of_the_plant_per_step(
+        rig: tuple[Any, Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A controller switching outlets and setting caps between agent publishes must not make
+    every agent re-read the whole plant: on the 32k hall that froze the simulator for 87 s
+    (load run of bench_load.py). The registers still show a write at once."""
+    _config, plant, view = rig
+    for outlet in plant.switchable_outlets:
+        plant.switch_outlet(int(outlet), True)
+    plant.run_until(400.0, dt_s=1.0)                  # every server booted
+    reads = 0
+    observe = plant.observe
+
+    def counted() -> Any:
+        nonlocal reads
+        reads += 1
+        return observe()
+
+    monkeypatch.setattr(plant, "observe", counted)
+    servers = list(view.server_index)
+    pdu = next(iter(view.pdus))
+    for _ in range(3):
+        for server in servers:
+            view.write(pdu, 1, True)
+            view.apply_caps(server, (300.0,))
+            assert view.agent_state(server) is not None
+    assert reads == 1
+    assert view.snapshot(pdu) is not None and reads == 2    # a write shows in the registers
+    plant.run_until(plant.t_s + 0.5, dt_s=0.5)
+    state = view.agent_state(servers[0])
+    assert reads == 3 and state is not None
+    assert state.gpus[0].limit_w == 300.0                     # the next step shows the cap
