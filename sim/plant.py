@@ -810,7 +810,13 @@ class Plant:
                                if t - t0 < float(self._psu_inrush_s[p].max())]
         parts = [p[(t - t0 < self._psu_inrush_s[p]) & self._alive[p]]
                  for t0, p in self._recent_inrush]
-        self._recent_inrush.append((t, on))
+        # one record per instant: an endpoint switching outlets one call at a time within a
+        # step must not make this list (and each call's walk over it) grow with every call
+        # (3,000 single switches in one step of the 32k hall froze the simulator for 64 s)
+        if self._recent_inrush and self._recent_inrush[-1][0] == t:
+            self._recent_inrush[-1] = (t, np.concatenate([self._recent_inrush[-1][1], on]))
+        else:
+            self._recent_inrush.append((t, on))
         psus = np.concatenate([on, *parts]).astype(np.int32) if parts else on.astype(np.int32)
         kp._inrush_x(psus, self._psu_inrush_a, self._psu_node, self._psu_phase, self._parent,
                      self._v_ln, self._va, self._rating, self._scratch_va, self._mark,

@@ -321,3 +321,31 @@ def test_endpoint_readouts_have_units_and_shapes(rig_config: HallConfig) -> None
 def test_kind_codes_stay_in_step_with_the_kernels() -> None:
     assert kernels.SERVER_STATE_NAMES[kp.SERVER_LOADED] == "loaded"
     assert KIND_CODE["outlet"] == 7
+
+
+def test_single_switches_at_one_instant_act_as_one_batch(inrush_config: HallConfig) -> None:
+    """An endpoint's coil writes arrive one at a time: switched one call each at the same
+    instant, the PSUs' inrush adds up as if switched together (the bank trips as in
+    test_trip_opens_everything_below_until_reset), and the plant keeps one inrush record for
+    the instant rather than one per call (a list walked by every call: 64 s of simulator time
+    for 3,000 coil writes in one step of the 32k hall)."""
+    batch, single = Plant(inrush_config), Plant(inrush_config)
+    batch.apply_now(SwitchOutlets(batch.topo.psu_node, True))
+    for outlet in single.topo.psu_node:
+        single.switch_outlet(int(outlet), True)
+    assert [(t.node, t.cause) for t in single.trips] == [(t.node, t.cause) for t in batch.trips]
+    assert [t.node for t in single.trips] == ["R1-A-1"]
+    assert len(single._recent_inrush) == 1
+
+
+def test_many_single_switches_in_one_instant_keep_one_inrush_record(
+        demo_config: HallConfig, demo_topo: Topology) -> None:
+    plant = Plant(demo_config, demo_topo, seed=1)
+    dgx = [int(n) for k, n in enumerate(demo_topo.psu_node)
+           if demo_topo.server_gpus[demo_topo.psu_server[k]] > 0][:300]
+    for outlet in dgx:
+        plant.switch_outlet(outlet, True)
+    assert len(plant._recent_inrush) == 1 and plant._recent_inrush[0][1].size == len(dgx)
+    plant.step(0.1)
+    plant.switch_outlet(int(demo_topo.psu_node[-1]), True)
+    assert len(plant._recent_inrush) <= 2          # earlier instants drop once their inrush ends
