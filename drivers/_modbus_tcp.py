@@ -23,7 +23,8 @@ import asyncio
 import contextlib
 import heapq
 import struct
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeAlias
 
 _MBAP = struct.Struct(">HHHB")          # transaction, protocol (0), length, unit
 _READ = struct.Struct(">HHHBBHH")       # MBAP + function, address, count
@@ -90,6 +91,11 @@ def _decode(function: int, pdu: bytes) -> Reply:
     raise ConnectionError(f"unsupported function {function}")  # pragma: no cover
 
 
+#: Where a request's outcome goes: a future (awaited), or a callback called with the
+#: :class:`Reply` or the exception (:meth:`LeanModbusClient.submit`; no future, no task).
+ReplySink: TypeAlias = "asyncio.Future[Reply] | Callable[[Reply | Exception], None]"
+
+
 class _Protocol(asyncio.Protocol):
     """The socket of one :class:`_Connection`: splits the byte stream into MBAP frames."""
 
@@ -120,6 +126,7 @@ class _Protocol(asyncio.Protocol):
             pdu = bytes(buf[7:end])
             del buf[:end]
             self.conn._reply(tid, unit, pdu)
+        self.conn._drain()
 
 
 class _Connection:
@@ -132,6 +139,11 @@ class _Connection:
     as the simulator's server answers a batch with one write, one receive. The connection is
     opened by the first client that connects (the others wait for that attempt) and closed
     when the last attached client closes.
+
+    A request's outcome goes to its sink: a future, or a callback
+    (:meth:`LeanModbusClient.submit`). Callbacks are queued while the connection walks its
+    replies, deadlines or pending requests and called after the walk (:meth:`_drain`), so a
+    callback that closes its client cannot disturb the walk.
 
     Timeouts: one timer per connection, not one per request. Each request's deadline goes on a
     heap; the timer is set for the earliest deadline of a request still unanswered, and when
@@ -147,9 +159,10 @@ class _Connection:
         self.proto: _Protocol | None = None
         self.clients: set[LeanModbusClient] = set()
         self._tid = 0
-        # transaction id -> (future, function, unit, deadline (loop time, s), client)
-        self.pending: dict[int, tuple[asyncio.Future[Reply], int, int, float,
-                                      LeanModbusClient]] = {}
+        # transaction id -> (sink, function, unit, deadline (loop time, s), client)
+        self.pending: dict[int, tuple[ReplySink, int, int, float, LeanModbusClient]] = {}
+        self._ready: list[tuple[Callable[[Reply | Exception], None], Reply | Exception]] = []
+        self._draining = False
         self._deadlines: list[tuple[float, int]] = []   # heap of (deadline_s, tid)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at_s = float("inf")
@@ -204,17 +217,23 @@ class _Connection:
 
     def send(self, client: LeanModbusClient, function: int, address: int, word: int,
              unit: int, timeout_s: float) -> asyncio.Future[Reply]:
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self.submit(client, function, address, word, unit, timeout_s, fut)
+        return fut
+
+    def submit(self, client: LeanModbusClient, function: int, address: int, word: int,
+               unit: int, timeout_s: float, sink: ReplySink) -> None:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Reply] = loop.create_future()
         if not self.alive or client not in self.clients:
-            fut.set_exception(ConnectionError("not connected"))
-            return fut
+            self._deliver(sink, ConnectionError("not connected"))
+            self._drain()
+            return
         tid = (self._tid + 1) & 0xFFFF
         while tid in self.pending:          # 65,536 in flight on one connection: never
             tid = (tid + 1) & 0xFFFF        # pragma: no cover
         self._tid = tid
         deadline_s = loop.time() + timeout_s
-        self.pending[tid] = (fut, function, unit, deadline_s, client)
+        self.pending[tid] = (sink, function, unit, deadline_s, client)
         heapq.heappush(self._deadlines, (deadline_s, tid))
         if deadline_s < self._timer_at_s:
             self._arm(loop, deadline_s)
@@ -222,7 +241,42 @@ class _Connection:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-        return fut
+
+    # -- outcomes ------------------------------------------------------------------------------
+    def _deliver(self, sink: ReplySink, result: Reply | Exception) -> None:
+        if isinstance(sink, asyncio.Future):
+            if sink.done():
+                return
+            if isinstance(result, Exception):
+                sink.set_exception(result)
+                with contextlib.suppress(Exception):
+                    sink.exception()  # retrieved: no "never retrieved" warning when unawaited
+            else:
+                sink.set_result(result)
+        else:
+            self._ready.append((sink, result))
+
+    def _drain(self) -> None:
+        """Call the callbacks queued by the walk that just ended (once each, in order); a
+        callback's own outcomes (its client closed, say) join the queue."""
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            ready = self._ready
+            k = 0
+            while k < len(ready):
+                sink, result = ready[k]
+                k += 1
+                try:
+                    sink(result)
+                except Exception as exc:   # a consumer's bug: reported, the others still run
+                    asyncio.get_running_loop().call_exception_handler({
+                        "message": f"Modbus reply callback failed ({self.host}:{self.port})",
+                        "exception": exc})
+        finally:
+            del self._ready[:]
+            self._draining = False
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -243,6 +297,7 @@ class _Connection:
         self._disarm_if_idle()
         if not self.clients and self._waiters == 0:
             self._close_socket()
+        self._drain()
 
     # -- timeouts --------------------------------------------------------------------------
     def _arm(self, loop: asyncio.AbstractEventLoop, at_s: float) -> None:
@@ -271,12 +326,12 @@ class _Connection:
                 continue
             if deadline_s > now_s:
                 self._arm(loop, deadline_s)
-                return
+                break
             heapq.heappop(heap)
-            fut, _f, _u, _d, client = self.pending.pop(tid)
-            if not fut.done():
-                fut.set_exception(TimeoutError(f"no response within {client.timeout_s} s "
-                                               "(timeout)"))
+            sink, _f, _u, _d, client = self.pending.pop(tid)
+            self._deliver(sink, TimeoutError(f"no response within {client.timeout_s} s "
+                                             "(timeout)"))
+        self._drain()
 
     def _disarm_if_idle(self) -> None:
         if not self.pending:
@@ -291,18 +346,18 @@ class _Connection:
         entry = self.pending.pop(tid, None)
         if entry is None:
             return                    # a late answer to a request that timed out
-        fut, function, want_unit, _deadline_s, _client = entry
-        if fut.done():
-            return
+        sink, function, want_unit, _deadline_s, _client = entry
+        result: Reply | Exception
         try:
             if unit != want_unit:
                 raise ConnectionError(f"reply from unit {unit} to a request to unit "
                                       f"{want_unit}")
-            fut.set_result(_decode(function, pdu))
+            result = _decode(function, pdu)
         except ConnectionError as exc:
-            fut.set_exception(exc)
+            result = exc
         except (IndexError, struct.error) as exc:
-            fut.set_exception(ConnectionError(f"malformed reply: {exc}"))
+            result = ConnectionError(f"malformed reply: {exc}")
+        self._deliver(sink, result)
 
     def _protocol_error(self, proto: _Protocol, message: str) -> None:
         """A stream that is not Modbus TCP: nothing after it can be trusted, for any unit."""
@@ -321,15 +376,12 @@ class _Connection:
         pending, self.pending = self.pending, {}
         self._disarm_if_idle()
         self._fail(list(pending.values()), exc)
+        self._drain()
 
-    @staticmethod
-    def _fail(entries: list[tuple[asyncio.Future[Reply], int, int, float,
-                                  LeanModbusClient]], exc: Exception) -> None:
-        for fut, _f, _u, _d, _c in entries:
-            if not fut.done():
-                fut.set_exception(exc)
-                with contextlib.suppress(Exception):
-                    fut.exception()   # retrieved: no "never retrieved" warning when unawaited
+    def _fail(self, entries: list[tuple[ReplySink, int, int, float, LeanModbusClient]],
+              exc: Exception) -> None:
+        for sink, _f, _u, _d, _c in entries:
+            self._deliver(sink, exc)
 
 
 class ConnectionPool:
@@ -409,6 +461,16 @@ class LeanModbusClient:
                    device_id: int = 1) -> asyncio.Future[Reply]:
         return self._conn.send(self, 5, address, _COIL_ON if value else _COIL_OFF, device_id,
                                self.timeout_s)
+
+    def submit(self, function: int, address: int, count: int, device_id: int,
+               on_reply: Callable[[Reply | Exception], None]) -> None:
+        """Send a read (function 01-04) now, without a future: ``on_reply`` is called once
+        with the :class:`Reply` or the exception the methods above would raise (at once when
+        not connected). Called from the reply path, so it must not block; an exception it
+        raises propagates into the event loop's protocol callbacks, so it must not raise.
+        A poller of thousands of devices uses this: no future and no task wake-up per
+        request."""
+        self._conn.submit(self, function, address, count, device_id, self.timeout_s, on_reply)
 
 
 def lean_client(host: str, port: int, timeout_s: float,

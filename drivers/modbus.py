@@ -391,6 +391,7 @@ class ModbusDevice(StatefulLink):
         self._sequence_since_s = 0.0
         self.last_snapshot: Snapshot | None = None
         self.last_error: DriverError | None = None
+        self._plan_read: _PlanRead | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -479,13 +480,7 @@ class ModbusDevice(StatefulLink):
         """One request, mapped: returns registers or bits, or raises one of our errors."""
         if function == _FC_WRITE_SINGLE_COIL:
             self._check_allowed(address)
-        client = self._client
-        if client is None or self._state is not LinkState.CONNECTED or not client.connected:
-            if self._state is LinkState.CONNECTED:
-                self._drop("lost", "connection lost")
-            self.counters.unreachable += 1
-            raise NotConnected(f"not connected ({self._state.value})", device=self.key,
-                               register=address)
+        client = self._ready_client(address)
         unit = self.config.unit_id
         call: Awaitable[Any]
         if function == FC_READ_INPUT_REGISTERS:
@@ -504,23 +499,46 @@ class ModbusDevice(StatefulLink):
         try:
             response = await call         # pymodbus's timeout bounds it; see _guarded
         except Exception as exc:
-            # pymodbus: ModbusIOException (no answer in time, or an answer that does not
-            # match the request), ConnectionException (not connected); OSError from asyncio.
-            if client.connected and _is_no_answer(exc):
-                self.counters.timeouts += 1
-                self._timeouts_in_row += 1
-                if not isinstance(client, LeanModbusClient) or \
-                        self._timeouts_in_row >= TIMEOUTS_BEFORE_DROP:
-                    self._drop("timeout", "no answer within %.3g s", self.config.timeout_s)
-                else:
-                    self._faults.fault("timeout", "no answer within %.3g s",
-                                       self.config.timeout_s)
-                raise DeviceTimeout(f"no answer within {self.config.timeout_s} s",
-                                    device=self.key, register=address) from exc
+            raise self._failure(client, exc, address) from exc
+        return self._mapped(response, function, address, count)
+
+    def _ready_client(self, address: int) -> ModbusClient:
+        """The client, connected, or :class:`NotConnected` (counted; a client found dead
+        while the state says connected is dropped)."""
+        client = self._client
+        if client is None or self._state is not LinkState.CONNECTED or not client.connected:
+            if self._state is LinkState.CONNECTED:
+                self._drop("lost", "connection lost")
             self.counters.unreachable += 1
-            self._drop("lost", "transport failed: %s: %s", type(exc).__name__, exc)
-            raise DeviceUnreachable(f"transport failed: {type(exc).__name__}: {exc}",
-                                    device=self.key, register=address) from exc
+            raise NotConnected(f"not connected ({self._state.value})", device=self.key,
+                               register=address)
+        return client
+
+    def _failure(self, client: ModbusClient, exc: Exception, address: int) -> DriverError:
+        """A request that raised, mapped (counted, and the connection dropped where the
+        rules say so): :class:`DeviceTimeout` or :class:`DeviceUnreachable`."""
+        # pymodbus: ModbusIOException (no answer in time, or an answer that does not
+        # match the request), ConnectionException (not connected); OSError from asyncio.
+        if client.connected and _is_no_answer(exc):
+            self.counters.timeouts += 1
+            self._timeouts_in_row += 1
+            if not isinstance(client, LeanModbusClient) or \
+                    self._timeouts_in_row >= TIMEOUTS_BEFORE_DROP:
+                self._drop("timeout", "no answer within %.3g s", self.config.timeout_s)
+            else:
+                self._faults.fault("timeout", "no answer within %.3g s",
+                                   self.config.timeout_s)
+            return DeviceTimeout(f"no answer within {self.config.timeout_s} s",
+                                 device=self.key, register=address)
+        self.counters.unreachable += 1
+        self._drop("lost", "transport failed: %s: %s", type(exc).__name__, exc)
+        return DeviceUnreachable(f"transport failed: {type(exc).__name__}: {exc}",
+                                 device=self.key, register=address)
+
+    def _mapped(self, response: Any, function: int, address: int,
+                count: int) -> Sequence[int]:
+        """A reply, mapped: its registers or bits, or :class:`DeviceException` /
+        :class:`DecodeError` (counted)."""
         self._timeouts_in_row = 0
         if response.isError():
             self.counters.exceptions += 1
@@ -579,14 +597,49 @@ class ModbusDevice(StatefulLink):
             for blk in self._plan:
                 blocks[(blk.function, blk.address)] = await self._request(
                     blk.function, blk.address, blk.count)
-            try:
-                snapshot = self._decode(blocks)
-            except DecodeError as exc:
-                self.counters.decode_errors += 1
-                self._faults.fault(type(exc).__name__, "%s", exc.message)
-                raise
+            return self._finish_read(blocks)
         except DriverError as exc:
             self.last_error = exc
+            raise
+
+    @property
+    def submits(self) -> bool:
+        """Whether :meth:`start_read` can be used (the client is the lean one)."""
+        return isinstance(self._client, LeanModbusClient)
+
+    def start_read(self, done: Callable[[Snapshot | None, DriverError | None], None]) -> None:
+        """A whole-device read like :meth:`read`, without a task: every request of the read
+        plan leaves now, and ``done(snapshot, None)`` or ``done(None, error)`` is called once
+        from the reply path (at once when nothing can be sent), with the same counters,
+        faults and errors as :meth:`read`. Needs the lean client (:attr:`submits`); after
+        the first failed request of a read, the outcomes of its other requests are not
+        counted (as :meth:`read`, which would not have sent them). ``done`` must not raise."""
+        plan = self._plan
+        try:
+            client = cast(LeanModbusClient, self._ready_client(plan[0].address))
+        except DriverError as exc:
+            self.last_error = exc
+            done(None, exc)
+            return
+        state = self._plan_read
+        if state is None or state.outstanding:   # none yet, or requests of one still out
+            state = self._plan_read = _PlanRead(self)
+        state.start(client, done)
+        unit = self.config.unit_id
+        for k, blk in enumerate(plan):
+            if state.over:                  # failed at once (the connection went meanwhile)
+                break
+            self.counters.requests += 1
+            state.outstanding += 1
+            client.submit(blk.function, blk.address, blk.count, unit, state.sinks[k])
+
+    def _finish_read(self, blocks: Mapping[tuple[int, int], Sequence[int]]) -> Snapshot:
+        """Decode a whole-device read and keep its bookkeeping."""
+        try:
+            snapshot = self._decode(blocks)
+        except DecodeError as exc:
+            self.counters.decode_errors += 1
+            self._faults.fault(type(exc).__name__, "%s", exc.message)
             raise
         self.counters.reads += 1
         self._backoff.reset()
@@ -677,6 +730,52 @@ class ModbusDevice(StatefulLink):
             raise DriverConfigError("this device has no outlets", device=self.key)
 
 
+class _PlanRead:
+    """A :meth:`ModbusDevice.start_read`: the blocks answered so far, and one sink per block
+    of the plan. Kept by the device and used again for its next read once none of its
+    requests is still out (a request outliving its read, a second block still waiting for
+    its deadline after the first failed, must not land in the next read)."""
+
+    __slots__ = ("blocks", "client", "dev", "done", "left", "outstanding", "over", "sinks")
+
+    def __init__(self, dev: ModbusDevice) -> None:
+        self.dev = dev
+        self.outstanding = 0
+        self.over = True
+        self.sinks = [functools.partial(self._reply, k) for k in range(len(dev._plan))]
+
+    def start(self, client: LeanModbusClient,
+              done: Callable[[Snapshot | None, DriverError | None], None]) -> None:
+        self.client, self.done = client, done
+        self.blocks: dict[tuple[int, int], Sequence[int]] = {}
+        self.left = len(self.sinks)
+        self.over = False
+
+    def _reply(self, k: int, reply: Any) -> None:
+        self.outstanding -= 1
+        if self.over:
+            return
+        dev = self.dev
+        blk = dev._plan[k]
+        try:
+            if isinstance(reply, Exception):
+                self.over = True
+                raise dev._failure(self.client, reply, blk.address) from reply
+            self.blocks[(blk.function, blk.address)] = dev._mapped(
+                reply, blk.function, blk.address, blk.count)
+            self.left -= 1
+            if self.left:
+                return
+            self.over = True
+            snapshot = dev._finish_read(self.blocks)
+        except DriverError as exc:
+            self.over = True
+            dev.last_error = exc
+            self.done(None, exc)
+            return
+        self.done(snapshot, None)
+
+
 @functools.lru_cache(maxsize=64)
 def _snake(name: str) -> str:
     """``DeviceTimeout`` -> ``device_timeout``."""
@@ -714,13 +813,16 @@ class ModbusPoller:
     """Polls many devices concurrently every ``period_s``, keeping the latest snapshot and
     statistics of each.
 
-    Each device has its own task on its own schedule, so a slow or hung device delays nobody
-    but itself: its read is bounded by its timeout, and the ticks it misses are counted as
-    overruns, not queued. Devices are dealt in turn to ``phases`` equally spaced slots of the
-    period (default one slot per 20 ms; 1: all at once): polls that share a slot share the
-    event loop's wake-ups, which halves the CPU of 1,000 devices against one slot each, while a
-    gateway's units still spread over the period. First connects are spread the same way over
-    the period (at most 1 s), so a thousand devices do not overflow one listen backlog.
+    Devices are dealt in turn to ``phases`` equally spaced slots of the period (default one
+    slot per 20 ms; 1: all at once), so that a gateway's units spread over the period. On the
+    lean client (the default), one task per slot wakes once a period and starts the reads of
+    all its devices (:meth:`ModbusDevice.start_read`: every request sent at once, no task or
+    future per request); each read's outcome is recorded from the reply path as it comes, so
+    a slow or hung device delays nobody but itself: its read is bounded by its timeout, and
+    a period that finds it still waiting is counted as an overrun for it, not queued. A device
+    on another client (pymodbus's) has a task of its own on the same schedule. First connects
+    are spread the same way over the period (at most 1 s), so a thousand devices do not
+    overflow one listen backlog.
 
     ``on_snapshot(device, snapshot)`` and ``on_error(device, error)`` are called from the
     polling tasks (synchronously; they must not block). An exception escaping them is a bug:
@@ -771,6 +873,9 @@ class ModbusPoller:
         self.stats: dict[str, PollStats] = {k: PollStats() for k in self.devices}
         self.latest: dict[str, Snapshot] = {}
         self._runner: asyncio.Task[None] | None = None
+        self._in_flight: dict[str, float] = {}          # device key -> start of its read
+        self._callback_failure: Exception | None = None
+        self._callback_failed = asyncio.Event()
         # the flag as well as the cancellation (as in the device's supervisor): on Python 3.11
         # pymodbus's wait_for can swallow the cancellation of a read that is timing out, and a
         # poll loop that only waits to be cancelled would then never stop
@@ -833,12 +938,22 @@ class ModbusPoller:
 
     async def _run(self) -> None:
         start = self._clock()
+        slots: list[list[ModbusDevice]] = [[] for _ in range(self.phases)]
         async with asyncio.TaskGroup() as tg:
             for k, dev in enumerate(self.devices.values()):
-                offset = self.period_s * (k % self.phases) / self.phases
-                tg.create_task(self._poll(dev, start + offset), name=f"poll {dev.key}")
+                if dev.submits:
+                    slots[k % self.phases].append(dev)
+                else:
+                    offset = self.period_s * (k % self.phases) / self.phases
+                    tg.create_task(self._poll(dev, start + offset), name=f"poll {dev.key}")
+            for j, devs in enumerate(slots):
+                if devs:
+                    tg.create_task(self._poll_slot(devs, start + self.period_s * j / self.phases),
+                                   name=f"poll slot {j}")
+            tg.create_task(self._watch_callbacks(), name="poll callbacks")
 
     async def _poll(self, dev: ModbusDevice, next_s: float) -> None:
+        """A device whose client cannot submit (pymodbus's): a task of its own."""
         stats = self.stats[dev.key]
         period = self.period_s
         await dev.wait_first_attempt()       # no NotConnected just because we started
@@ -851,29 +966,86 @@ class ModbusPoller:
             try:
                 snapshot = await dev.read()
             except DriverError as exc:
-                stats.errors += 1
-                stats.consecutive_errors += 1
-                stats.last_error = exc
-                kind = type(exc).__name__
-                stats.errors_by_kind[kind] = stats.errors_by_kind.get(kind, 0) + 1
-                if self._on_error is not None:
-                    self._on_error(dev, exc)
+                self._record(dev, stats, t0, None, exc)
             else:
-                stats.ok += 1
-                stats.consecutive_errors = 0
-                stats.last_ok_mono_s = t0
-                quality = snapshot.quality
-                if quality is not Quality.GOOD:
-                    label = quality.label
-                    stats.untrusted_by_quality[label] = \
-                        stats.untrusted_by_quality.get(label, 0) + 1
-                self.latest[dev.key] = snapshot
-                if self._on_snapshot is not None:
-                    self._on_snapshot(dev, snapshot)
+                self._record(dev, stats, t0, snapshot, None)
             now = self._clock()
-            stats.last_latency_s = now - t0
             next_s += period
             if next_s <= now:   # overran: skip the missed ticks, keep the phase
                 missed = math.floor((now - next_s) / period) + 1
                 stats.overruns += missed
                 next_s += missed * period
+
+    async def _poll_slot(self, devs: list[ModbusDevice], next_s: float) -> None:
+        """The devices of one slot of the period on lean clients: one wake-up per period
+        starts all their reads (:meth:`ModbusDevice.start_read`); each read's outcome is
+        recorded from the reply path when it comes. A device whose read of the period before
+        is still waiting (for its timeout) skips this one, counted as an overrun."""
+        period = self.period_s
+        await asyncio.gather(*(dev.wait_first_attempt() for dev in devs))
+        polled = [(dev, self.stats[dev.key], self._sink(dev)) for dev in devs]
+        in_flight = self._in_flight
+        while not self._closing:
+            delay = next_s - self._clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            for dev, stats, sink in polled:
+                if dev.key in in_flight:
+                    stats.overruns += 1
+                    continue
+                stats.polls += 1
+                in_flight[dev.key] = self._clock()
+                dev.start_read(sink)
+            now = self._clock()
+            next_s += period
+            if next_s <= now:   # the loop was late: skip the missed ticks, keep the phase
+                missed = math.floor((now - next_s) / period) + 1
+                for _dev, stats, _sink in polled:
+                    stats.overruns += missed
+                next_s += missed * period
+
+    def _sink(self, dev: ModbusDevice) -> Callable[[Snapshot | None, DriverError | None], None]:
+        key, stats = dev.key, self.stats[dev.key]
+
+        def done(snapshot: Snapshot | None, error: DriverError | None) -> None:
+            t0 = self._in_flight.pop(key, None)
+            if t0 is None or self._closing:
+                return
+            try:
+                self._record(dev, stats, t0, snapshot, error)
+            except Exception as exc:      # a consumer's bug: stop the poller with it
+                if self._callback_failure is None:
+                    self._callback_failure = exc
+                    self._callback_failed.set()
+        return done
+
+    async def _watch_callbacks(self) -> None:
+        await self._callback_failed.wait()
+        assert self._callback_failure is not None
+        raise self._callback_failure
+
+    def _record(self, dev: ModbusDevice, stats: PollStats, t0: float,
+                snapshot: Snapshot | None, error: DriverError | None) -> None:
+        """One poll's outcome: statistics, then ``on_snapshot`` or ``on_error``."""
+        if snapshot is None:
+            assert error is not None
+            stats.errors += 1
+            stats.consecutive_errors += 1
+            stats.last_error = error
+            kind = type(error).__name__
+            stats.errors_by_kind[kind] = stats.errors_by_kind.get(kind, 0) + 1
+            if self._on_error is not None:
+                self._on_error(dev, error)
+        else:
+            stats.ok += 1
+            stats.consecutive_errors = 0
+            stats.last_ok_mono_s = t0
+            quality = snapshot.quality
+            if quality is not Quality.GOOD:
+                label = quality.label
+                stats.untrusted_by_quality[label] = \
+                    stats.untrusted_by_quality.get(label, 0) + 1
+            self.latest[dev.key] = snapshot
+            if self._on_snapshot is not None:
+                self._on_snapshot(dev, snapshot)
+        stats.last_latency_s = self._clock() - t0
