@@ -249,6 +249,8 @@ class Service:
         self._plans: dict[str, _SnapshotPlan] = {}
         # node currents since the last tick, one array per snapshot: (nodes, (k, 3) A, time)
         self._batch: list[tuple[npt.NDArray[np.int64], F64, float]] = []
+        # agents' readings since the last tick: (server, per-GPU power W, per-GPU cap W, t)
+        self._agent_rows: list[tuple[int, list[float], list[float], float]] = []
         self._commands: list[Callable[[CoreState], CoreState]] = []
         self._cap_action: dict[str, int] = {}               # command id -> audit action id
         self._cap_sent_s = np.full(topo.n_servers, -math.inf)
@@ -392,10 +394,9 @@ class Service:
             if p.server != name:
                 self._rejected["mqtt", "wrong_server"] += 1
                 return
-            power = [g.power_w for g in p.gpus]
-            limit = [g.limit_w for g in p.gpus]
-            t = self.clock()
-            self._pending.append(lambda: self.store.ingest_server(server, power, limit, t))
+            gpus = p.gpus
+            self._agent_rows.append((server, [g.power_w for g in gpus],
+                                     [g.limit_w for g in gpus], self.clock()))
         return handle
 
     def _on_ack(self, topic: str, ack: CapAck) -> None:
@@ -657,6 +658,27 @@ class Service:
             log.error("audit log refused a record: %s; going SAFE", exc)
             self.state = core.enter_safe(self.state, f"audit log: {exc}", self.clock())
         self._flush_node_batch()
+        self._flush_agent_rows()
+
+    def _flush_agent_rows(self) -> None:
+        """Hand the store the agents' readings since the last tick, vectorized per GPU count
+        (:meth:`TelemetryStore.ingest_server_rows`), in the order they came."""
+        rows, self._agent_rows = self._agent_rows, []
+        if not rows:
+            return
+        by_count: dict[int, list[tuple[int, list[float], list[float], float]]] = {}
+        for row in rows:
+            by_count.setdefault(len(row[1]), []).append(row)
+        for n_gpus, group in by_count.items():
+            if any(len(r[2]) != n_gpus for r in group):   # a reading with ragged caps
+                for server, power, limit, t in group:
+                    self.store.ingest_server(server, power, limit, t)
+                continue
+            self.store.ingest_server_rows(
+                [r[0] for r in group],
+                np.array([r[1] for r in group], dtype=np.float64).reshape(len(group), n_gpus),
+                np.array([r[2] for r in group], dtype=np.float64).reshape(len(group), n_gpus),
+                [r[3] for r in group])
 
     def _readbacks(self, now: float) -> Readbacks:
         known = now - self._outlet_seen_s <= self.settings.meter_stale_s

@@ -282,6 +282,51 @@ class TelemetryStore:
         ok[good] = True
         return ok
 
+    def ingest_server_rows(self, servers: Sequence[int] | npt.NDArray[np.integer],
+                           gpu_power_w: npt.ArrayLike, enforced_cap_w: npt.ArrayLike,
+                           t_s: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+        """Many node agents' readings at once, by the rules of :meth:`ingest_server` and with
+        its results: ``gpu_power_w`` and ``enforced_cap_w`` (M, G) W, one row per reading of
+        G GPUs (a server with another GPU count is implausible, as its reading would be),
+        ``t_s`` (M,) monotonic s. A server listed twice takes its readings in order (the
+        slow path). Returns the accepted mask."""
+        idx = np.asarray(servers, dtype=np.int64).reshape(-1)
+        p = np.asarray(gpu_power_w, dtype=np.float64)
+        c = np.asarray(enforced_cap_w, dtype=np.float64)
+        times = np.broadcast_to(np.asarray(t_s, dtype=np.float64), idx.shape)
+        if p.ndim != 2 or p.shape[0] != idx.size or c.shape != p.shape or not _distinct(idx):
+            return np.array([self.ingest_server(int(n), list(pw), list(cw), float(t))
+                             for n, pw, cw, t in zip(idx, p.reshape(idx.size, -1),
+                                                     c.reshape(idx.size, -1), times,
+                                                     strict=True)], dtype=np.bool_)
+        now = self.clock()
+        n_gpus = p.shape[1]
+        inside = (idx >= 0) & (idx < self.topo.n_servers)
+        bound = inside.copy()
+        bound[inside] = self.has_agent[idx[inside]]
+        gmax = np.ones(idx.size)
+        shaped = np.zeros(idx.size, bool)
+        gmax[inside] = np.maximum(self.topo.server_gpu_max_w[idx[inside]], 1.0)
+        shaped[inside] = self.topo.server_gpus[idx[inside]] == n_gpus
+        with np.errstate(invalid="ignore"):
+            good = (bound & shaped & np.isfinite(p).all(axis=1) & np.isfinite(c).all(axis=1)
+                    & (p >= 0).all(axis=1) & (c >= 0).all(axis=1)
+                    & (p <= self.limits.range_x * gmax[:, None]).all(axis=1)
+                    & (times <= now + self.limits.future_tolerance_s))
+        for j in np.flatnonzero(~good):
+            reason = "unbound_server" if not bound[j] else "implausible_agent"
+            self._reject(reason, int(idx[j]), Quality.IMPLAUSIBLE, kind="server")
+        s = idx[good]
+        self.server_power_w[s] = p[good].sum(axis=1)
+        self.server_cap_w[s] = c[good].max(axis=1) if n_gpus else 0.0
+        self.server_t_s[s] = np.maximum(self.server_t_s[s], times[good])
+        self.accepted += int(good.sum())
+        if self._faults:
+            for n in s:
+                if ("server", int(n)) in self._faults:
+                    self._clear_fault("server", int(n))
+        return good
+
     # ---------------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Recompute every quality at the current time (staleness, sums). Vectorized."""

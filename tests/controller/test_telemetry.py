@@ -168,3 +168,43 @@ def test_hostile_readings_never_raise(rig: Topology, node: int, values: list[flo
         assert np.isfinite(store.node_i_a[node]).all() and (store.node_i_a[node] >= 0).all()
     store.refresh()
     assert set(np.unique(store.node_quality)) <= {q.value for q in Quality}
+
+
+_GPU_W = st.one_of(st.floats(0.0, 1200.0), st.sampled_from(
+    [math.nan, math.inf, -math.inf, -1.0, 1e9, 0.0]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(st.tuples(
+    st.integers(-2, 6),                                   # servers 0-3 have agents
+    st.lists(_GPU_W, min_size=8, max_size=8), st.lists(_GPU_W, min_size=8, max_size=8),
+    st.sampled_from([0.0, -0.5, 0.5, 100.0, math.nan])), min_size=0, max_size=8))
+def test_server_rows_as_readings_one_by_one(
+        rig: Topology, rows: list[tuple[int, list[float], list[float], float]]) -> None:
+    """The service hands the store a tick's agent readings at once: every accepted value,
+    rejection, counter and fault is what the readings one at a time give, hostile values,
+    unbound servers, future times and repeats included."""
+    clock = Clock()
+    one, many = _store(rig, clock), _store(rig, clock)
+    want = [one.ingest_server(s, p, c, clock.t + dt) for s, p, c, dt in rows]
+    got = many.ingest_server_rows([r[0] for r in rows],
+                                  np.array([r[1] for r in rows]).reshape(len(rows), 8),
+                                  np.array([r[2] for r in rows]).reshape(len(rows), 8),
+                                  [clock.t + r[3] for r in rows])
+    assert got.tolist() == want
+    for name in ("server_power_w", "server_cap_w", "server_t_s"):
+        np.testing.assert_array_equal(getattr(many, name), getattr(one, name))
+    assert many.counters() == one.counters() and many.accepted == one.accepted
+    assert many._faults == one._faults
+
+
+def test_server_rows_of_another_gpu_count_are_implausible(rig: Topology) -> None:
+    clock = Clock()
+    store = _store(rig, clock)
+    ok = store.ingest_server_rows([0, 1], np.full((2, 7), 250.0), np.full((2, 7), 300.0),
+                                  [clock.t, clock.t])
+    assert ok.tolist() == [False, False]
+    assert store.counters()["implausible_agent"] == 2
+    ok = store.ingest_server_rows([0, 1], np.full((2, 8), 250.0), np.full((2, 8), 300.0),
+                                  clock.t)
+    assert ok.tolist() == [True, True] and store.server_power_w[:2].tolist() == [2000.0] * 2
