@@ -371,7 +371,7 @@ class Service:
             return
         idx = np.concatenate([b[0] for b in batch])
         i_a = np.concatenate([b[1] for b in batch])
-        t_s = np.concatenate([np.full(b[0].size, b[2]) for b in batch])
+        t_s = np.repeat(np.array([b[2] for b in batch]), [b[0].size for b in batch])
         counts = np.bincount(idx, minlength=self.topo.n_nodes)
         if counts.max(initial=0) <= 1:
             self.store.ingest_nodes(idx, i_a, t_s)

@@ -231,3 +231,37 @@ async def test_agents_offline_when_stopped_while_they_are_announced(mqtt_broker:
         for topic in [*topics, f"{root}/sim-status"]:     # leave no retained topics behind
             await obs.publish(topic, b"", qos=1, retain=True)
     assert seen == dict.fromkeys(topics, "offline")
+
+
+async def test_a_round_of_many_agents_arrives_whole_and_lets_the_loop_run(
+        mqtt_broker: Any) -> None:
+    """1,200 agents (more than two publish batches) in one round: every message reaches the
+    subscriber once, and the event loop runs between batches (a timer set before the round
+    fires while it is still going)."""
+    root = f"rgtest/{uuid.uuid4().hex}"
+    agents = [AgentSpec(f"S{k}", AgentTopics(f"{root}/S{k}"), gpus=4, gpu_min_cap_w=200.0,
+                        gpu_max_w=700.0) for k in range(1200)]
+    servers = Servers()
+    cfg = MqttConfig(host=mqtt_broker.host, port=mqtt_broker.port)
+    got: list[AgentTelemetry] = []
+    subs = [Subscription(f"{root}/+/telemetry", AgentTelemetry,
+                         lambda topic, payload: got.append(payload))]
+    async with MqttLink(cfg, subscriptions=subs) as controller:
+        await controller.wait_connected(5.0)
+        async with MqttEndpoints(cfg, agents, servers.state, servers.apply, period_s=None,
+                                 status_topic=f"{root}/sim/status") as ep:
+            await ep.wait_connected(5.0)
+            ran: list[int] = []
+            asyncio.get_running_loop().call_soon(lambda: ran.append(len(got)))
+            assert await ep.publish_telemetry() == 1200
+            assert ran, "the loop never ran during the round"
+            async with asyncio.timeout(10):
+                while len(got) < 1200:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+        async with MqttLink(cfg) as cleaner:
+            await cleaner.wait_connected(5.0)
+            for topic in [a.topics.status for a in agents] + [f"{root}/sim/status"]:
+                await cleaner.publish(topic, b"", qos=1, retain=True)
+    assert sorted(t.server for t in got) == sorted(a.server for a in agents)
+    assert ep.stats.telemetry_published == 1200 and ep.stats.telemetry_dropped == 0
