@@ -662,22 +662,19 @@ class Service:
 
     def _flush_agent_rows(self) -> None:
         """Hand the store the agents' readings since the last tick, vectorized per GPU count
-        (:meth:`TelemetryStore.ingest_server_rows`), in the order they came."""
+        (:meth:`TelemetryStore.ingest_server_rows`), in the order they came within a count."""
         rows, self._agent_rows = self._agent_rows, []
         if not rows:
             return
-        by_count: dict[int, list[tuple[int, list[float], list[float], float]]] = {}
+        groups: dict[tuple[int, int], list[tuple[int, list[float], list[float], float]]] = {}
         for row in rows:
-            by_count.setdefault(len(row[1]), []).append(row)
-        for n_gpus, group in by_count.items():
-            if any(len(r[2]) != n_gpus for r in group):   # a reading with ragged caps
-                for server, power, limit, t in group:
-                    self.store.ingest_server(server, power, limit, t)
-                continue
+            groups.setdefault((len(row[1]), len(row[2])), []).append(row)
+        for (n_power, n_caps), group in groups.items():
+            # ragged caps (n_power != n_caps) take the store's reading-by-reading path
             self.store.ingest_server_rows(
                 [r[0] for r in group],
-                np.array([r[1] for r in group], dtype=np.float64).reshape(len(group), n_gpus),
-                np.array([r[2] for r in group], dtype=np.float64).reshape(len(group), n_gpus),
+                np.array([r[1] for r in group], dtype=np.float64).reshape(len(group), n_power),
+                np.array([r[2] for r in group], dtype=np.float64).reshape(len(group), n_caps),
                 [r[3] for r in group])
 
     def _readbacks(self, now: float) -> Readbacks:

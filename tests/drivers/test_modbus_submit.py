@@ -5,6 +5,7 @@ against the simulator's endpoints and scripted servers over real loopback TCP.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -212,7 +213,7 @@ async def test_a_request_outliving_its_read_does_not_land_in_the_next_one() -> N
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal seen
         loop = asyncio.get_running_loop()
-        try:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
                 tid, _pid, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
                 fc, address, count = struct.unpack(">BHH", await reader.readexactly(length - 1))
@@ -229,8 +230,6 @@ async def test_a_request_outliving_its_read_does_not_land_in_the_next_one() -> N
                     loop.call_later(0.25, writer.write, frame)
                 else:
                     writer.write(frame)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
