@@ -257,30 +257,43 @@ class TelemetryStore:
         c = np.broadcast_to(np.asarray(enforced_cap_w, dtype=np.float64), idx.shape)
         now = self.clock()
         t = float(t_s)
-        ok = np.zeros(idx.size, bool)
+        _inside, bound, gmax = self._server_bounds(idx)
+        with np.errstate(invalid="ignore"):
+            good = bound & np.isfinite(p) & np.isfinite(c) & (p >= 0) & (c >= 0) & (
+                p <= self.limits.range_x * gmax) & (t <= now + self.limits.future_tolerance_s)
+        gpus = self.topo.server_gpus[idx[good]]
+        return self._take_servers(idx, good, bound, p[good] * gpus,
+                                  np.where(gpus > 0, c[good], 0.0), t)
+
+    def _server_bounds(self, idx: npt.NDArray[np.int64]) -> tuple[
+            npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
+        """Per reading: the server exists, it has an agent, and its GPUs' rated power (W, at
+        least 1)."""
         inside = (idx >= 0) & (idx < self.topo.n_servers)
         bound = inside.copy()
         bound[inside] = self.has_agent[idx[inside]]
         gmax = np.ones(idx.size)
         gmax[inside] = np.maximum(self.topo.server_gpu_max_w[idx[inside]], 1.0)
-        with np.errstate(invalid="ignore"):
-            good = bound & np.isfinite(p) & np.isfinite(c) & (p >= 0) & (c >= 0) & (
-                p <= self.limits.range_x * gmax) & (t <= now + self.limits.future_tolerance_s)
+        return inside, bound, gmax
+
+    def _take_servers(self, idx: npt.NDArray[np.int64], good: npt.NDArray[np.bool_],
+                      bound: npt.NDArray[np.bool_], power_w: npt.ArrayLike,
+                      cap_w: npt.ArrayLike, t_s: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+        """Reject the readings not ``good`` (counted, by reason), store the good ones'
+        server power and cap (W) and time, and clear their faults; returns ``good``."""
         for j in np.flatnonzero(~good):
             reason = "unbound_server" if not bound[j] else "implausible_agent"
             self._reject(reason, int(idx[j]), Quality.IMPLAUSIBLE, kind="server")
         s = idx[good]
-        gpus = self.topo.server_gpus[s]
-        self.server_power_w[s] = p[good] * gpus
-        self.server_cap_w[s] = np.where(gpus > 0, c[good], 0.0)
-        self.server_t_s[s] = np.maximum(self.server_t_s[s], t)
+        self.server_power_w[s] = power_w
+        self.server_cap_w[s] = cap_w
+        self.server_t_s[s] = np.maximum(self.server_t_s[s], t_s)
         self.accepted += int(good.sum())
         if self._faults:
             for n in s:
                 if ("server", int(n)) in self._faults:
                     self._clear_fault("server", int(n))
-        ok[good] = True
-        return ok
+        return good
 
     def ingest_server_rows(self, servers: Sequence[int] | npt.NDArray[np.integer],
                            gpu_power_w: npt.ArrayLike, enforced_cap_w: npt.ArrayLike,
@@ -301,31 +314,16 @@ class TelemetryStore:
                                                      strict=True)], dtype=np.bool_)
         now = self.clock()
         n_gpus = p.shape[1]
-        inside = (idx >= 0) & (idx < self.topo.n_servers)
-        bound = inside.copy()
-        bound[inside] = self.has_agent[idx[inside]]
-        gmax = np.ones(idx.size)
+        inside, bound, gmax = self._server_bounds(idx)
         shaped = np.zeros(idx.size, bool)
-        gmax[inside] = np.maximum(self.topo.server_gpu_max_w[idx[inside]], 1.0)
         shaped[inside] = self.topo.server_gpus[idx[inside]] == n_gpus
         with np.errstate(invalid="ignore"):
             good = (bound & shaped & np.isfinite(p).all(axis=1) & np.isfinite(c).all(axis=1)
                     & (p >= 0).all(axis=1) & (c >= 0).all(axis=1)
                     & (p <= self.limits.range_x * gmax[:, None]).all(axis=1)
                     & (times <= now + self.limits.future_tolerance_s))
-        for j in np.flatnonzero(~good):
-            reason = "unbound_server" if not bound[j] else "implausible_agent"
-            self._reject(reason, int(idx[j]), Quality.IMPLAUSIBLE, kind="server")
-        s = idx[good]
-        self.server_power_w[s] = p[good].sum(axis=1)
-        self.server_cap_w[s] = c[good].max(axis=1) if n_gpus else 0.0
-        self.server_t_s[s] = np.maximum(self.server_t_s[s], times[good])
-        self.accepted += int(good.sum())
-        if self._faults:
-            for n in s:
-                if ("server", int(n)) in self._faults:
-                    self._clear_fault("server", int(n))
-        return good
+        return self._take_servers(idx, good, bound, p[good].sum(axis=1),
+                                  c[good].max(axis=1) if n_gpus else 0.0, times[good])
 
     # ---------------------------------------------------------------------------------------
     def refresh(self) -> None:
