@@ -16,7 +16,8 @@ read from a file. Once both print their ready lines it starts the ramp through t
 * the resident set (``VmRSS``) and CPU time (user + system) of the service, the simulator and the
   broker (every process named ``mosquitto``: shared with whoever else uses it), from ``/proc``;
 * the service's ``GET /status``: mode, servers energized, the exact durations of its latest
-  ticks (``tick_durations``), the telemetry store's accepted and rejected counts, and the
+  ticks (``tick_durations``, with their phases: ``drain``, ``decide`` as the loop waited for it,
+  ``decide_cpu``, ``act``), the telemetry store's accepted and rejected counts, and the
   drivers' totals (Modbus polls ok / failed / overrun, MQTT messages received / accepted);
 * its metrics: ``rampguard_stale_readings`` (readings stale or unknown now);
 * the simulator's counter lines (``--stats-s``): its plant steps that overran, its lag, the
@@ -437,6 +438,7 @@ def _sample(sim: Proc, service: Proc, api: str, metrics_url: str | None, token: 
             duration_s: float, sample_s: float, warmup_s: float,
             tick_s: float, service_log: Path) -> dict[str, Any]:
     ticks: dict[int, float] = {}
+    phases: dict[str, dict[int, float]] = {}    # phase -> tick -> s (metrics.TICK_PHASES)
     tick_log = TickLog(service_log)
     samples: list[dict[str, Any]] = []
     failed_samples = 0
@@ -465,6 +467,10 @@ def _sample(sim: Proc, service: Proc, api: str, metrics_url: str | None, token: 
             recent = status["tick_durations"]["recent_s"]
             for k, d in enumerate(recent):
                 ticks[count - len(recent) + k + 1] = float(d)
+            for name, values in status["tick_durations"].get("phases_s", {}).items():
+                for k, d in enumerate(values):
+                    if d is not None:
+                        phases.setdefault(name, {})[count - len(values) + k + 1] = float(d)
             if now >= warmup_s and (warm_tick_from is None or warm_tick_from > count + 1):
                 warm_tick_from = count + 1
             s.update(mode=status["mode"], ticks=count, energized=status["energized_servers"],
@@ -526,7 +532,12 @@ def _sample(sim: Proc, service: Proc, api: str, metrics_url: str | None, token: 
                     "busy_cores": round((busy1 - busy0) / max(elapsed, 1e-9), 2),
                     "total_cores": round((total1 - total0) / max(elapsed, 1e-9), 2)},
         "ticks": {"count": count, "durations_captured": len(durations),
-                  "all": tick_all, "after_warmup": tick_warm},
+                  "all": tick_all, "after_warmup": tick_warm,
+                  "phases_after_warmup": {
+                      name: tick_summary([d for k, d in sorted(by_tick.items())
+                                          if warm_tick_from is not None and k >= warm_tick_from],
+                                         tick_s)
+                      for name, by_tick in phases.items()}},
         "memory": {"service": mem_service,
                    "sim": memory_summary(samples, "sim_rss_mb", t0, steady_from_s)},
         "cpu_percent_of_one_core": {
@@ -590,6 +601,9 @@ def summary(r: dict[str, Any]) -> str:
         f"(max 1-min {r['machine']['loadavg_1m_max']})",
         f"tick after warm-up: median {t['median_ms']} ms, p99 {t['p99_ms']} ms, max "
         f"{t['max_ms']} ms, {t['over_period']} over the {r['tick_period_s']} s period",
+        "tick phases after warm-up (median / p99 ms): " + ", ".join(
+            f"{name} {v['median_ms']} / {v['p99_ms']}"
+            for name, v in r["ticks"].get("phases_after_warmup", {}).items()),
         f"service RSS {ms.get('first_mb')} -> {ms.get('last_mb')} MB (max {ms.get('max_mb')}), "
         f"slope {ms.get('slope_mb_per_min')} MB/min after warm-up, "
         f"{ms.get('steady_slope_mb_per_min')} in steady state",

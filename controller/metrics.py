@@ -9,7 +9,9 @@ passed disappear from the output.
 ====================================================  ======================================
 Besides the histogram, :meth:`ServiceMetrics.recent_ticks` keeps the exact durations of the
 last ``RECENT_TICKS`` ticks (``GET /status`` shows the latest of them; the load benchmark
-computes its median, p99 and maximum from them).
+computes its median, p99 and maximum from them), and :meth:`ServiceMetrics.recent_tick_phases`
+the durations of their phases (``TICK_PHASES``; also the histogram
+``rampguard_tick_phase_seconds{phase}``), which say whether a long tick did work or waited.
 
 Values that are not finite (NaN, ±inf) in loads, limits, headrooms and utilizations are
 exported as NaN: "unknown" (Prometheus accepts NaN samples; comparisons with NaN are false, so
@@ -44,6 +46,11 @@ TICK_BUCKETS_S = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.
                   2.5, 5.0)
 #: Exact durations kept of the latest ticks (a bounded ring: memory does not grow).
 RECENT_TICKS = 1024
+#: The phases of a tick the service times (s): ``drain`` (the readings since the last tick into
+#: the store, its refresh, the read-backs), ``decide`` (the core in its worker thread, as the
+#: event loop waited for it), ``decide_cpu`` (the CPU time that thread spent in it: far below
+#: ``decide`` when the thread waited for the interpreter), ``act`` (the actions, the export).
+TICK_PHASES = ("drain", "decide", "decide_cpu", "act")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +133,10 @@ class ServiceMetrics:
         self._ticks_seen = 0
         self._tick_max_s = 0.0
         self._recent: deque[float] = deque(maxlen=RECENT_TICKS)
+        self._phase = Histogram("rampguard_tick_phase_seconds",
+                                "Duration of a phase of a control tick, s", ["phase"],
+                                buckets=TICK_BUCKETS_S, registry=self.registry)
+        self._recent_phases: deque[tuple[int, dict[str, float]]] = deque(maxlen=RECENT_TICKS)
         self._stale = Gauge("rampguard_stale_readings", "Readings stale or unknown now",
                             registry=self.registry)
         self._actions = Counter("rampguard_actions", "Actions by type and outcome",
@@ -168,6 +179,30 @@ class ServiceMetrics:
         if d > self._tick_max_s:
             self._tick_max_s = d
             self._tick_max.set(d)
+
+    def observe_tick_phases(self, phases_s: Mapping[str, float]) -> None:
+        """The phases of the tick :meth:`observe_tick` saw last (call it after that). Phases
+        not in ``TICK_PHASES`` and values that are not finite non-negative numbers are ignored
+        (logged at DEBUG)."""
+        kept: dict[str, float] = {}
+        for name, value in phases_s.items():
+            if name not in TICK_PHASES or not (
+                    isinstance(value, int | float | np.floating) and math.isfinite(value)
+                    and value >= 0):
+                log.debug("ignored a tick phase %r of %r", name, value)
+                continue
+            kept[name] = float(value)
+            self._phase.labels(phase=name).observe(kept[name])
+        self._recent_phases.append((self._ticks_seen, kept))
+
+    def recent_tick_phases(self, n: int = RECENT_TICKS) -> dict[str, list[float | None]]:
+        """For each of ``TICK_PHASES``, its durations (s) in the ticks of
+        ``recent_ticks(n)``, in the same order; ``None`` where a tick's phase was not seen."""
+        count, recent = self.recent_ticks(n)
+        first = count - len(recent) + 1
+        by_tick = {k: p for k, p in self._recent_phases if k >= first}
+        return {name: [by_tick.get(first + j, {}).get(name) for j in range(len(recent))]
+                for name in TICK_PHASES}
 
     def recent_ticks(self, n: int = RECENT_TICKS) -> tuple[int, list[float]]:
         """``(count, durations)``: how many ticks were observed since start, and the exact

@@ -249,6 +249,7 @@ class Service:
         self._plans: dict[str, _SnapshotPlan] = {}
         # node currents since the last tick, one array per snapshot: (nodes, (k, 3) A, time)
         self._batch: list[tuple[npt.NDArray[np.int64], F64, float]] = []
+        self._phases: dict[str, float] = {}     # the current tick's (tick, metrics.TICK_PHASES)
         # agents' readings since the last tick: (server, per-GPU power W, per-GPU cap W, t)
         self._agent_rows: list[tuple[int, list[float], list[float], float]] = []
         self._commands: list[Callable[[CoreState], CoreState]] = []
@@ -464,7 +465,11 @@ class Service:
                 "accepted": self._link.counters.accepted},
             "transitions": [{"t_s": round(a, 3), "from": b, "to": c, "reason": r}
                             for a, b, c, r in st.transitions[-20:]],
-            "tick_durations": {"count": ticks, "recent_s": [round(d, 6) for d in recent]},
+            "tick_durations": {
+                "count": ticks, "recent_s": [round(d, 6) for d in recent],
+                "phases_s": {name: [None if d is None else round(d, 6) for d in values]
+                             for name, values in
+                             self.metrics.recent_tick_phases(STATUS_TICKS).items()}},
             "drivers": self._driver_counters(),
         }
 
@@ -631,6 +636,8 @@ class Service:
                                              self.clock())
                 self._audit_event("state", to="SAFE", reason=f"internal error: {exc!r}")
             self.metrics.observe_tick(time.perf_counter() - t0)
+            self.metrics.observe_tick_phases(self._phases)
+            self._phases = {}
             count, recent = self.metrics.recent_ticks(TICK_LOG_EVERY)
             if count % TICK_LOG_EVERY == 0:
                 log.info("tick durations %d-%d (ms): %s", count - len(recent) + 1, count,
@@ -685,7 +692,9 @@ class Service:
                          node_live=self._node_live.copy())
 
     async def tick(self) -> None:
-        """One control step: drain, refresh, decide (off the loop), act."""
+        """One control step: drain, refresh, decide (off the loop), act; the phases' durations
+        in :attr:`_phases` (``metrics.TICK_PHASES``)."""
+        t_drain = time.perf_counter()
         self._drain()
         now = self.clock()
         self.store.refresh()
@@ -709,7 +718,11 @@ class Service:
         if not self._reconciled:
             self._reconcile(rb)
         before = st.mode
-        decision = await asyncio.to_thread(core.decide, self.ctx, self.store, rb, st, now)
+        t_decide = time.perf_counter()
+        phases = self._phases = {"drain": t_decide - t_drain}
+        decision = await asyncio.to_thread(self._decide, rb, st, now)
+        t_act = time.perf_counter()
+        phases["decide"] = t_act - t_decide
         self.state = decision.state
         self._last = decision
         self.ticks += 1
@@ -721,6 +734,15 @@ class Service:
         await self._act(decision.actions + self._lost_telemetry_alarms(now))
         await self._act(self._reissue_caps(now))
         self._export(decision)
+        phases["act"] = time.perf_counter() - t_act
+
+    def _decide(self, rb: Readbacks, st: CoreState, now: float) -> core.Decision:
+        """:func:`core.decide` in the worker thread; its CPU time into the tick's phases."""
+        t0 = time.thread_time()
+        try:
+            return core.decide(self.ctx, self.store, rb, st, now)
+        finally:
+            self._phases["decide_cpu"] = time.thread_time() - t0
 
     def _lost_telemetry_alarms(self, now: float) -> tuple[core.Alarm, ...]:
         """Rule 5 for what comes over MQTT (the core alarms the meters): node agents of

@@ -54,6 +54,12 @@ def test_load_harness_on_the_demo_hall(mqtt_broker: Any, tmp_path: Path) -> None
     summary = ticks["all"]
     assert summary["n"] == ticks["durations_captured"]
     assert 0 < summary["median_ms"] <= summary["p99_ms"] <= summary["max_ms"]
+    # the phases of the ticks after the warm-up, each no longer than the ticks themselves
+    phases = ticks["phases_after_warmup"]
+    assert set(phases) == {"drain", "decide", "decide_cpu", "act"}
+    for name, phase in phases.items():
+        assert phase["n"] >= 1, name
+        assert 0 <= phase["median_ms"] <= phase["max_ms"] <= ticks["after_warmup"]["max_ms"]
     memory = report["memory"]["service"]
     assert memory["samples"] >= 5
     assert memory["first_mb"] > 0 and memory["max_mb"] >= memory["last_mb"] > 0

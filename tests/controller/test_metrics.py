@@ -213,3 +213,24 @@ async def test_the_exporter_as_an_async_context_manager() -> None:
 def test_a_started_exporter_refuses_to_start_again() -> None:
     with ServiceMetrics().serve() as exporter, pytest.raises(RuntimeError, match="already"):
         exporter.start()
+
+
+def test_tick_phases_recorded_beside_their_ticks() -> None:
+    metrics = ServiceMetrics()
+    metrics.observe_tick(0.5)
+    metrics.observe_tick_phases({"drain": 0.1, "decide": 0.35, "decide_cpu": 0.002, "act": 0.05})
+    metrics.observe_tick(0.2)                     # a tick whose phases were never reported
+    metrics.observe_tick(0.3)
+    metrics.observe_tick_phases({"drain": 0.25, "unknown": 1.0, "act": float("nan"),
+                                 "decide": -1.0})
+    phases = metrics.recent_tick_phases()
+    assert phases == {"drain": [0.1, None, 0.25], "decide": [0.35, None, None],
+                      "decide_cpu": [0.002, None, None], "act": [0.05, None, None]}
+    # the same window as recent_ticks, oldest first
+    assert {k: v[-1:] for k, v in metrics.recent_tick_phases(1).items()} == {
+        "drain": [0.25], "decide": [None], "decide_cpu": [None], "act": [None]}
+    s = _samples(metrics.render())
+    assert _value(s, "rampguard_tick_phase_seconds_count", phase="drain") == 2
+    assert math.isclose(_value(s, "rampguard_tick_phase_seconds_sum", phase="drain"), 0.35)
+    assert _value(s, "rampguard_tick_phase_seconds_count", phase="decide") == 1
+    assert ("rampguard_tick_phase_seconds_count", (("phase", "unknown"),)) not in s
