@@ -31,7 +31,9 @@ SIGTERM and Ctrl-C stop the service cleanly and leave the hardware as it is.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import heapq
 import json
 import logging
@@ -163,6 +165,16 @@ class _Switch:
 
 
 @dataclass(frozen=True, slots=True)
+class _CapSend:
+    """One cap command whose intent is durable, queued to the cap sender."""
+
+    action_id: int
+    cmd_id: str
+    topic: str
+    payload: CapCommand
+
+
+@dataclass(frozen=True, slots=True)
 class _SnapshotPlan:
     """Where a device's readings go (see :meth:`Service._snapshot_plan`)."""
 
@@ -254,6 +266,8 @@ class Service:
         self._agent_rows: list[tuple[int, list[float], list[float], float]] = []
         self._commands: list[Callable[[CoreState], CoreState]] = []
         self._cap_action: dict[str, int] = {}               # command id -> audit action id
+        self._cap_outbox: collections.deque[list[_CapSend]] = collections.deque()
+        self._cap_task: asyncio.Task[None] | None = None
         self._cap_sent_s = np.full(topo.n_servers, -math.inf)
         self._audit: AuditLog | None = None
         self._link: MqttLink | None = None
@@ -606,7 +620,8 @@ class Service:
                 finally:
                     self._stop.set()
                     await self._stop_switching()
-                    self._drain()       # the last switches' results
+                    await self._stop_caps()
+                    self._drain()       # the last switches' and caps' results
             self._audit_event("stop", mode=self.state.mode.value)
             self._audit = None
 
@@ -818,7 +833,7 @@ class Service:
                     self._queue_switches(a.outlets, np.full(a.outlets.size, self.clock()),
                                          False, a.reason)
                 elif isinstance(a, core.SetCaps):
-                    await self._caps(a)
+                    self._caps(a)
             except AuditWriteError as exc:
                 log.error("audit log refused a record: %s; going SAFE, nothing sent", exc)
                 self.state = core.enter_safe(self.state, f"audit log: {exc}", self.clock())
@@ -962,12 +977,13 @@ class Service:
         on_s[psus] = math.inf
         self.state = st.replace(psu_commanded=cmd, psu_on_s=on_s)
 
-    async def _caps(self, a: core.SetCaps) -> None:
+    def _caps(self, a: core.SetCaps) -> None:
         """Every cap of ``a``: the intents written in one audit batch (one ``fsync`` for the
-        tick, not one per server), then, once they are durable, the commands published."""
+        tick, not one per server), then, once they are durable, the commands handed to the
+        cap sender (:meth:`_cap_sender`), so that the tick never waits for the broker."""
         assert self._audit is not None
         link = self._link
-        ready: list[tuple[int, str, Any, CapCommand]] = []
+        ready: list[_CapSend] = []
         with self._audit.batch():
             for s, cap in zip(a.servers.tolist(), a.cap_w.tolist(), strict=True):
                 self._cap_sent_s[s] = self.clock()
@@ -986,20 +1002,75 @@ class Service:
                                      cap_w=[float(cap)], valid_s=CAP_VALID_S)
                 if self.options.command_key is not None:
                     payload = sign_command(payload, self._agent_key(server))
-                ready.append((action_id, cmd_id, spec, payload))
+                ready.append(_CapSend(action_id, cmd_id, spec.topics.caps_set, payload))
         # the block has exited: every intent above is durable (a failed fsync raised instead)
-        for action_id, cmd_id, spec, payload in ready:
-            if self._stop.is_set() or link is None:
-                return
-            try:
-                await link.publish(spec.topics.caps_set, payload, qos=1)
-                self._cap_action[cmd_id] = action_id
-                self.metrics.count_action("set_caps", "sent")
-            except DriverError as exc:
-                self._audit.result(action_id, False, {}, f"not sent: {exc}")
-                self.metrics.count_action("set_caps", "failed")
-                # not confirmed: the core counts the server at full power until a read-back
-                # shows the cap; it is commanded again when it changes
+        if not ready:
+            return
+        self._cap_outbox.append(ready)
+        if self._cap_task is None or self._cap_task.done():
+            self._cap_task = asyncio.create_task(self._cap_sender(), name="cap sender")
+
+    async def _cap_sender(self) -> None:
+        """Publish the queued cap commands, a tick's batch after the one before. A batch's
+        publishes go out at once, in its order (each leaves for the broker when its task first
+        runs, and those run in order), and are then awaited together: a tick's caps cost one
+        round trip to the broker, not one per server, and a slow broker delays the next batch,
+        never a tick. The command is registered before it leaves, so that an agent's
+        acknowledgement cannot come before it is known; one not sent is unregistered and its
+        failure written at the next tick's drain."""
+        try:
+            while self._cap_outbox and not self._stop.is_set():
+                batch = self._cap_outbox.popleft()
+                link = self._link
+                if link is None:
+                    self._caps_not_sent(batch, "not sent: no broker")
+                    continue
+                for item in batch:
+                    self._cap_action[item.cmd_id] = item.action_id
+                try:
+                    results = await asyncio.gather(
+                        *(link.publish(item.topic, item.payload, qos=1) for item in batch),
+                        return_exceptions=True)
+                except asyncio.CancelledError:     # stopping: their fate is not known
+                    self._caps_not_sent(batch, "unconfirmed: the service stopped before the "
+                                        "broker acknowledged it")
+                    raise
+                for item, result in zip(batch, results, strict=True):
+                    if result is None:
+                        self.metrics.count_action("set_caps", "sent")
+                    elif isinstance(result, DriverError):
+                        self._cap_action.pop(item.cmd_id, None)
+                        self._caps_not_sent([item], f"not sent: {result}")
+                    else:
+                        raise result
+        except Exception as exc:  # rule 9: a bug here moves the controller to SAFE
+            log.exception("publishing caps failed: going SAFE")
+            reason = f"internal error publishing caps: {exc!r}"
+            self._pending.append(lambda: setattr(
+                self, "state", core.enter_safe(self.state, reason, self.clock())))
+
+    def _caps_not_sent(self, batch: list[_CapSend], error: str) -> None:
+        """Caps whose intents are durable but that never left: each one's failure recorded at
+        the next drain. Not confirmed, the core counts the server at full power until a
+        read-back shows the cap; it is commanded again when it changes."""
+        audit = self._audit
+        for item in batch:
+            self.metrics.count_action("set_caps", "failed")
+            if audit is not None:
+                self._pending.append(functools.partial(
+                    audit.result, item.action_id, False, {}, error))
+
+    async def _stop_caps(self) -> None:
+        """On stop: a batch being published finishes (briefly), the queued ones are not sent."""
+        task = self._cap_task
+        if task is not None and not task.done():
+            _done, late = await asyncio.wait([task], timeout=SWITCH_STOP_WAIT_S)
+            for t in late:
+                t.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        while self._cap_outbox:
+            self._caps_not_sent(self._cap_outbox.popleft(), "not sent: the service stopped")
+        self._cap_task = None
 
     # ================================================================== restart
     def _resume_from_log(self) -> None:
