@@ -100,6 +100,10 @@ F64 = npt.NDArray[np.float64]
 
 #: How long a cap command stays valid at the agent (s).
 CAP_VALID_S = 30.0
+#: A cap command unacknowledged this long after it left (wall clock, s) is written off: its
+#: result "no acknowledgement" goes to the audit log and it is forgotten (an agent refuses
+#: a command older than ``CAP_VALID_S``; the grace covers clock offsets and a slow broker).
+CAP_ACK_WAIT_S = CAP_VALID_S + 10.0
 #: Alarms per tick written out in full in the audit log, and logged.
 MAX_ALARMS_LISTED = 1000
 MAX_ALARMS_LOGGED = 5
@@ -265,7 +269,8 @@ class Service:
         # agents' readings since the last tick: (server, per-GPU power W, per-GPU cap W, t)
         self._agent_rows: list[tuple[int, list[float], list[float], float]] = []
         self._commands: list[Callable[[CoreState], CoreState]] = []
-        self._cap_action: dict[str, int] = {}               # command id -> audit action id
+        # command id -> (audit action id, wall time it left), in the order they left
+        self._cap_action: dict[str, tuple[int, float]] = {}
         self._cap_outbox: collections.deque[list[_CapSend]] = collections.deque()
         self._cap_task: asyncio.Task[None] | None = None
         self._cap_sent_s = np.full(topo.n_servers, -math.inf)
@@ -415,10 +420,12 @@ class Service:
         return handle
 
     def _on_ack(self, topic: str, ack: CapAck) -> None:
-        action = self._cap_action.pop(ack.id, None)
-        if action is None:
-            self._rejected["mqtt", "unknown_ack"] += 1     # not a command in flight: dropped
+        sent = self._cap_action.pop(ack.id, None)
+        if sent is None:
+            # not a command in flight (never sent, or written off: _expire_caps): dropped
+            self._rejected["mqtt", "unknown_ack"] += 1
             return
+        action = sent[0]
         if self._audit is None:
             return
         audit = self._audit
@@ -676,6 +683,7 @@ class Service:
                         self._apply_snapshot(*item)
                     else:
                         item()
+                self._expire_caps()
         except AuditWriteError as exc:
             log.error("audit log refused a record: %s; going SAFE", exc)
             self.state = core.enter_safe(self.state, f"audit log: {exc}", self.clock())
@@ -1025,8 +1033,9 @@ class Service:
                 if link is None:
                     self._caps_not_sent(batch, "not sent: no broker")
                     continue
+                sent_s = self.wall_clock()
                 for item in batch:
-                    self._cap_action[item.cmd_id] = item.action_id
+                    self._cap_action[item.cmd_id] = (item.action_id, sent_s)
                 try:
                     results = await asyncio.gather(
                         *(link.publish(item.topic, item.payload, qos=1) for item in batch),
@@ -1048,6 +1057,27 @@ class Service:
             reason = f"internal error publishing caps: {exc!r}"
             self._pending.append(lambda: setattr(
                 self, "state", core.enter_safe(self.state, reason, self.clock())))
+
+    def _expire_caps(self) -> None:
+        """Write off the cap commands unacknowledged for ``CAP_ACK_WAIT_S`` (an agent that was
+        down, a lost message): each gets its result, so that no intent stays open and the
+        table of commands in flight stays bounded. The core never relied on the ack: it counts
+        the server at full power until a read-back shows the cap, and commands it again."""
+        if not self._cap_action:
+            return
+        oldest_s = self.wall_clock() - CAP_ACK_WAIT_S
+        audit = self._audit
+        expired: list[tuple[str, int]] = []
+        for cmd_id, (action_id, sent_s) in self._cap_action.items():
+            if sent_s > oldest_s:
+                break                 # in the order they left: the rest are younger
+            expired.append((cmd_id, action_id))
+        for cmd_id, action_id in expired:
+            del self._cap_action[cmd_id]
+            self.metrics.count_action("set_caps", "unacknowledged")
+            if audit is not None:
+                audit.result(action_id, False, {},
+                             f"no acknowledgement within {CAP_ACK_WAIT_S:g} s")
 
     def _caps_not_sent(self, batch: list[_CapSend], error: str) -> None:
         """Caps whose intents are durable but that never left: each one's failure recorded at

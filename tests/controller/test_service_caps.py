@@ -18,7 +18,7 @@ import numpy as np
 from controller import core
 from controller.audit import AuditLog, read_audit
 from controller.config import load_hall_config
-from controller.service import Service, ServiceOptions
+from controller.service import CAP_ACK_WAIT_S, Service, ServiceOptions
 from controller.topology import compile_hall
 from drivers import MqttConfig, MqttLink, Subscription
 from drivers.payloads import CapAck, CapCommand
@@ -37,11 +37,11 @@ async def _until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None
             await asyncio.sleep(0.01)
 
 
-def _service(tmp_path: Path) -> Service:
+def _service(tmp_path: Path, wall_clock: Callable[[], float] = time.time) -> Service:
     config_path, _pdu, _meter = rig_on_free_ports(tmp_path, f"rgtest/caps/{uuid.uuid4().hex}")
     config = load_hall_config(config_path)
     options = ServiceOptions(mqtt_url=None, metrics_port=None, audit_path=tmp_path / "a.jsonl")
-    return Service(config, compile_hall(config), options)
+    return Service(config, compile_hall(config), options, wall_clock=wall_clock)
 
 
 def _set_caps(svc: Service, cap_w: float, servers: list[int] | None = None) -> core.SetCaps:
@@ -76,9 +76,10 @@ class Agents:
 
 
 @contextlib.asynccontextmanager
-async def _wired(tmp_path: Path, broker: Any, *, ack: bool = True
+async def _wired(tmp_path: Path, broker: Any, *, ack: bool = True,
+                 wall_clock: Callable[[], float] = time.time
                  ) -> AsyncIterator[tuple[Service, Agents]]:
-    svc = _service(tmp_path)
+    svc = _service(tmp_path, wall_clock)
     agents = Agents(svc, ack)
     async with contextlib.AsyncExitStack() as stack:
         svc._audit = stack.enter_context(AuditLog.open(svc.options.audit_path, fsync=False))
@@ -143,6 +144,32 @@ async def test_caps_queued_at_stop_are_recorded_not_sent(tmp_path: Path,
     assert len(intents) == 2 * svc.topo.n_servers
     assert {(results[i].get("ok"), results[i].get("detail")) for i in intents} == {
         (False, "not sent: the service stopped")}
+
+
+async def test_unacknowledged_caps_are_written_off(tmp_path: Path, mqtt_broker: Any) -> None:
+    offset_s = [0.0]
+    async with _wired(tmp_path, mqtt_broker, ack=False,
+                      wall_clock=lambda: time.time() + offset_s[0]) as (svc, agents):
+        svc._caps(_set_caps(svc, 300.0, [0, 1]))
+        await _until(lambda: len(agents.commands) == 2)
+        await _until(lambda: svc._cap_task is not None and svc._cap_task.done())
+        offset_s[0] = 20.0
+        svc._caps(_set_caps(svc, 290.0, [2]))       # leaves 20 s after the first two
+        await _until(lambda: len(agents.commands) == 3)
+        await _until(lambda: svc._cap_task is not None and svc._cap_task.done())
+        svc._drain()
+        assert len(svc._cap_action) == 3            # none old enough yet
+        offset_s[0] = CAP_ACK_WAIT_S + 1.0          # the first two are past the wait
+        svc._drain()
+        assert [a for a, _ in svc._cap_action.values()] == [
+            max(a for a, _ in svc._cap_action.values())]
+        offset_s[0] = 20.0 + CAP_ACK_WAIT_S + 1.0
+        svc._drain()
+        assert not svc._cap_action
+    intents, results = _outcomes(svc.options.audit_path)
+    assert len(intents) == 3
+    assert {(results[i].get("ok"), results[i].get("detail")) for i in intents} == {
+        (False, f"no acknowledgement within {CAP_ACK_WAIT_S:g} s")}
 
 
 async def test_caps_the_broker_cannot_take_are_recorded_as_failed(tmp_path: Path,
