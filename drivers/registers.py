@@ -531,6 +531,8 @@ class Snapshot:
     @property
     def quality(self) -> Quality:
         """The worst quality of any reading (``STALE`` when the device has not updated)."""
+        if self.qualities is self.layout.all_good:     # the decoders' every-value-good case
+            return Quality.STALE if self.stale else Quality.GOOD
         worst = max(self.qualities, default=Quality.GOOD)
         return max(worst, Quality.STALE) if self.stale else worst
 
