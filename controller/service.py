@@ -41,6 +41,7 @@ import logging
 import math
 import operator
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -120,6 +121,13 @@ STATUS_TICKS = 120
 #: Every this many ticks one INFO line lists their exact durations (the load benchmark reads
 #: them from the log: it needs no answer from a busy event loop).
 TICK_LOG_EVERY = 60
+#: The interpreter's switch interval while the service runs (s; CPython's default is 0.005).
+#: The decision runs in a worker thread and gives the interpreter up at each of its kernels;
+#: with the event loop busy with replies and messages, each time it waits up to a whole
+#: interval to get it back. Measured on the 32k hall under load (benchmarks/bench_load.py,
+#: the ``decide`` and ``decide_cpu`` phases): at 5 ms a decision of 4 ms CPU took 32 ms
+#: (median) and 250 ms (p99) of the tick.
+SWITCH_INTERVAL_S = 0.0005
 #: Snapshots waiting for the next tick beyond which they are applied at once, between ticks
 #: (:meth:`Service._apply_early`; about a twentieth of the 32k hall's devices).
 EARLY_APPLY_SNAPSHOTS = 256
@@ -497,18 +505,7 @@ class Service:
         idx = np.concatenate([b[0] for b in batch])
         i_a = np.concatenate([b[1] for b in batch])
         t_s = np.concatenate([b[2] for b in batch])
-        counts = np.bincount(idx, minlength=self.topo.n_nodes)
-        if counts.max(initial=0) <= 1:
-            self.store.ingest_nodes(idx, i_a, t_s)
-            return
-        # each reading's round: how many readings of its node came before it
-        order = np.argsort(idx, kind="stable")
-        ordered = idx[order]
-        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-        rounds = np.empty(idx.size, dtype=np.int64)
-        rounds[order] = np.arange(idx.size) - np.repeat(starts, np.diff(np.r_[starts, idx.size]))
-        for k in range(int(rounds.max()) + 1):
-            sel = rounds == k
+        for sel in _rounds(idx, self.topo.n_nodes):
             self.store.ingest_nodes(idx[sel], i_a[sel], t_s[sel])
 
     def _device_lost(self, key: str) -> None:
@@ -714,6 +711,9 @@ class Service:
                 self._resume_from_log()
                 if o.settle_heap:       # what is built now lives as long as the service
                     heap.settle()
+                switch_s = sys.getswitchinterval()
+                sys.setswitchinterval(SWITCH_INTERVAL_S)
+                stack.callback(sys.setswitchinterval, switch_s)
                 if self.on_ready is not None:
                     self.on_ready({"event": "ready", "api": self.api.url,
                                    "metrics": None if self.exporter is None
@@ -815,11 +815,14 @@ class Service:
             groups.setdefault((len(row[1]), len(row[2])), []).append(row)
         for (n_power, n_caps), group in groups.items():
             # ragged caps (n_power != n_caps) take the store's reading-by-reading path
-            self.store.ingest_server_rows(
-                [r[0] for r in group],
-                np.array([r[1] for r in group], dtype=np.float64).reshape(len(group), n_power),
-                np.array([r[2] for r in group], dtype=np.float64).reshape(len(group), n_caps),
-                [r[3] for r in group])
+            servers = np.fromiter((r[0] for r in group), np.int64, len(group))
+            power = np.array([r[1] for r in group], dtype=np.float64).reshape(len(group), n_power)
+            caps = np.array([r[2] for r in group], dtype=np.float64).reshape(len(group), n_caps)
+            t_s = np.fromiter((r[3] for r in group), np.float64, len(group))
+            # a server that reported twice since the last tick (a late tick): its readings in
+            # order, one round each, every round on the store's array path
+            for sel in _rounds(servers, self.topo.n_servers):
+                self.store.ingest_server_rows(servers[sel], power[sel], caps[sel], t_s[sel])
 
     def _readbacks(self, now: float) -> Readbacks:
         known = now - self._outlet_seen_s <= self.settings.meter_stale_s
@@ -1296,6 +1299,20 @@ class Service:
         m.set_input_rejections({(source, reason): n
                                 for source, reasons in self.rejections().items()
                                 for reason, n in reasons.items()})
+
+
+def _rounds(idx: npt.NDArray[np.int64], n: int) -> list[npt.NDArray[np.bool_] | slice]:
+    """Selections of ``idx`` (values in ``[0, n)``) in which each value appears at most once:
+    the first reading of each, then the second of those read twice, and so on, each in the
+    order they came. One selection of everything when no value repeats."""
+    if idx.size == 0 or np.bincount(idx, minlength=n).max() <= 1:
+        return [slice(None)]
+    order = np.argsort(idx, kind="stable")
+    ordered = idx[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    rounds = np.empty(idx.size, dtype=np.int64)
+    rounds[order] = np.arange(idx.size) - np.repeat(starts, np.diff(np.r_[starts, idx.size]))
+    return [rounds == k for k in range(int(rounds.max()) + 1)]
 
 
 def _finite(x: float) -> float | None:

@@ -168,3 +168,27 @@ async def test_snapshots_are_applied_before_the_tick_once_enough_have_come(
     assert np.isneginf(svc._outlet_seen_s[svc._outlets_of_device[lost]]).all()
     assert np.isfinite(svc._outlet_seen_s[svc._outlets_of_device[cfgs[n - 1].key]]).all()
     assert np.isfinite(svc.store.node_t_s).sum() >= n
+
+
+def test_agents_reporting_twice_before_a_tick_take_their_readings_in_order(
+        hall: tuple[Any, Any], tmp_path: Path) -> None:
+    fast, slow = _service(hall, tmp_path / "f"), _service(hall, tmp_path / "s")
+    rng = random.Random(11)
+    bound = np.flatnonzero(fast.store.has_agent).tolist()
+    n_gpus = int(fast.topo.server_gpus[bound[0]])
+    rows = []
+    for rnd in range(3):                      # three reports of some servers before the tick
+        for server in rng.sample(bound, len(bound) // (rnd + 1)):
+            power = [rng.choice([-5.0, math.nan]) if rng.random() < 0.02 else
+                     rng.uniform(300.0, 450.0) for _ in range(n_gpus)]
+            caps = [rng.choice([500.0, 700.0]) for _ in range(n_gpus)]
+            rows.append((server, power, caps, 20.0 + rnd))
+    fast._agent_rows = list(rows)
+    fast._flush_agent_rows()
+    for server, power, caps, t_s in rows:
+        slow.store.ingest_server(server, power, caps, t_s)
+    for name in ("server_power_w", "server_cap_w", "server_t_s"):
+        np.testing.assert_array_equal(getattr(fast.store, name), getattr(slow.store, name),
+                                      err_msg=name)
+    assert fast.store.counters() == slow.store.counters()
+    assert np.isfinite(fast.store.server_t_s).sum() > len(bound) // 2
