@@ -40,7 +40,7 @@ def _service(hall: tuple[Any, Any], tmp_path: Path) -> Service:
 def _snapshot(cfg: Any, rng: random.Random) -> Snapshot:
     layout = builtin_layout(cfg.profile, cfg.banks, cfg.outlets)
     values = []
-    for name, unit in zip(layout.names, layout.units, strict=True):
+    for unit in layout.units:
         if unit == "V":
             values.append(rng.choice([230.0, 228.5, 0.0, 12.0]))
         else:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import re
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -35,7 +36,7 @@ import aiomqtt
 import pytest
 
 from controller.config import loads_hall_config
-from controller.service import Service, ServiceOptions
+from controller.service import SWITCH_INTERVAL_S, Service, ServiceOptions
 from controller.topology import compile_hall
 from drivers.registers import PROFILE_METER
 from tests.conftest import BrokerProcess
@@ -373,12 +374,15 @@ async def test_a_hostile_modbus_meter_is_counted_by_the_service_which_keeps_tick
         service = Service(config, compile_hall(config), ServiceOptions(
             mqtt_url=None, http_port=0, metrics_port=None, audit_path=tmp_path / "audit.jsonl",
             token=TOKEN, startup_wait_s=0.0, fsync=False))
+        switch_s = sys.getswitchinterval()
         runner = asyncio.create_task(service.run())
         try:
             async def polled() -> tuple[bool, int]:
                 assert not runner.done(), runner
                 return meter.requests > 0 and service.ticks > 0, service.ticks
             await wait_for("the service never polled the meter", polled, 30)
+            # while it runs, the decision thread is not kept waiting 5 ms for the interpreter
+            assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
             meter.script.extend(script)
 
             async def refused() -> tuple[bool, dict[str, int]]:
@@ -409,3 +413,4 @@ async def test_a_hostile_modbus_meter_is_counted_by_the_service_which_keeps_tick
         finally:
             service.stop()
             await asyncio.wait_for(runner, 30)
+        assert sys.getswitchinterval() == pytest.approx(switch_s)     # given back on stop
