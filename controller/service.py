@@ -200,8 +200,6 @@ class _SnapshotPlan:
     layout: object
     node: int | None
     volts: tuple[int, ...]
-    nominal_v: float
-    pdu: Any
     # the nodes the device reads, and per pole the index into the snapshot's values with one
     # 0.0 appended (a pole not read points at it)
     row_nodes: npt.NDArray[np.int64]
@@ -358,9 +356,12 @@ class Service:
                                    for key, snap, t_s in head])
         except Exception as exc:  # rule 9: an unexpected error moves to SAFE
             log.exception("applying snapshots failed: going SAFE")
-            reason = f"internal error applying snapshots: {exc!r}"
-            self._pending.append(lambda: setattr(
-                self, "state", core.enter_safe(self.state, reason, self.clock())))
+            self._safe_at_drain(f"internal error applying snapshots: {exc!r}")
+
+    def _safe_at_drain(self, reason: str) -> None:
+        """Go SAFE at the next tick's drain (never under a decision being computed)."""
+        self._pending.append(lambda: setattr(
+            self, "state", core.enter_safe(self.state, reason, self.clock())))
 
     def _on_error(self, dev: ModbusDevice, error: DriverError) -> None:
         key = dev.config.key
@@ -399,7 +400,7 @@ class Service:
         out = np.asarray(outlets, dtype=np.int64)
         nominal_v = float(self.topo.v_ln_v[node]) if node is not None else math.nan
         pdu = self._layout.get(cfg.node_id)
-        plan = _SnapshotPlan(snap.layout, node, volts, nominal_v, pdu,
+        plan = _SnapshotPlan(snap.layout, node, volts,
                              np.asarray([r[0] for r in rows], dtype=np.int64), row_idx,
                              np.flatnonzero(out >= 0).astype(np.int64), out[out >= 0],
                              len(rows),
@@ -431,9 +432,7 @@ class Service:
         live, closed = self._node_live, self._breaker_closed
         for plan, snap, t_s in segment:
             values = snap.values
-            # every value good (the decoders' shared tuple) and fresh, else the worst quality
-            good = (snap.qualities is snap.layout.all_good and not snap.stale) or \
-                snap.quality == 0                     # drivers.Quality.GOOD
+            good = snap.quality == 0                # drivers.Quality.GOOD
             if plan.n_rows:
                 rows.append(plan)
                 row_off.append(v_off)
@@ -474,11 +473,8 @@ class Service:
             pos += np.repeat(np.asarray(out_off, dtype=np.int64), counts)
             k = np.concatenate([p.outlet_k for p in outs])
             t = np.repeat(np.asarray(out_t), counts)
-            if len({id(p) for p in outs}) < len(outs):
-                # an outlet read more than once: keep its last reading (fancy assignment
-                # with repeated indices promises no order)
-                _, rev = np.unique(k[::-1], return_index=True)
-                last = k.size - 1 - rev
+            if len({id(p) for p in outs}) < len(outs):      # a device read twice
+                last = _last_of(k)
                 k, pos, t = k[last], pos[last], t[last]
             self._outlet_on[k] = on[pos]
             self._outlet_seen_s[k] = t
@@ -491,8 +487,7 @@ class Service:
                 b[:p.bank_nodes.size] for p, b in zip(banks, bank_open, strict=True)), bool,
                 nodes.size)
             if len({id(p) for p in banks}) < len(banks):
-                _, rev = np.unique(nodes[::-1], return_index=True)
-                last = nodes.size - 1 - rev
+                last = _last_of(nodes)
                 nodes, is_open = nodes[last], is_open[last]
             closed[nodes] = ~is_open
 
@@ -1049,9 +1044,7 @@ class Service:
                     last_on_s = self.clock()
         except Exception as exc:  # rule 9: a bug here moves the controller to SAFE
             log.exception("outlet switching on %s failed: going SAFE", key)
-            reason = f"internal error switching on {key}: {exc!r}"
-            self._pending.append(lambda: setattr(
-                self, "state", core.enter_safe(self.state, reason, self.clock())))
+            self._safe_at_drain(f"internal error switching on {key}: {exc!r}")
 
     def _switch_done(self, item: _Switch, state: bool | None, error: str, *,
                      quiet: bool = False) -> None:
@@ -1080,11 +1073,7 @@ class Service:
         workers = [w for w in self._switch_workers.values() if not w.done()]
         for wake in self._switch_wake.values():
             wake.set()
-        if workers:
-            _done, late = await asyncio.wait(workers, timeout=SWITCH_STOP_WAIT_S)
-            for w in late:
-                w.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        await _finish_or_cancel(workers)
         for queue in self._switch_queue.values():
             while queue:
                 item = heapq.heappop(queue)
@@ -1171,9 +1160,7 @@ class Service:
                         raise result
         except Exception as exc:  # rule 9: a bug here moves the controller to SAFE
             log.exception("publishing caps failed: going SAFE")
-            reason = f"internal error publishing caps: {exc!r}"
-            self._pending.append(lambda: setattr(
-                self, "state", core.enter_safe(self.state, reason, self.clock())))
+            self._safe_at_drain(f"internal error publishing caps: {exc!r}")
 
     def _expire_caps(self) -> None:
         """Write off the cap commands unacknowledged for ``CAP_ACK_WAIT_S`` (an agent that was
@@ -1209,12 +1196,8 @@ class Service:
 
     async def _stop_caps(self) -> None:
         """On stop: a batch being published finishes (briefly), the queued ones are not sent."""
-        task = self._cap_task
-        if task is not None and not task.done():
-            _done, late = await asyncio.wait([task], timeout=SWITCH_STOP_WAIT_S)
-            for t in late:
-                t.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        if self._cap_task is not None and not self._cap_task.done():
+            await _finish_or_cancel([self._cap_task])
         while self._cap_outbox:
             self._caps_not_sent(self._cap_outbox.popleft(), "not sent: the service stopped")
         self._cap_task = None
@@ -1299,6 +1282,23 @@ class Service:
         m.set_input_rejections({(source, reason): n
                                 for source, reasons in self.rejections().items()
                                 for reason, n in reasons.items()})
+
+
+async def _finish_or_cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Let ``tasks`` finish for up to ``SWITCH_STOP_WAIT_S``, then cancel the rest and wait."""
+    if not tasks:
+        return
+    _done, late = await asyncio.wait(tasks, timeout=SWITCH_STOP_WAIT_S)
+    for task in late:
+        task.cancel()
+    await asyncio.gather(*late, return_exceptions=True)
+
+
+def _last_of(idx: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The positions of each value's last occurrence in ``idx`` (fancy assignment with
+    repeated indices promises no order, so a value read twice is assigned from here)."""
+    _, rev = np.unique(idx[::-1], return_index=True)
+    return np.asarray(idx.size - 1 - rev, dtype=np.int64)
 
 
 def _rounds(idx: npt.NDArray[np.int64], n: int) -> list[npt.NDArray[np.bool_] | slice]:

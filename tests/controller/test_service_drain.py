@@ -74,11 +74,12 @@ def _reference(svc: Service, key: str, snap: Snapshot, t_s: float,
     node = plan.node
     if node is not None and good and plan.volts:
         svc._node_live[node] = max(values[i] for i in plan.volts) >= (
-            DEAD_VOLTAGE_FRACTION * plan.nominal_v)
+            DEAD_VOLTAGE_FRACTION * float(svc.topo.v_ln_v[node]))
     if node is not None and snap.breaker_open is not None:
         svc._breaker_closed[node] = not snap.breaker_open
-    if snap.bank_breaker_open and plan.pdu is not None:
-        for bank, is_open in zip(plan.pdu.banks, snap.bank_breaker_open, strict=False):
+    pdu = svc._layout.get(svc._device_cfg[key].node_id)
+    if snap.bank_breaker_open and pdu is not None:
+        for bank, is_open in zip(pdu.banks, snap.bank_breaker_open, strict=False):
             svc._breaker_closed[bank] = not is_open
 
 
