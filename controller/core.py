@@ -65,10 +65,13 @@ from kernels.aggregate import (
     _worst_case_current_into,
     _worst_case_current_update_into,
 )
+from kernels.rows import row_any, row_max
 from kernels.tick import (
     _measured_at_into,
     _node_utilization_into,
+    _psu_on_into,
     _step_budget_into,
+    _unknown_since_into,
     _worst_server_power_into,
 )
 
@@ -394,7 +397,7 @@ class CoreContext:
         ``node_mask`` (n,)."""
         padded = np.append(node_mask, False)
         rows = self.anc_pad if psus is None else self.anc_pad[psus]
-        return np.asarray(padded[rows].any(axis=1), bool)
+        return row_any(padded[rows])
 
     def servers_below(self, node: int) -> I64:
         return self.below_server[self.below_start[node]:self.below_start[node + 1]]
@@ -504,7 +507,22 @@ class CoreState:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> CoreState:
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``, as :func:`dataclasses.replace` gives it (the class has no
+        ``__post_init__`` and no field with ``init=False``), at a tenth of its cost: the core
+        replaces its state about ten times a tick, and the generic function builds every one
+        of its 32 fields through ``__init__``."""
+        unknown = changes.keys() - _STATE_FIELDS
+        if unknown:
+            raise TypeError(f"CoreState has no field(s) {', '.join(sorted(unknown))}")
+        new = object.__new__(CoreState)
+        fields = new.__dict__
+        fields.update(self.__dict__)
+        fields.update(changes)
+        return new
+
+
+#: the names :meth:`CoreState.replace` accepts
+_STATE_FIELDS = frozenset(f.name for f in dataclasses.fields(CoreState))
 
 
 def initial_state(ctx: CoreContext, *, seed: int = 0, now_s: float = 0.0) -> CoreState:
@@ -597,19 +615,19 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
     st = state.replace(ticks=state.ticks + 1)
 
     # -- 1. what is on -------------------------------------------------------------------
-    psu_on_s = st.psu_on_s.copy()
-    known = ctx.psu_outlet >= 0
-    known[known] = rb.outlet_known[ctx.psu_outlet[known]]
-    seen_on = np.zeros(topo.n_psus, bool)
-    seen_on[known] = rb.outlet_on[ctx.psu_outlet[known]]
-    psu_on_s[known & seen_on & np.isposinf(psu_on_s) & ~st.psu_commanded] = -np.inf
-    psu_on_s[known & seen_on & (psu_on_s > now_s)] = now_s
-    psu_on_s[known & ~seen_on & (psu_on_s <= now_s)
-             & ~_in_grace(st, now_s, ctx.settings.meter_stale_s)] = np.inf
+    # the read-backs against the switch-on times, in one pass (kernels.tick._psu_on_into):
+    # an outlet read on is on; read off, off, unless commanded less than meter_stale_s ago (a
+    # read-back older than the command may still show it off: the command is trusted)
+    psu_on_s = np.empty(topo.n_psus)
+    powered = np.empty(topo.n_psus, np.bool_)
+    _psu_on_into(ctx.psu_outlet, np.ascontiguousarray(rb.outlet_known, np.bool_),
+                 np.ascontiguousarray(rb.outlet_on, np.bool_),
+                 np.ascontiguousarray(st.psu_on_s, np.float64),
+                 np.ascontiguousarray(st.psu_commanded, np.bool_), float(now_s),
+                 float(ctx.settings.meter_stale_s), psu_on_s, powered)
     open_nodes = ~rb.breaker_closed
     if rb.node_live is not None:
         open_nodes = open_nodes | ~rb.node_live
-    powered = psu_on_s <= now_s
     if open_nodes.any():
         dead = ctx.under(open_nodes)
         powered &= ~dead
@@ -617,8 +635,18 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
 
     # -- 2. telemetry and the worst case ---------------------------------------------------
     unknown = store.unknown_nodes()
-    metered_unknown = store.metered & (store.node_quality != Quality.GOOD)
-    unknown_since = np.where(unknown, np.minimum(st.unknown_since_s, now_s), np.inf)
+    # since when each node is untrusted, the meters to alarm (a meter that has not answered
+    # yet is not alarmed before its first reading is overdue; it holds the ramp all the same)
+    # and those lost for long, in one pass (kernels.tick._unknown_since_into)
+    n = topo.n_nodes
+    unknown_since = np.empty(n)
+    metered_unknown, overdue, lost_long = (np.empty(n, np.bool_) for _ in range(3))
+    _unknown_since_into(np.ascontiguousarray(unknown, np.bool_),
+                        np.ascontiguousarray(store.metered, np.bool_),
+                        np.ascontiguousarray(store.node_quality, np.int8),
+                        np.ascontiguousarray(st.unknown_since_s, np.float64), float(now_s),
+                        float(ctx.settings.meter_stale_s), float(ctx.settings.telemetry_safe_s),
+                        unknown_since, metered_unknown, overdue, lost_long)
     st = st.replace(unknown_since_s=unknown_since)
     overdraw = _cap_overdraw(ctx, store)
     st = st.replace(cap_overdraw=overdraw)
@@ -636,10 +664,6 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
 
     # telemetry alarms and SAFE after a long loss
     alarms = set(st.alarms_active)
-    # a meter that has not answered yet is not alarmed before its first reading is overdue
-    # (it holds the ramp all the same)
-    overdue = metered_unknown & ((store.node_quality != Quality.MISSING)
-                                 | (now_s - unknown_since >= ctx.settings.meter_stale_s))
     for k in np.flatnonzero(overdue):
         node = int(k)
         code = f"telemetry:{topo.node_id[node]}"
@@ -661,7 +685,6 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
     _latch_alarms(actions, alarms, "cap-ignored", overdraw, topo.server_id,
                   "{} draws more than the GPU cap its agent reports: counted at full power",
                   "{} keeps its GPU cap again")
-    lost_long = metered_unknown & (now_s - unknown_since >= ctx.settings.telemetry_safe_s)
     if lost_long.any() and st.mode != Mode.SAFE:
         lost_id = topo.node_id[int(np.flatnonzero(lost_long)[0])]
         reason = (f"telemetry of {lost_id} lost for {ctx.settings.telemetry_safe_s:g} s")
@@ -743,12 +766,6 @@ def _latch_alarms(actions: list[CoreAction], alarms: set[str], code: str, on: B,
             if i is None or not on[i]:
                 actions.append(Alarm(code, clear_msg.format(name), name, active=False))
                 alarms.discard(key)
-
-
-def _in_grace(st: CoreState, now_s: float, grace_s: float) -> B:
-    """PSUs commanded on less than ``grace_s`` ago: a read-back older than the command may
-    still show them off, so the command is trusted (they count as on) until the grace ends."""
-    return st.psu_commanded & np.isfinite(st.psu_on_s) & (now_s - st.psu_on_s < grace_s)
 
 
 def _confirmed_caps(ctx: CoreContext, store: TelemetryStore, st: CoreState) -> F64:
@@ -913,7 +930,7 @@ def _calibrate_post(ctx: CoreContext, st: CoreState, store: TelemetryStore, psu_
         return st, []
     base_a = _tree_a(ctx, np.where(pre, topo.server_standby_w, 0.0), powered)
     post_a = _tree_a(ctx, np.where(in_post, topo.server_post_w, 0.0), powered)
-    rows = np.flatnonzero(usable & (post_a.max(axis=1) >= CALIBRATION_MIN_A))
+    rows = np.flatnonzero(usable & (row_max(post_a) >= CALIBRATION_MIN_A))
     if rows.size == 0:
         return st, []
     phase = np.argmax(post_a[rows], axis=1)
@@ -1432,7 +1449,7 @@ def _ramp(ctx: CoreContext, st: CoreState, store: TelemetryStore, rb: Readbacks,
         if background is not None:
             trial += background
         bad = (trial > ctx.admit_check_a) & (trial > worst_above_a)
-        bad_node = (bad[0] | bad[1] | bad[2]).any(axis=1)
+        bad_node = row_any(bad[0] | bad[1] | bad[2])
         if not bad_node.any():
             break
         node = int(np.flatnonzero(bad_node)[0])

@@ -96,6 +96,7 @@ from drivers.payloads import (
     sign_command,
     zone_topic,
 )
+from kernels.rows import row_max
 
 log = logging.getLogger(__name__)
 
@@ -1271,9 +1272,9 @@ class Service:
         m.set_mode(self.state.mode.value)
         w = self._watched
         load = d.measured_a[w]
-        limit = self.topo.limit_a[w].max(axis=1)
+        limit = row_max(self.topo.limit_a[w])
         m.set_node_loads([self.topo.node_id[i] for i in w], load, limit,
-                         limit - load.max(axis=1))
+                         limit - row_max(load))
         m.set_stale(int(self.store.unknown_nodes().sum()))
         m.set_telemetry_counters({k: v for k, v in self.store.counters().items()
                                   if k != "accepted"})

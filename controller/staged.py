@@ -23,6 +23,7 @@ from controller.model import HallConfig
 from controller.planner import plan
 from controller.telemetry import TelemetryStore
 from controller.topology import Topology
+from kernels.rows import row_max
 from sim import Action, Observation, SetGpuCaps, SwitchOutlets
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class CoreStrategy:
             v = np.asarray(obs.meter_v_v)[fresh]
             nominal = np.asarray(self.topo.v_ln_v)[nodes]
             with np.errstate(invalid="ignore"):
-                dead = np.nanmax(np.where(np.isfinite(v), v, 0.0), axis=1) < (
+                dead = row_max(np.where(np.isfinite(v), v, 0.0)) < (
                     DEAD_VOLTAGE_FRACTION * nominal)
             live[nodes[dead]] = False
         return live

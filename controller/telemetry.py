@@ -36,6 +36,7 @@ import numpy.typing as npt
 
 from controller.model import ControllerSettings
 from controller.topology import Topology
+from kernels.rows import row_all
 from kernels.tick import (
     READING_ABSENT_POLE,
     READING_FUTURE,
@@ -318,9 +319,9 @@ class TelemetryStore:
         shaped = np.zeros(idx.size, bool)
         shaped[inside] = self.topo.server_gpus[idx[inside]] == n_gpus
         with np.errstate(invalid="ignore"):
-            good = (bound & shaped & np.isfinite(p).all(axis=1) & np.isfinite(c).all(axis=1)
-                    & (p >= 0).all(axis=1) & (c >= 0).all(axis=1)
-                    & (p <= self.limits.range_x * gmax[:, None]).all(axis=1)
+            good = (bound & shaped & row_all(np.isfinite(p)) & row_all(np.isfinite(c))
+                    & row_all(p >= 0) & row_all(c >= 0)
+                    & row_all(p <= self.limits.range_x * gmax[:, None])
                     & (times <= now + self.limits.future_tolerance_s))
         return self._take_servers(idx, good, bound, p[good].sum(axis=1),
                                   c[good].max(axis=1) if n_gpus else 0.0, times[good])

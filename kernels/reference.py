@@ -1158,3 +1158,49 @@ def worst_server_power(
         normal.append(pair[0])
         contingency.append(pair[1])
     return np.asarray(normal, np.float64), np.asarray(contingency, np.float64)
+
+
+def psu_on(
+    psu_outlet: Any, outlet_known: Any, outlet_on: Any, psu_on_s: Any, psu_commanded: Any,
+    now_s: float, grace_s: float,
+) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """(switch-on times (K,) s, powered (K,) bool) after the read-backs: a PSU whose outlet
+    reads on is on since now (or, never commanded and unknown so far, since before we knew);
+    one whose outlet reads off is off, unless it was commanded less than ``grace_s`` ago; an
+    outlet not read back changes nothing."""
+    known, on_now = _lst(outlet_known), _lst(outlet_on)
+    times, powered = [], []
+    for o, t, commanded in zip(_lst(psu_outlet), _lst(psu_on_s), _lst(psu_commanded),
+                               strict=True):
+        if o >= 0 and known[o]:
+            if on_now[o]:
+                if t == math.inf and not commanded:
+                    t = -math.inf
+                else:
+                    t = min(t, now_s)
+            elif t <= now_s and not (commanded and math.isfinite(t) and now_s - t < grace_s):
+                t = math.inf
+        times.append(t)
+        powered.append(t <= now_s)
+    return np.asarray(times, np.float64), np.asarray(powered, np.bool_)
+
+
+def unknown_since(
+    unknown: Any, metered: Any, node_quality: Any, unknown_since_s: Any, now_s: float,
+    stale_s: float, safe_s: float,
+) -> tuple[FloatArray, npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """(since (n,) s, metered and untrusted, overdue, lost long) per node: an untrusted node
+    keeps the time it became so (now at the latest), a trusted one +inf; a meter whose reading
+    is not GOOD (0) is overdue unless it is MISSING (1) for less than ``stale_s``, and lost
+    long after ``safe_s``."""
+    since, bad, overdue, lost = [], [], [], []
+    for u, m, q, t in zip(_lst(unknown), _lst(metered), _lst(node_quality),
+                          _lst(unknown_since_s), strict=True):
+        s = (t if (math.isnan(t) or t < now_s) else now_s) if u else math.inf
+        b = bool(m) and q != 0
+        since.append(s)
+        bad.append(b)
+        overdue.append(b and (q != 1 or now_s - s >= stale_s))
+        lost.append(b and now_s - s >= safe_s)
+    return (np.asarray(since, np.float64), np.asarray(bad, np.bool_),
+            np.asarray(overdue, np.bool_), np.asarray(lost, np.bool_))

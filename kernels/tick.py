@@ -22,6 +22,7 @@ import numpy as np
 
 from kernels._jit import (
     F64,
+    IN_BOOL_1,
     IN_F64_1,
     IN_F64_2,
     IN_F64_3,
@@ -492,3 +493,88 @@ def _worst_server_power_into(
             out_contingency_w[s] = w if (w < full or w != w) else full
         else:
             out_contingency_w[s] = full
+
+
+@kernel(IN_I64_1, IN_BOOL_1, IN_BOOL_1, IN_F64_1, IN_BOOL_1, F64, F64, OUT_F64_1, OUT_BOOL_1)
+def _psu_on_into(
+    psu_outlet,
+    outlet_known,
+    outlet_on,
+    psu_on_s,
+    psu_commanded,
+    now_s,
+    grace_s,
+    out_psu_on_s,
+    out_powered,
+):
+    """Each PSU's switch-on time after the outlet read-backs, and whether it is powered now.
+
+    Per PSU k with o = psu_outlet[k] (-1: no switchable outlet) and t = psu_on_s[k]: where the
+    outlet's state is read back (o >= 0 and outlet_known[o]) and on, t becomes -inf when it was
+    +inf and never commanded (on since before the controller knew), else now_s when t > now_s;
+    read back off, t becomes +inf when t <= now_s unless the PSU is in its grace (commanded,
+    t finite and now_s - t < grace_s: a read-back older than the command). Elsewhere t stays.
+    out_psu_on_s[k] = t; out_powered[k] = t <= now_s.
+
+    What step 1 of controller.core.decide computed with boolean masks over the PSUs. Units:
+    psu_outlet (K,) outlet index; outlet_known, outlet_on (O,) bool; psu_on_s (K,) s (+inf:
+    off, -inf: on since before we knew); psu_commanded (K,) bool; now_s, grace_s s;
+    out_psu_on_s (K,) s; out_powered (K,) bool.
+    """
+    for k in range(psu_on_s.shape[0]):
+        t = psu_on_s[k]
+        o = psu_outlet[k]
+        if o >= 0 and outlet_known[o]:
+            if outlet_on[o]:
+                if t == math.inf and not psu_commanded[k]:
+                    t = -math.inf
+                elif t > now_s:
+                    t = now_s
+            elif t <= now_s and not (psu_commanded[k] and math.isfinite(t)
+                                     and now_s - t < grace_s):
+                t = math.inf
+        out_psu_on_s[k] = t
+        out_powered[k] = t <= now_s
+
+
+@kernel(
+    IN_BOOL_1, IN_BOOL_1, IN_I8_1, IN_F64_1, F64, F64, F64, OUT_F64_1, OUT_BOOL_1, OUT_BOOL_1,
+    OUT_BOOL_1,
+)  # fmt: skip
+def _unknown_since_into(
+    unknown,
+    metered,
+    node_quality,
+    unknown_since_s,
+    now_s,
+    stale_s,
+    safe_s,
+    out_unknown_since_s,
+    out_metered_unknown,
+    out_overdue,
+    out_lost_long,
+):
+    """Since when each node's telemetry is untrusted, and which meters are to be alarmed.
+
+    Per node i: out_unknown_since_s[i] = min(unknown_since_s[i], now_s) (numpy's minimum) where
+    unknown[i], else +inf; out_metered_unknown[i] = metered[i] and node_quality[i] is not GOOD;
+    with d = now_s - out_unknown_since_s[i], out_overdue[i] = that and (the quality is not
+    MISSING or d >= stale_s) (a meter that never answered is alarmed once its first reading is
+    overdue), out_lost_long[i] = that and d >= safe_s.
+
+    What step 2 of controller.core.decide computed with ``np.where`` and boolean masks over
+    the nodes. Units: unknown, metered (n,) bool; node_quality (n,) quality code;
+    unknown_since_s (n,) s (+inf: trusted); now_s, stale_s, safe_s s; out_unknown_since_s
+    (n,) s; out_metered_unknown, out_overdue, out_lost_long (n,) bool.
+    """
+    for i in range(unknown.shape[0]):
+        since = math.inf
+        if unknown[i]:
+            t = unknown_since_s[i]
+            since = t if (t < now_s or t != t) else now_s
+        out_unknown_since_s[i] = since
+        bad = metered[i] and node_quality[i] != QUALITY_GOOD
+        out_metered_unknown[i] = bad
+        d = now_s - since
+        out_overdue[i] = bad and (node_quality[i] != QUALITY_MISSING or d >= stale_s)
+        out_lost_long[i] = bad and d >= safe_s

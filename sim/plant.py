@@ -35,6 +35,7 @@ from controller.model import HallConfig
 from controller.topology import KIND_CODE, KIND_NAMES, Topology, compile_hall
 from kernels import plant as kp
 from kernels import thermal as kt
+from kernels.rows import row_max, row_sum
 from sim.actions import Action, ActionResult, ResetBreakers, SetGpuCaps, SetWork, SwitchOutlets
 from sim.faults import (
     AgentIgnoresCaps,
@@ -409,7 +410,7 @@ class Plant:
 
     def node_energy_wh(self) -> F64:
         """Per-node energy since the start (n,) Wh."""
-        e = self._energy_j + self._pw.sum(axis=1) * (self._now - self._t_state)
+        e = self._energy_j + row_sum(self._pw) * (self._now - self._t_state)
         return e / 3600.0
 
     def node_utilization(self) -> F64:
@@ -417,7 +418,7 @@ class Plant:
         cur = self.node_current_a()
         with np.errstate(divide="ignore", invalid="ignore"):
             u = np.where(self._limit > 0, cur / np.where(self._limit > 0, self._limit, 1.0), 0.0)
-        return u.max(axis=1)
+        return row_max(u)
 
     def node_theta(self) -> F64:
         """Breaker heating state θ (n, 3) (×rating)², advanced to the present time."""
@@ -528,7 +529,7 @@ class Plant:
 
     def source_power_w(self, nodes: npt.NDArray[Any]) -> F64:
         """Total real power (W) of the given nodes, (len(nodes),)."""
-        return self._pw[nodes].sum(axis=1)
+        return row_sum(self._pw[nodes])
 
     # ===================================================================== public: endpoint ops
     def switch_outlet(self, outlet: int | str, on: bool) -> ActionResult:
@@ -950,7 +951,7 @@ class Plant:
         self._theta[nodes] = np.where(present, x2 + (self._theta[nodes] - x2) * decay, 0.0)
         hot = present & (x >= self._pick[nodes, None])
         self._timer[nodes] = np.where(hot, self._timer[nodes] + dt[:, None], 0.0)
-        self._energy_j[nodes] += self._pw[nodes].sum(axis=1) * dt
+        self._energy_j[nodes] += row_sum(self._pw[nodes]) * dt
         self._t_state[nodes] = t
 
     # ===================================================================== internals: checks
@@ -999,7 +1000,7 @@ class Plant:
         window = self.options.ramp_window_s
         if self._ramp_buf is None or abs(self._ramp_dt - dt) > 1e-12:
             rows = max(1, round(window / dt))
-            p0 = self._pw[r].sum(axis=1)
+            p0 = row_sum(self._pw[r])
             self._ramp_buf = np.tile(p0, (rows + 1, 1))
             self._ramp_pos = 0
             self._ramp_dt = dt
@@ -1007,11 +1008,11 @@ class Plant:
         rows = buf.shape[0]
         if self._ramp_rebase:
             self._ramp_rebase = False
-            buf[:] = self._pw[r].sum(axis=1)
+            buf[:] = row_sum(self._pw[r])
         quiet = t - self._last_load_change_s > window + 2 * dt
         if quiet and not self._ramp_open:
             return
-        p_now = self._pw[r].sum(axis=1)
+        p_now = row_sum(self._pw[r])
         prev = buf[self._ramp_pos]
         oldest = buf[(self._ramp_pos + 1) % rows]
         span = (rows - 1) * dt

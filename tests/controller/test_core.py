@@ -611,3 +611,27 @@ def test_kept_decisions_keep_their_worst_case_and_each_is_the_full_computation()
         assert not d.worst_a.flags.writeable
         with pytest.raises(ValueError):
             d.worst_a[0, 0, 0] = 1.0
+
+
+def test_state_replace_is_dataclasses_replace():
+    """CoreState.replace, written for speed, gives what dataclasses.replace gives, leaves the
+    original as it was, and refuses a field the state does not have."""
+    import dataclasses
+
+    rig = Rig()
+    st = core.start_ramp(rig.ctx, rig.state, 0.0)
+    changes = {"ticks": 7, "mode_reason": "x", "paused": True, "post_x": 1.3,
+               "alarms_active": frozenset({"telemetry:RIG-A"})}
+    fast, generic = st.replace(**changes), dataclasses.replace(st, **changes)
+    assert type(fast) is core.CoreState
+    for f in dataclasses.fields(core.CoreState):
+        a, b = getattr(fast, f.name), getattr(generic, f.name)
+        if isinstance(a, np.ndarray):
+            assert a is b
+        else:
+            assert a == b, f.name
+    assert st.ticks == 0 and not st.paused and fast.ticks == 7
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.ticks = 8   # type: ignore[misc]
+    with pytest.raises(TypeError, match=r"no field.*tick_count"):
+        st.replace(tick_count=1)

@@ -43,6 +43,8 @@ REFERENCE_OF = {
     "_screen_readings_into": "screen_readings",
     "_step_budget_into": "step_budget",
     "_worst_server_power_into": "worst_server_power",
+    "_psu_on_into": "psu_on",
+    "_unknown_since_into": "unknown_since",
 }
 
 

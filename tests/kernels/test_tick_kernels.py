@@ -453,3 +453,96 @@ def test_worst_server_power_is_the_numpy_code_it_replaces(seed):
     ref = reference.worst_server_power(*args)
     np.testing.assert_array_equal(ref[0], got[0])
     np.testing.assert_array_equal(ref[1], got[1])
+
+
+# ------------------------------------------------------------------------ PSU on-state
+def _numpy_psu_on(psu_outlet, outlet_known, outlet_on, psu_on_s, psu_commanded, now_s,
+                  grace_s):
+    """Step 1 of controller.core.decide before the kernel, verbatim but for the names."""
+    n_psus = psu_on_s.size
+    psu_on = psu_on_s.copy()
+    known = psu_outlet >= 0
+    known[known] = outlet_known[psu_outlet[known]]
+    seen_on = np.zeros(n_psus, bool)
+    seen_on[known] = outlet_on[psu_outlet[known]]
+    in_grace = psu_commanded & np.isfinite(psu_on_s) & (now_s - psu_on_s < grace_s)
+    psu_on[known & seen_on & np.isposinf(psu_on) & ~psu_commanded] = -np.inf
+    psu_on[known & seen_on & (psu_on > now_s)] = now_s
+    psu_on[known & ~seen_on & (psu_on <= now_s) & ~in_grace] = np.inf
+    return psu_on, psu_on <= now_s
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_psu_on_is_the_numpy_code_it_replaces(seed):
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(0, 200))
+    n_outlets = int(rng.integers(1, 60))
+    outlet = rng.integers(-1, n_outlets, k).astype(np.int64)
+    known = rng.random(n_outlets) < 0.8
+    on = rng.random(n_outlets) < 0.6
+    now = 50.0
+    t = rng.uniform(0.0, 100.0, k)
+    pick = rng.random(k)
+    t[pick < 0.25] = np.inf
+    t[(pick >= 0.25) & (pick < 0.35)] = -np.inf
+    t[(pick >= 0.35) & (pick < 0.40)] = now               # at now: powered
+    t[(pick >= 0.40) & (pick < 0.45)] = now - 3.0         # at the grace's edge
+    commanded = rng.random(k) < 0.5
+    grace = 3.0
+    want = _numpy_psu_on(outlet, known, on, t, commanded, now, grace)
+    got_t, got_p = np.full(k, 7.0), np.zeros(k, np.bool_)
+    tick._psu_on_into(outlet, known, on, t, commanded, now, grace, got_t, got_p)
+    _bits_equal(got_t, want[0])
+    _bits_equal(got_p, want[1])
+    ref = reference.psu_on(outlet, known, on, t, commanded, now, grace)
+    np.testing.assert_array_equal(ref[0], got_t)
+    np.testing.assert_array_equal(ref[1], got_p)
+
+
+def test_psu_on_cases_by_hand():
+    """One PSU per case: outlet read on (never commanded and unknown; commanded, not yet
+    on; on since 10 s), read off (commanded 1 s ago: grace; 5 s ago: off; off already), not
+    read back, and not switchable."""
+    outlet = np.array([0, 0, 0, 1, 1, 1, 2, -1], np.int64)
+    known = np.array([True, True, False])
+    on = np.array([True, False, True])
+    t = np.array([np.inf, np.inf, 10.0, 19.0, 15.0, np.inf, np.inf, 12.0])
+    commanded = np.array([False, True, True, True, True, False, True, True])
+    got_t, got_p = np.empty(8), np.empty(8, np.bool_)
+    tick._psu_on_into(outlet, known, on, t, commanded, 20.0, 3.0, got_t, got_p)
+    np.testing.assert_array_equal(
+        got_t, [-np.inf, 20.0, 10.0, 19.0, np.inf, np.inf, np.inf, 12.0])
+    np.testing.assert_array_equal(got_p, [True, True, True, True, False, False, False, True])
+
+
+# ------------------------------------------------------------------------ untrusted since
+def _numpy_unknown_since(unknown, metered, node_quality, unknown_since_s, now_s, stale_s,
+                         safe_s):
+    """Step 2 of controller.core.decide before the kernel, verbatim but for the names."""
+    metered_unknown = metered & (node_quality != Quality.GOOD)
+    since = np.where(unknown, np.minimum(unknown_since_s, now_s), np.inf)
+    overdue = metered_unknown & ((node_quality != Quality.MISSING)
+                                 | (now_s - since >= stale_s))
+    lost_long = metered_unknown & (now_s - since >= safe_s)
+    return since, metered_unknown, overdue, lost_long
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_unknown_since_is_the_numpy_code_it_replaces(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 300))
+    metered = rng.random(n) < 0.4
+    quality = rng.integers(0, 5, n).astype(np.int8)
+    quality[rng.random(n) < 0.4] = Quality.GOOD
+    unknown = (metered & (quality != Quality.GOOD)) | (rng.random(n) < 0.1)
+    now, stale, safe = 100.0, 5.0, 30.0
+    since = rng.choice([np.inf, now, now - stale, now - safe, 20.0, 99.5, 150.0], n)
+    since[rng.random(n) < 0.03] = np.nan
+    want = _numpy_unknown_since(unknown, metered, quality, since, now, stale, safe)
+    got = (np.full(n, 7.0), *(np.zeros(n, np.bool_) for _ in range(3)))
+    tick._unknown_since_into(unknown, metered, quality, since, now, stale, safe, *got)
+    for g, w in zip(got, want, strict=True):
+        _bits_equal(g, w)
+    ref = reference.unknown_since(unknown, metered, quality, since, now, stale, safe)
+    for r, g in zip(ref, got, strict=True):
+        np.testing.assert_array_equal(r, g)
