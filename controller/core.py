@@ -67,6 +67,7 @@ from kernels.aggregate import (
 )
 from kernels.rows import row_any, row_max
 from kernels.tick import (
+    _guard_servers_into,
     _measured_at_into,
     _node_utilization_into,
     _psu_on_into,
@@ -292,6 +293,7 @@ class CoreContext:
         self._worst_lock = threading.Lock()
         self._worst_arrays = _Recycler((3, topo.n_nodes, 3))
         self._metered_of: tuple[B, I64] | None = None
+        self._planned_of: tuple[PlanResult, B] | None = None
         #: per worst case computed (a counter), the nodes it recomputed (None: all)
         self._worst_version = 0
         self._worst_log: dict[int, I64 | None] = {}
@@ -398,6 +400,16 @@ class CoreContext:
         padded = np.append(node_mask, False)
         rows = self.anc_pad if psus is None else self.anc_pad[psus]
         return row_any(padded[rows])
+
+    def unplanned_psus(self, result: PlanResult) -> B:
+        """Per PSU, whether plan ``result`` leaves it alone (not switched on by the plan, or
+        not through an outlet of ours); remembered for the last plan (asked twice a tick)."""
+        found = self._planned_of
+        if found is None or found[0] is not result:
+            sched = result.schedule
+            found = self._planned_of = (
+                result, ~(np.isfinite(sched.psu_on_s) & (self.psu_outlet >= 0)))
+        return found[1]
 
     def servers_below(self, node: int) -> I64:
         return self.below_server[self.below_start[node]:self.below_start[node + 1]]
@@ -650,7 +662,7 @@ def decide(ctx: CoreContext, store: TelemetryStore, rb: Readbacks, state: CoreSt
     st = st.replace(unknown_since_s=unknown_since)
     overdraw = _cap_overdraw(ctx, store)
     st = st.replace(cap_overdraw=overdraw)
-    confirmed_cap = _confirmed_caps(ctx, store, st)
+    confirmed_cap = _confirmed_caps(store, st, overdraw)
     st, post_actions = _calibrate_post(ctx, st, store, psu_on_s, powered)
     actions.extend(post_actions)
     model = ctx.model(st.post_x)
@@ -768,15 +780,16 @@ def _latch_alarms(actions: list[CoreAction], alarms: set[str], code: str, on: B,
                 alarms.discard(key)
 
 
-def _confirmed_caps(ctx: CoreContext, store: TelemetryStore, st: CoreState) -> F64:
+def _confirmed_caps(store: TelemetryStore, st: CoreState, overdraw: B) -> F64:
     """Per server, the per-GPU cap confirmed by read-back (NaN: not confirmed).
 
     Confirmed: the agent's reading is trusted and the cap it enforces is at most the cap last
-    commanded (a cap read back above the command is not confirmed: the server may draw more)."""
+    commanded (a cap read back above the command is not confirmed: the server may draw more),
+    and the server draws no more than it (``overdraw``: :func:`_cap_overdraw`)."""
     good = store.has_agent & (store.server_quality == Quality.GOOD)
     enforced = store.server_cap_w
     ok = good & np.isfinite(enforced) & np.isfinite(st.cap_cmd_w) & (
-        enforced <= st.cap_cmd_w + CAP_CONFIRM_TOLERANCE_W) & ~_cap_overdraw(ctx, store)
+        enforced <= st.cap_cmd_w + CAP_CONFIRM_TOLERANCE_W) & ~overdraw
     return np.where(ok, enforced, np.nan)
 
 
@@ -1136,32 +1149,36 @@ def _ramp_guard(ctx: CoreContext, st: CoreState, store: TelemetryStore, server_w
     if ctx.step_nodes.size == 0:
         return st, []
     gpus = np.maximum(topo.server_gpus, 1).astype(float)
-    plan_cap = np.where(np.isfinite(st.shed_cap_w), np.minimum(st.shed_cap_w, st.cap_plan_w),
-                        st.cap_plan_w)
-    plan_cap = np.clip(plan_cap, topo.server_gpu_min_cap_w, topo.server_gpu_max_w)
-    draw = store.server_power_w / gpus
-    known = (store.server_quality == Quality.GOOD) & np.isfinite(draw) & (server_w > 0)
-    base = np.clip(np.where(known, draw, plan_cap), topo.server_gpu_min_cap_w, plan_cap)
+    # per server in one pass (kernels.tick._guard_servers_into): the cap in force (the plan's,
+    # lowered by shedding), which draws are known (a trusted agent reading, the server on), the
+    # base (what the GPUs draw, between their minimum and the cap) and what comes back whatever
+    # the caps: a server drawing less than it would working at the base (an idle one: its GPUs
+    # below their minimum cap, its CPUs and fans at rest), and what rose since the last pass
+    # (within the ramp window it counts against the same budget: a workload that restarted
+    # just now, then the guard's own raise)
+    n_s = topo.n_servers
+    plan_cap, base, fixed_all, seen_now = (np.empty(n_s) for _ in range(4))
+    known = np.empty(n_s, np.bool_)
+    seen_before = st.guard_seen_w if st.guard_seen_w is not None else np.full(n_s, np.nan)
+    _guard_servers_into(np.ascontiguousarray(st.shed_cap_w, np.float64),
+                        np.ascontiguousarray(st.cap_plan_w, np.float64),
+                        np.ascontiguousarray(store.server_power_w, np.float64),
+                        np.ascontiguousarray(store.server_quality, np.int8),
+                        np.ascontiguousarray(server_w, np.float64),
+                        np.ascontiguousarray(seen_before, np.float64), *ctx.step_server_args,
+                        plan_cap, base, known, fixed_all, seen_now)
     servers = np.flatnonzero(known)
-    guard = np.full(topo.n_servers, np.nan)
+    guard = np.full(n_s, np.nan)
     if servers.size:
-        # what comes back whatever the caps: a server drawing less than it would working at
-        # ``base`` (an idle one: its GPUs below their minimum cap, its CPUs and fans at rest)
-        power_w = store.server_power_w[servers]
-        fixed = np.maximum(ctx.work_w(base[servers], servers) - power_w, 0.0)
-        # and what rose since the last pass: within the ramp window, it counts against the
-        # same budget (a workload that restarted just now, then the guard's own raise)
-        if st.guard_seen_w is not None:
-            seen = st.guard_seen_w[servers]
-            fixed += np.where(np.isfinite(seen), np.maximum(power_w - seen, 0.0), 0.0)
         limited = _limit_cap_change(ctx, servers, base[servers], plan_cap[servers],
-                                    base[servers] * gpus[servers], fixed_rise_w=fixed)
+                                    base[servers] * gpus[servers],
+                                    fixed_rise_w=fixed_all[servers])
         below = limited < plan_cap[servers] - 0.5
         limited = _guard_steps(limited, None if st.guard_cap_w is None
                                else st.guard_cap_w[servers], base[servers])
         guard[servers[below]] = limited[below]
     prev = st.guard_cap_w
-    st = st.replace(guard_seen_w=np.where(known, store.server_power_w, np.nan))
+    st = st.replace(guard_seen_w=seen_now)
     if prev is None and not np.isfinite(guard).any():
         return st, []
     st = st.replace(guard_cap_w=guard if np.isfinite(guard).any() else None)
@@ -1538,9 +1555,9 @@ def ramp_complete(ctx: CoreContext, st: CoreState, now_s: float) -> bool:
     if st.plan is None:
         return False
     sched = st.plan.schedule
-    planned = np.isfinite(sched.psu_on_s) & (ctx.psu_outlet >= 0)
-    on = st.psu_on_s <= now_s
-    return bool((on | ~planned).all() and st.next_cap_event >= sched.cap_t_s.size)
+    if st.next_cap_event < sched.cap_t_s.size:
+        return False
+    return bool(((st.psu_on_s <= now_s) | ctx.unplanned_psus(st.plan)).all())
 
 
 def servers_left_off(st: CoreState) -> int:

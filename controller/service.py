@@ -1271,8 +1271,8 @@ class Service:
         m = self.metrics
         m.set_mode(self.state.mode.value)
         w = self._watched
-        load = d.measured_a[w]
-        limit = row_max(self.topo.limit_a[w])
+        load = np.take(d.measured_a, w, axis=0)
+        limit = row_max(np.take(self.topo.limit_a, w, axis=0))
         m.set_node_loads([self.topo.node_id[i] for i in w], load, limit,
                          limit - row_max(load))
         m.set_stale(int(self.store.unknown_nodes().sum()))

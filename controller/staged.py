@@ -87,9 +87,9 @@ class CoreStrategy:
                 self.state = core.initial_state(self.ctx, seed=self.state.rng_seed)
                 self.state = core.start_ramp(self.ctx, self.state, obs.t_s)
         store = self.store
-        fresh = (obs.meter_quality == 0) & np.isfinite(obs.meter_t_sample_s)
-        if fresh.any():
-            store.ingest_nodes(obs.meter_node[fresh], obs.meter_i_a[fresh],
+        fresh = np.flatnonzero((obs.meter_quality == 0) & np.isfinite(obs.meter_t_sample_s))
+        if fresh.size:   # (np.take: rows gathered several times faster than by indexing)
+            store.ingest_nodes(obs.meter_node[fresh], np.take(obs.meter_i_a, fresh, axis=0),
                                obs.meter_t_sample_s[fresh])
         up = np.flatnonzero(obs.server_agent_up)
         if up.size:
@@ -109,10 +109,10 @@ class CoreStrategy:
         """False at metered nodes whose fresh reading shows no voltage on any phase (below
         :data:`DEAD_VOLTAGE_FRACTION` of the nominal line-to-neutral voltage): a lost feed."""
         live = np.ones(self.topo.n_nodes, bool)
-        fresh = (obs.meter_quality == 0) & np.isfinite(obs.meter_t_sample_s)
-        if fresh.any():
+        fresh = np.flatnonzero((obs.meter_quality == 0) & np.isfinite(obs.meter_t_sample_s))
+        if fresh.size:
             nodes = obs.meter_node[fresh]
-            v = np.asarray(obs.meter_v_v)[fresh]
+            v = np.take(np.asarray(obs.meter_v_v), fresh, axis=0)
             nominal = np.asarray(self.topo.v_ln_v)[nodes]
             with np.errstate(invalid="ignore"):
                 dead = row_max(np.where(np.isfinite(v), v, 0.0)) < (

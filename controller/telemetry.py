@@ -219,9 +219,10 @@ class TelemetryStore:
         for j in np.flatnonzero(~bound):
             self._reject("unbound_node", int(idx[j]), Quality.IMPLAUSIBLE)
         sel = np.flatnonzero(bound)
-        node = np.ascontiguousarray(idx[sel])
-        v = np.ascontiguousarray(vals[sel])
-        t = np.ascontiguousarray(times[sel])
+        if sel.size == idx.size:   # every reading bound (the usual case): nothing to gather
+            node, v, t = (np.ascontiguousarray(x) for x in (idx, vals, times))
+        else:   # np.take gathers rows several times faster than indexing (numpy 2.4)
+            node, v, t = idx[sel], np.take(vals, sel, axis=0), times[sel]
         # one pass screens every reading and writes the good ones (and the pending jumps)
         code = np.empty(sel.size, np.int8)
         _screen_readings_into(node, v, t, self._rating_a, self._rating_max_a,

@@ -1204,3 +1204,40 @@ def unknown_since(
         lost.append(b and now_s - s >= safe_s)
     return (np.asarray(since, np.float64), np.asarray(bad, np.bool_),
             np.asarray(overdue, np.bool_), np.asarray(lost, np.bool_))
+
+
+def guard_servers(
+    shed_cap_w: Any, plan_cap_w: Any, server_power_w: Any, server_quality: Any, worst_w: Any,
+    seen_w: Any, gpu_min_cap_w: Any, gpu_max_w: Any, other_max_w: Any, gpus: Any,
+    server_max_w: Any,
+) -> tuple[FloatArray, FloatArray, npt.NDArray[np.bool_], FloatArray, FloatArray]:
+    """(cap (S,), base (S,) W per GPU, known (S,), fixed rise (S,) W, seen (S,) W) of the ramp
+    guard: the plan's cap lowered by a shed cap, within the GPUs' range; a server's draw is
+    known when its reading is GOOD (0) and finite and it is on; its base is its draw per GPU
+    (else the cap) between the minimum cap and the cap; a known server's fixed rise is what it
+    would add working at the base plus what it rose since ``seen_w`` (NaN: not seen)."""
+    def clip(x: float, lo: float, hi: float) -> float:
+        return x if math.isnan(x) else min(max(x, lo), hi)
+
+    caps, bases, known, fixed, seen_out = [], [], [], [], []
+    rows = zip(_lst(shed_cap_w), _lst(plan_cap_w), _lst(server_power_w), _lst(server_quality),
+               _lst(worst_w), _lst(seen_w), _lst(gpu_min_cap_w), _lst(gpu_max_w),
+               _lst(other_max_w), _lst(gpus), _lst(server_max_w), strict=True)
+    for shed, plan, power, quality, worst, seen, lo, hi, other, n_gpus, top in rows:
+        cap = clip(min(shed, plan) if math.isfinite(shed) else plan, lo, hi)
+        draw = power / max(n_gpus, 1.0)
+        ok = quality == 0 and math.isfinite(draw) and worst > 0.0
+        base = clip(draw if ok else cap, lo, cap)
+        rise = 0.0
+        if ok:
+            rise = max(min(other + n_gpus * clip(base, lo, hi), top) - power, 0.0)
+            if math.isfinite(seen):
+                rise += max(power - seen, 0.0)
+        caps.append(cap)
+        bases.append(base)
+        known.append(ok)
+        fixed.append(rise)
+        seen_out.append(power if ok else math.nan)
+    return (np.asarray(caps, np.float64), np.asarray(bases, np.float64),
+            np.asarray(known, np.bool_), np.asarray(fixed, np.float64),
+            np.asarray(seen_out, np.float64))

@@ -578,3 +578,84 @@ def _unknown_since_into(
         d = now_s - since
         out_overdue[i] = bad and (node_quality[i] != QUALITY_MISSING or d >= stale_s)
         out_lost_long[i] = bad and d >= safe_s
+
+
+@kernel(
+    IN_F64_1, IN_F64_1, IN_F64_1, IN_I8_1, IN_F64_1, IN_F64_1, IN_F64_1, IN_F64_1, IN_F64_1,
+    IN_F64_1, IN_F64_1, OUT_F64_1, OUT_F64_1, OUT_BOOL_1, OUT_F64_1, OUT_F64_1,
+)  # fmt: skip
+def _guard_servers_into(
+    shed_cap_w,
+    plan_cap_w,
+    server_power_w,
+    server_quality,
+    worst_w,
+    seen_w,
+    gpu_min_cap_w,
+    gpu_max_w,
+    other_max_w,
+    gpus,
+    server_max_w,
+    out_cap_w,
+    out_base_w,
+    out_known,
+    out_fixed_rise_w,
+    out_seen_w,
+):
+    """The ramp guard's per-server inputs.
+
+    Per server s, with numpy's clip, minimum and maximum (a NaN operand wins; a tie gives the
+    second) and g = max(gpus[s], 1): the cap in force out_cap_w = clip(min(shed, plan) where
+    the shed cap is finite else plan, gpu_min_cap_w, gpu_max_w); the draw per GPU d =
+    server_power_w / g; known (out_known) = quality GOOD, d finite and worst_w > 0; the base
+    out_base_w = clip(d if known else the cap, gpu_min_cap_w, the cap); for a known server the
+    rise no cap controls out_fixed_rise_w = max(W(base) - power, 0) with W(cap) =
+    min(other_max_w + gpus × clip(cap, gpu_min_cap_w, gpu_max_w), server_max_w), plus max(power
+    - seen_w, 0) where seen_w is finite (seen_w all NaN: no pass before), 0 for the others;
+    out_seen_w = power where known, else NaN.
+
+    What controller.core._ramp_guard computed with ``np.where``, ``np.clip`` and ``work_w``
+    over the servers. Units: shed_cap_w, plan_cap_w, gpu_min_cap_w, gpu_max_w (S,) W per GPU
+    (shed NaN: none); server_power_w, worst_w, seen_w, other_max_w, server_max_w (S,) W;
+    server_quality (S,) quality code; gpus (S,) GPUs; out_cap_w, out_base_w (S,) W per GPU;
+    out_known (S,) bool; out_fixed_rise_w, out_seen_w (S,) W.
+    """
+
+    def _clip(x, lo, hi):
+        if x == x:
+            x = x if x > lo else lo
+            x = x if (x < hi or x != x) else hi
+        return x
+
+    for s in range(plan_cap_w.shape[0]):
+        lo = gpu_min_cap_w[s]
+        plan = plan_cap_w[s]
+        shed = shed_cap_w[s]
+        if math.isfinite(shed):
+            plan = shed if (shed < plan or shed != shed) else plan
+        cap = _clip(plan, lo, gpu_max_w[s])
+        out_cap_w[s] = cap
+        n_gpus = gpus[s] if gpus[s] > 1.0 else 1.0
+        power = server_power_w[s]
+        draw = power / n_gpus
+        known = (server_quality[s] == QUALITY_GOOD and math.isfinite(draw)
+                 and worst_w[s] > 0.0)
+        out_known[s] = known
+        base = _clip(draw if known else cap, lo, cap)
+        out_base_w[s] = base
+        if known:
+            w = other_max_w[s] + gpus[s] * _clip(base, lo, gpu_max_w[s])
+            w = w if (w < server_max_w[s] or w != w) else server_max_w[s]
+            rise = w - power
+            fixed = rise if (rise > 0.0 or rise != rise) else 0.0
+            seen = seen_w[s]
+            if math.isfinite(seen):
+                up = power - seen
+                fixed = fixed + (up if (up > 0.0 or up != up) else 0.0)
+            else:
+                fixed = fixed + 0.0
+            out_fixed_rise_w[s] = fixed
+            out_seen_w[s] = power
+        else:
+            out_fixed_rise_w[s] = 0.0
+            out_seen_w[s] = math.nan

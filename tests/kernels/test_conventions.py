@@ -44,6 +44,7 @@ REFERENCE_OF = {
     "_step_budget_into": "step_budget",
     "_worst_server_power_into": "worst_server_power",
     "_psu_on_into": "psu_on",
+    "_guard_servers_into": "guard_servers",
     "_unknown_since_into": "unknown_since",
 }
 

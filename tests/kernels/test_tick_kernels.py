@@ -546,3 +546,62 @@ def test_unknown_since_is_the_numpy_code_it_replaces(seed):
     ref = reference.unknown_since(unknown, metered, quality, since, now, stale, safe)
     for r, g in zip(ref, got, strict=True):
         np.testing.assert_array_equal(r, g)
+
+
+# ------------------------------------------------------------------------ ramp guard inputs
+def _numpy_guard_servers(shed_cap_w, cap_plan_w, server_power_w, server_quality, server_w,
+                         guard_seen_w, lo, hi, other, gpus_raw, top):
+    """controller.core._ramp_guard's per-server part before the kernel, verbatim but for the
+    names (``work_w`` inlined); ``guard_seen_w`` None: no pass before."""
+    gpus = np.maximum(gpus_raw, 1).astype(float)
+    plan_cap = np.where(np.isfinite(shed_cap_w), np.minimum(shed_cap_w, cap_plan_w),
+                        cap_plan_w)
+    plan_cap = np.clip(plan_cap, lo, hi)
+    draw = server_power_w / gpus
+    known = (server_quality == Quality.GOOD) & np.isfinite(draw) & (server_w > 0)
+    base = np.clip(np.where(known, draw, plan_cap), lo, plan_cap)
+    servers = np.flatnonzero(known)
+    power_w = server_power_w[servers]
+    cap = np.clip(base[servers], lo[servers], hi[servers])
+    work = np.minimum(other[servers] + gpus_raw[servers] * cap, top[servers])
+    fixed = np.maximum(work - power_w, 0.0)
+    if guard_seen_w is not None:
+        seen = guard_seen_w[servers]
+        fixed += np.where(np.isfinite(seen), np.maximum(power_w - seen, 0.0), 0.0)
+    fixed_all = np.zeros(server_power_w.size)
+    fixed_all[servers] = fixed
+    return plan_cap, base, known, fixed_all, np.where(known, server_power_w, np.nan)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_guard_servers_is_the_numpy_code_it_replaces(seed):
+    rng = np.random.default_rng(seed)
+    s = int(rng.integers(1, 80))
+    gpus, lo, hi, other, top = _servers(rng, s)
+    plan = rng.uniform(50.0, 800.0, s)
+    at_top = rng.random(s) < 0.1
+    plan[at_top] = hi[at_top]
+    shed = np.where(rng.random(s) < 0.5, np.nan, rng.uniform(50.0, 800.0, s))
+    tie = rng.random(s) < 0.1
+    shed[tie] = plan[tie]
+    power = rng.uniform(0.0, 10_000.0, s)
+    power[rng.random(s) < 0.1] = 0.0
+    power[rng.random(s) < 0.05] = np.nan
+    base_tie = rng.random(s) < 0.1   # drawing exactly its minimum cap per GPU
+    power[base_tie] = lo[base_tie] * np.maximum(gpus[base_tie], 1)
+    quality = np.where(rng.random(s) < 0.8, Quality.GOOD, Quality.STALE).astype(np.int8)
+    worst = np.where(rng.random(s) < 0.15, 0.0, rng.uniform(100.0, 12_000.0, s))
+    for seen in (None, np.where(rng.random(s) < 0.3, np.nan, power + rng.normal(0, 500, s))):
+        want = _numpy_guard_servers(shed, plan, power, quality, worst, seen, lo, hi, other,
+                                    gpus, top)
+        seen_in = np.full(s, np.nan) if seen is None else seen
+        got = (np.full(s, 7.0), np.full(s, 7.0), np.zeros(s, np.bool_), np.full(s, 7.0),
+               np.full(s, 7.0))
+        tick._guard_servers_into(shed, plan, power, quality, worst, seen_in, lo, hi, other,
+                                 gpus, top, *got)
+        for g, w in zip(got, want, strict=True):
+            _bits_equal(g, w)
+        ref = reference.guard_servers(shed, plan, power, quality, worst, seen_in, lo, hi,
+                                      other, gpus, top)
+        for r, g in zip(ref, got, strict=True):
+            np.testing.assert_array_equal(r, g)
