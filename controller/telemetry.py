@@ -46,8 +46,11 @@ from kernels.tick import (
     READING_OUT_OF_ORDER,
     READING_OUT_OF_RANGE,
     READING_TAKEN,
+    SERVER_TAKEN,
+    SERVER_UNBOUND,
     _node_quality_into,
     _screen_readings_into,
+    _screen_servers_into,
 )
 
 log = logging.getLogger(__name__)
@@ -124,6 +127,9 @@ class TelemetryStore:
         self._rating_max_a = np.ascontiguousarray(
             topo.rating_a.max(axis=1) if n else np.zeros(0), np.float64)
         self._rating_a = np.ascontiguousarray(topo.rating_a, np.float64)
+        #: the servers' GPU counts and rated power per GPU (W), for the one-pass agent ingest
+        self._gpus = np.ascontiguousarray(topo.server_gpus, np.float64)
+        self._gpu_max_w = np.ascontiguousarray(topo.server_gpu_max_w, np.float64)
         # for the one-pass refresh: the metered nodes, those with the sum check, and each
         # node's children in increasing order
         self._metered_idx = np.ascontiguousarray(np.flatnonzero(self.metered), np.int64)
@@ -254,18 +260,29 @@ class TelemetryStore:
         """Many node agents' readings at once, by the rules of :meth:`ingest_server`, with one
         value per server: ``gpu_power_w`` (M,) W per GPU (every GPU alike) and
         ``enforced_cap_w`` (M,) W per GPU. Returns the accepted mask."""
-        idx = np.asarray(servers, dtype=np.int64).reshape(-1)
-        p = np.broadcast_to(np.asarray(gpu_power_w, dtype=np.float64), idx.shape)
-        c = np.broadcast_to(np.asarray(enforced_cap_w, dtype=np.float64), idx.shape)
+        idx = np.ascontiguousarray(np.asarray(servers, dtype=np.int64).reshape(-1))
+        p = np.ascontiguousarray(np.broadcast_to(np.asarray(gpu_power_w, dtype=np.float64),
+                                                 idx.shape))
+        c = np.ascontiguousarray(np.broadcast_to(np.asarray(enforced_cap_w, dtype=np.float64),
+                                                 idx.shape))
         now = self.clock()
-        t = float(t_s)
-        _inside, bound, gmax = self._server_bounds(idx)
-        with np.errstate(invalid="ignore"):
-            good = bound & np.isfinite(p) & np.isfinite(c) & (p >= 0) & (c >= 0) & (
-                p <= self.limits.range_x * gmax) & (t <= now + self.limits.future_tolerance_s)
-        gpus = self.topo.server_gpus[idx[good]]
-        return self._take_servers(idx, good, bound, p[good] * gpus,
-                                  np.where(gpus > 0, c[good], 0.0), t)
+        # one pass screens every reading and writes the good ones (kernels.tick)
+        code = np.empty(idx.size, np.int8)
+        _screen_servers_into(idx, p, c, float(t_s), float(now + self.limits.future_tolerance_s),
+                             float(self.limits.range_x), self.has_agent, self._gpu_max_w,
+                             self._gpus, self.server_power_w, self.server_cap_w,
+                             self.server_t_s, code)
+        good = code == SERVER_TAKEN
+        if not good.all():
+            for j in np.flatnonzero(~good):
+                reason = "unbound_server" if code[j] == SERVER_UNBOUND else "implausible_agent"
+                self._reject(reason, int(idx[j]), Quality.IMPLAUSIBLE, kind="server")
+        self.accepted += int(np.count_nonzero(good))
+        if self._faults:
+            for n in idx[good]:
+                if ("server", int(n)) in self._faults:
+                    self._clear_fault("server", int(n))
+        return good
 
     def _server_bounds(self, idx: npt.NDArray[np.int64]) -> tuple[
             npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.float64]]:

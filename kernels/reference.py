@@ -1241,3 +1241,33 @@ def guard_servers(
     return (np.asarray(caps, np.float64), np.asarray(bases, np.float64),
             np.asarray(known, np.bool_), np.asarray(fixed, np.float64),
             np.asarray(seen_out, np.float64))
+
+
+def screen_servers(
+    server: Any, gpu_power_w: Any, enforced_cap_w: Any, t_s: float, future_limit_s: float,
+    range_x: float, has_agent: Any, gpu_max_w: Any, gpus: Any, server_power_w: Any,
+    server_cap_w: Any, server_t_s: Any,
+) -> tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.int8]]:
+    """(server power (S,) W, cap (S,) W per GPU, time (S,) s, code (M,)) after node-agent
+    readings of one value per GPU: 1 for a server that does not exist or has no agent, 2 for
+    a value not finite, negative or above ``range_x`` times the GPU's rating (at least 1 W),
+    or a time after ``future_limit_s``; else 0, and the server's power, cap (0 without GPUs)
+    and latest time are written, a later reading of the same server over an earlier one."""
+    power, caps, times = _lst(server_power_w), _lst(server_cap_w), _lst(server_t_s)
+    agent, gmax, n_gpus = _lst(has_agent), _lst(gpu_max_w), _lst(gpus)
+    codes = []
+    for s, p, c in zip(_lst(server), _lst(gpu_power_w), _lst(enforced_cap_w), strict=True):
+        if not (0 <= s < len(agent) and agent[s]):
+            codes.append(1)
+            continue
+        rated = gmax[s] if (math.isnan(gmax[s]) or gmax[s] > 1.0) else 1.0
+        if not (math.isfinite(p) and math.isfinite(c) and p >= 0 and c >= 0
+                and p <= range_x * rated and t_s <= future_limit_s):
+            codes.append(2)
+            continue
+        power[s] = p * n_gpus[s]
+        caps[s] = c if n_gpus[s] > 0 else 0.0
+        times[s] = times[s] if (math.isnan(times[s]) or times[s] > t_s) else t_s
+        codes.append(0)
+    return (np.asarray(power, np.float64), np.asarray(caps, np.float64),
+            np.asarray(times, np.float64), np.asarray(codes, np.int8))

@@ -659,3 +659,66 @@ def _guard_servers_into(
         else:
             out_fixed_rise_w[s] = 0.0
             out_seen_w[s] = math.nan
+
+
+#: Screening codes of :func:`_screen_servers_into`, one per agent reading.
+SERVER_TAKEN = 0
+SERVER_UNBOUND = 1
+SERVER_IMPLAUSIBLE = 2
+
+
+@kernel(
+    IN_I64_1, IN_F64_1, IN_F64_1, F64, F64, F64, IN_BOOL_1, IN_F64_1, IN_F64_1, OUT_F64_1,
+    OUT_F64_1, OUT_F64_1, OUT_I8_1,
+)  # fmt: skip
+def _screen_servers_into(
+    server,
+    gpu_power_w,
+    enforced_cap_w,
+    t_s,
+    future_limit_s,
+    range_x,
+    has_agent,
+    gpu_max_w,
+    gpus,
+    out_server_power_w,
+    out_server_cap_w,
+    out_server_t_s,
+    out_code,
+):
+    """Screen M node-agent readings of one value per server (every GPU alike) and take the
+    good ones, as the telemetry store's ``ingest_servers`` did with numpy.
+
+    Per reading j of server s = server[j], p = gpu_power_w[j], c = enforced_cap_w[j]:
+    out_code[j] = SERVER_UNBOUND when s is not a server index or has no agent; else
+    SERVER_IMPLAUSIBLE unless p and c are finite and >= 0, p <= range_x × max(gpu_max_w[s], 1)
+    (numpy's maximum) and t_s <= future_limit_s; else SERVER_TAKEN, and then
+    out_server_power_w[s] = p × gpus[s], out_server_cap_w[s] = c where gpus[s] > 0 else 0,
+    out_server_t_s[s] = max(out_server_t_s[s], t_s) (numpy's maximum). A server listed twice
+    keeps its last good reading, as numpy's fancy assignment does.
+
+    Units: server (M,) index; gpu_power_w, enforced_cap_w (M,) W per GPU; t_s, future_limit_s
+    s; range_x 1; has_agent (S,) bool; gpu_max_w (S,) W per GPU; gpus (S,) GPUs;
+    out_server_power_w (S,) W; out_server_cap_w (S,) W per GPU; out_server_t_s (S,) s;
+    out_code (M,) code.
+    """
+    n = has_agent.shape[0]
+    for j in range(server.shape[0]):
+        s = server[j]
+        if s < 0 or s >= n or not has_agent[s]:
+            out_code[j] = SERVER_UNBOUND
+            continue
+        p = gpu_power_w[j]
+        c = enforced_cap_w[j]
+        gmax = gpu_max_w[s]
+        gmax = gmax if (gmax > 1.0 or gmax != gmax) else 1.0
+        if not (math.isfinite(p) and math.isfinite(c) and p >= 0.0 and c >= 0.0
+                and p <= range_x * gmax and t_s <= future_limit_s):
+            out_code[j] = SERVER_IMPLAUSIBLE
+            continue
+        g = gpus[s]
+        out_server_power_w[s] = p * g
+        out_server_cap_w[s] = c if g > 0.0 else 0.0
+        prev = out_server_t_s[s]
+        out_server_t_s[s] = prev if (prev > t_s or prev != prev) else t_s
+        out_code[j] = SERVER_TAKEN

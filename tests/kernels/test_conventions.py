@@ -45,6 +45,7 @@ REFERENCE_OF = {
     "_worst_server_power_into": "worst_server_power",
     "_psu_on_into": "psu_on",
     "_guard_servers_into": "guard_servers",
+    "_screen_servers_into": "screen_servers",
     "_unknown_since_into": "unknown_since",
 }
 

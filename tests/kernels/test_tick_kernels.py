@@ -605,3 +605,60 @@ def test_guard_servers_is_the_numpy_code_it_replaces(seed):
                                       other, gpus, top)
         for r, g in zip(ref, got, strict=True):
             np.testing.assert_array_equal(r, g)
+
+
+# ------------------------------------------------------------------------ agent screening
+def _numpy_ingest_servers(idx, p, c, t, now_plus_tol, range_x, has_agent, gpu_max_w,
+                          server_gpus, power_w, cap_w, time_s):
+    """TelemetryStore.ingest_servers before the kernel (``_server_bounds`` and
+    ``_take_servers`` inlined), verbatim but for the names; returns the store's arrays and
+    the accepted mask."""
+    power_w, cap_w, time_s = power_w.copy(), cap_w.copy(), time_s.copy()
+    inside = (idx >= 0) & (idx < has_agent.size)
+    bound = inside.copy()
+    bound[inside] = has_agent[idx[inside]]
+    gmax = np.ones(idx.size)
+    gmax[inside] = np.maximum(gpu_max_w[idx[inside]], 1.0)
+    with np.errstate(invalid="ignore"):
+        good = bound & np.isfinite(p) & np.isfinite(c) & (p >= 0) & (c >= 0) & (
+            p <= range_x * gmax) & (t <= now_plus_tol)
+    gpus = server_gpus[idx[good]]
+    s = idx[good]
+    power_w[s] = p[good] * gpus
+    cap_w[s] = np.where(gpus > 0, c[good], 0.0)
+    time_s[s] = np.maximum(time_s[s], t)
+    return power_w, cap_w, time_s, good, bound
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_screen_servers_is_the_numpy_code_it_replaces(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 50))
+    has_agent = rng.random(n) < 0.8
+    server_gpus = rng.choice([0, 4, 8], n).astype(np.int64)
+    gpu_max = rng.choice([0.0, 0.5, 400.0, 700.0], n)
+    m = int(rng.integers(0, n + 1))
+    idx = rng.permutation(np.arange(-2, n + 3))[:m].astype(np.int64)   # distinct, some outside
+    p = rng.uniform(-50.0, 1500.0, m)
+    p[rng.random(m) < 0.1] = np.nan
+    p[rng.random(m) < 0.05] = np.inf
+    c = rng.uniform(-10.0, 800.0, m)
+    c[rng.random(m) < 0.1] = np.nan
+    power, cap = np.full(n, np.nan), np.full(n, np.nan)
+    times = np.where(rng.random(n) < 0.5, -np.inf, rng.uniform(0.0, 20.0, n))
+    t = float(rng.choice([10.0, 30.0]))
+    limit, range_x = 25.0, 1.5
+    want = _numpy_ingest_servers(idx, p, c, t, limit, range_x, has_agent, gpu_max, server_gpus,
+                                 power, cap, times)
+    got = (power.copy(), cap.copy(), times.copy())
+    code = np.full(m, 9, np.int8)
+    tick._screen_servers_into(idx, p, c, t, limit, range_x, has_agent, gpu_max,
+                              server_gpus.astype(np.float64), *got, code)
+    for g, w in zip(got, want[:3], strict=True):
+        _bits_equal(g, w)
+    np.testing.assert_array_equal(code == tick.SERVER_TAKEN, want[3])
+    np.testing.assert_array_equal(code == tick.SERVER_UNBOUND, ~want[4])
+    ref = reference.screen_servers(idx, p, c, t, limit, range_x, has_agent, gpu_max,
+                                   server_gpus.astype(np.float64), power, cap, times)
+    for r, g in zip(ref, (*got, code), strict=True):
+        np.testing.assert_array_equal(r, g)
