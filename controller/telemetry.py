@@ -273,15 +273,7 @@ class TelemetryStore:
                              self._gpus, self.server_power_w, self.server_cap_w,
                              self.server_t_s, code)
         good = code == SERVER_TAKEN
-        if not good.all():
-            for j in np.flatnonzero(~good):
-                reason = "unbound_server" if code[j] == SERVER_UNBOUND else "implausible_agent"
-                self._reject(reason, int(idx[j]), Quality.IMPLAUSIBLE, kind="server")
-        self.accepted += int(np.count_nonzero(good))
-        if self._faults:
-            for n in idx[good]:
-                if ("server", int(n)) in self._faults:
-                    self._clear_fault("server", int(n))
+        self._count_servers(idx, good, code != SERVER_UNBOUND)
         return good
 
     def _server_bounds(self, idx: npt.NDArray[np.int64]) -> tuple[
@@ -300,19 +292,26 @@ class TelemetryStore:
                       cap_w: npt.ArrayLike, t_s: npt.ArrayLike) -> npt.NDArray[np.bool_]:
         """Reject the readings not ``good`` (counted, by reason), store the good ones'
         server power and cap (W) and time, and clear their faults; returns ``good``."""
-        for j in np.flatnonzero(~good):
-            reason = "unbound_server" if not bound[j] else "implausible_agent"
-            self._reject(reason, int(idx[j]), Quality.IMPLAUSIBLE, kind="server")
         s = idx[good]
         self.server_power_w[s] = power_w
         self.server_cap_w[s] = cap_w
         self.server_t_s[s] = np.maximum(self.server_t_s[s], t_s)
-        self.accepted += int(good.sum())
+        self._count_servers(idx, good, bound)
+        return good
+
+    def _count_servers(self, idx: npt.NDArray[np.int64], good: npt.NDArray[np.bool_],
+                       bound: npt.NDArray[np.bool_]) -> None:
+        """After agent readings were screened (and the good ones stored): the others rejected
+        by reason (unbound, else implausible), the good ones counted and their faults
+        cleared."""
+        for j in np.flatnonzero(~good):
+            reason = "unbound_server" if not bound[j] else "implausible_agent"
+            self._reject(reason, int(idx[j]), Quality.IMPLAUSIBLE, kind="server")
+        self.accepted += int(np.count_nonzero(good))
         if self._faults:
-            for n in s:
+            for n in idx[good]:
                 if ("server", int(n)) in self._faults:
                     self._clear_fault("server", int(n))
-        return good
 
     def ingest_server_rows(self, servers: Sequence[int] | npt.NDArray[np.integer],
                            gpu_power_w: npt.ArrayLike, enforced_cap_w: npt.ArrayLike,

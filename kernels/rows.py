@@ -57,23 +57,21 @@ def row_sum(a: npt.ArrayLike) -> npt.NDArray[Any]:
     return out
 
 
+def _row_logical(arr: npt.NDArray[Any], combine: np.ufunc, start: bool,
+                 name: str) -> npt.NDArray[np.bool_]:
+    if arr.dtype != np.bool_:
+        raise ValueError(f"{name} needs a boolean array, got {arr.dtype}")
+    out = np.full(arr.shape[0], start, np.bool_)
+    for j in range(arr.shape[1]):
+        combine(out, arr[:, j], out=out)
+    return out
+
+
 def row_any(a: npt.ArrayLike) -> npt.NDArray[np.bool_]:
     """``a.any(axis=1)`` of a boolean array."""
-    arr = _columns(a)
-    if arr.dtype != np.bool_:
-        raise ValueError(f"row_any needs a boolean array, got {arr.dtype}")
-    out = np.zeros(arr.shape[0], np.bool_)
-    for j in range(arr.shape[1]):
-        np.logical_or(out, arr[:, j], out=out)
-    return out
+    return _row_logical(_columns(a), np.logical_or, False, "row_any")
 
 
 def row_all(a: npt.ArrayLike) -> npt.NDArray[np.bool_]:
     """``a.all(axis=1)`` of a boolean array."""
-    arr = _columns(a)
-    if arr.dtype != np.bool_:
-        raise ValueError(f"row_all needs a boolean array, got {arr.dtype}")
-    out = np.ones(arr.shape[0], np.bool_)
-    for j in range(arr.shape[1]):
-        np.logical_and(out, arr[:, j], out=out)
-    return out
+    return _row_logical(_columns(a), np.logical_and, True, "row_all")
