@@ -749,7 +749,9 @@ class Service:
                 break
             await asyncio.sleep(0.05)
         next_s = self.clock()
-        while True:
+        # ends on ``_stop`` as well as on the cancellation: the tick awaits MQTT publishes, and
+        # on Python 3.11 the wait_for inside aiomqtt's publish can swallow a cancellation
+        while not self._stop.is_set():
             t0 = time.perf_counter()
             try:
                 await self.tick()

@@ -389,6 +389,8 @@ class MqttLink(StatefulLink):
         self._failed = asyncio.Event()
         self._init_state()
         self._runner: asyncio.Task[None] | None = None
+        #: set by :meth:`aclose`; the connection loop stops on it as well as on the cancellation
+        self._closing = False
 
     # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -425,6 +427,7 @@ class MqttLink(StatefulLink):
         runner, self._runner = self._runner, None
         try:
             await self._settle(runner)
+            self._closing = True        # after the connect phase: the goodbye still goes out
             if self._state is LinkState.CONNECTED and self._client is not None:
                 if self._on_close is not None:
                     await self._on_close()
@@ -435,6 +438,7 @@ class MqttLink(StatefulLink):
                                                        dumps(self._status.offline()), qos=1,
                                                        retain=True)
         finally:
+            self._closing = True
             failure = await stop_task(runner)
             # aiomqtt 2.5 starts its housekeeping task from paho's socket-open callback through
             # call_soon_threadsafe; a socket the broker closes at once (a refused login) can
@@ -497,9 +501,14 @@ class MqttLink(StatefulLink):
 
     # -- the connection loop -----------------------------------------------------------------
     async def _run(self) -> None:
+        # The loop ends on ``_closing`` as well as on the cancellation. On Python 3.11 the
+        # ``asyncio.wait_for`` inside aiomqtt's connect and subscribe swallows a cancellation
+        # that lands as the awaited answer arrives, and a disconnect whose acknowledgement times
+        # out raises an MqttError that replaces it: either way the loop would connect again and
+        # wait for messages with nobody left to cancel it.
         client = self._client
         assert client is not None
-        while True:
+        while not self._closing:
             self._set_state(LinkState.CONNECTING)
             connected = False
             try:
@@ -507,6 +516,8 @@ class MqttLink(StatefulLink):
                     self._session_up = True
                     try:
                         await self._connect_phase(client)
+                        if self._closing:
+                            return
                         connected = True
                         self.last_error = None
                         self.counters.connects += 1
@@ -526,6 +537,8 @@ class MqttLink(StatefulLink):
                 else:
                     self.counters.connect_failures += 1
                     self._faults.fault("connect", "cannot connect: %s", error.message)
+            if self._closing:
+                return
             self._set_state(LinkState.BACKOFF)
             await asyncio.sleep(self._backoff.next_s())
 

@@ -354,9 +354,13 @@ async def test_agents_of_powered_servers_must_send_valid_telemetry(tmp_path: Pat
                            "gpus": [{"index": k, "power_w": 100.0, "temp_c": 40.0,
                                      "limit_w": 300.0} for k in range(gpus)]}).encode()
 
+    stop = asyncio.Event()
+
     async def publish(client: aiomqtt.Client) -> None:
+        # ends on ``stop`` too: on Python 3.11 the wait_for inside aiomqtt's publish swallows a
+        # cancellation that lands as the publish completes (a CI run hung here for 120 s)
         seq = 0
-        while True:
+        while not stop.is_set():
             seq += 1
             for k in range(1, 5):
                 server = f"RIG-S0{k}"
@@ -373,6 +377,7 @@ async def test_agents_of_powered_servers_must_send_valid_telemetry(tmp_path: Pat
             report = await probe(config, topo, bindings, timeout_s=3.0,
                                  mqtt_url=mqtt_broker.url)
         finally:
+            stop.set()
             publisher.cancel()
             await asyncio.gather(publisher, return_exceptions=True)
     assert all(d.ok for d in report.devices), [d.problems for d in report.devices]

@@ -26,6 +26,7 @@ from controller.core import Mode
 from controller.service import Service, ServiceOptions
 from controller.topology import compile_hall
 from drivers import DeviceUnreachable
+from tests.serve_helpers import rig_on_free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -193,3 +194,36 @@ async def test_a_queued_switch_on_is_not_sent_once_the_controller_is_safe(
     (result,) = _records(tmp_path / "audit.jsonl", "result")
     assert not result["ok"] and "SAFE" in result["detail"]
     audit.close()
+
+
+async def test_a_stop_ends_the_control_loop_even_if_a_tick_swallowed_the_cancellation(
+        tmp_path: Path) -> None:
+    """The tick awaits MQTT publishes, and on Python 3.11 the wait_for inside aiomqtt's publish
+    returns normally when the cancellation lands as the publish completes: the control loop
+    must still end on the stop (it used to tick on, and the service never stopped)."""
+    config_path, _pdu_port, _meter_port = rig_on_free_ports(tmp_path)
+    config = load_hall_config(config_path)
+    svc = Service(config, compile_hall(config), ServiceOptions(
+        mqtt_url=None, http_port=0, metrics_port=None, audit_path=tmp_path / "audit.jsonl",
+        token="switching-test-T0ken", startup_wait_s=0.0, fsync=False))
+    ticks: list[float] = []
+    swallowed: list[bool] = []
+
+    async def tick() -> None:
+        ticks.append(time.monotonic())
+        if swallowed:
+            return
+        try:
+            await asyncio.sleep(0.5)
+        except asyncio.CancelledError:
+            swallowed.append(True)          # as that wait_for does: the tick carries on
+
+    svc.tick = tick                                               # type: ignore[method-assign]
+    runner = asyncio.create_task(svc.run())
+    await _until(lambda: len(ticks) >= 1)
+    svc.stop()
+    await asyncio.wait_for(runner, timeout=10)
+    assert swallowed == [True]
+    stopped = time.monotonic()
+    await asyncio.sleep(2 * svc.settings.tick_s)
+    assert not [t for t in ticks if t > stopped]

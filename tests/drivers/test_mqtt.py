@@ -18,11 +18,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
+import aiomqtt
 import pytest
 
 from drivers import LinkState
 from drivers.errors import DeviceTimeout, DriverConfigError, NotConnected
-from drivers.mqtt import MqttConfig, MqttLink, StatusSpec, Subscription, TlsConfig, topic_matches
+from drivers.mqtt import (
+    MqttConfig,
+    MqttLink,
+    StatusSpec,
+    Subscription,
+    TlsConfig,
+    aiomqtt_client,
+    topic_matches,
+)
 from drivers.payloads import AgentTelemetry, ControllerStatus, GpuTelemetry, Payload, dumps
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -265,6 +274,60 @@ async def test_close_waits_for_a_stuck_connect_a_bounded_time(mqtt_broker: Any,
         t0 = time.monotonic()
     assert 0.35 <= time.monotonic() - t0 < 3.0
     assert link.state is LinkState.CLOSED and closed == []     # never connected: no goodbye
+
+
+async def test_close_stops_a_link_whose_connect_swallowed_the_cancellation(
+        mqtt_broker: Any) -> None:
+    """On Python 3.11 the ``asyncio.wait_for`` inside aiomqtt's connect and subscribe returns
+    normally when the cancellation lands as the answer arrives. The close must stop the link
+    anyway: it used to carry on into the message wait, and nobody was left to cancel it."""
+    entered = asyncio.Event()
+    swallowed: list[bool] = []
+
+    async def on_connect() -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            swallowed.append(True)          # as that wait_for does: the connect goes on
+
+    cfg = replace(config_for(mqtt_broker), connect_timeout_s=0.2, publish_timeout_s=0.2)
+    link = MqttLink(cfg, on_connect=on_connect)
+    async with asyncio.timeout(10):
+        async with link:
+            await entered.wait()
+    assert swallowed == [True]
+    assert link.state is LinkState.CLOSED and link.counters.connects == 0
+
+
+class _DisconnectAckTimesOut(aiomqtt.Client):
+    """aiomqtt's ``__aexit__`` raises ``MqttError("Operation timed out")`` when the broker's
+    side of the disconnect does not come within the client's timeout: here the first time only,
+    so that a link that failed the test can still be stopped by the next cancellation."""
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await super().__aexit__(*exc)
+        if not getattr(self, "raised", False):
+            self.raised = True
+            raise aiomqtt.MqttError("Operation timed out")
+
+
+async def test_close_stops_a_link_whose_disconnect_raised_instead_of_the_cancellation(
+        mqtt_broker: Any) -> None:
+    """A disconnect that fails while the link is being stopped replaces the cancellation with
+    an MqttError: the link must stop, not take it for a lost connection and connect again."""
+
+    def factory(config: MqttConfig, will: aiomqtt.Will | None, queue: Any) -> aiomqtt.Client:
+        client = aiomqtt_client(config, will, queue)
+        client.__class__ = _DisconnectAckTimesOut
+        return client
+
+    link = MqttLink(config_for(mqtt_broker), client_factory=factory)
+    async with asyncio.timeout(10):
+        async with link:
+            await link.wait_connected(5.0)
+    assert link.state is LinkState.CLOSED
+    assert link.counters.connects == 1 and link.counters.disconnects == 1
 
 
 async def test_on_close_runs_while_connected_then_the_status_goes_offline(
