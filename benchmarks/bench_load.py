@@ -3,7 +3,7 @@
     python benchmarks/bench_load.py [--config configs/hall-32k.toml] [--duration-s 600]
                                     [--sample-s 5] [--warmup-s 60] [--mqtt URL]
                                     [--port-offset N] [--no-ramp] [--profile [service|both]]
-                                    [--out PATH]
+                                    [--freeze-sim-at-s T] [--out PATH]
 
 Starts two processes as an operator would: ``rampguard sim serve CONFIG --mqtt URL`` (the
 plant behind every Modbus meter and switched PDU of the config, and its simulated node agents
@@ -31,6 +31,12 @@ process's CPU as a share of one core over the measured span, the machine's load 
 and dropped readings, and the MQTT messages published against received. Progress goes to
 stderr. ``targets`` says whether the tick p99 is within the tick period and the memory slope
 after the warm-up is under ``MEMORY_SLOPE_LIMIT_MB_PER_MIN``.
+
+``--freeze-sim-at-s T`` stops the simulator with SIGSTOP ``T`` seconds into the sampling and
+lets it go on (SIGCONT) only to stop it at the end: the whole plant hangs, as a hall's gateways
+and agents would behind a dead switch. Its Modbus connections stay open and answer nothing, so
+every poll times out, and the agents fall silent: the service goes SAFE, and the run measures
+what it costs in that state (CPU, memory over time, tick durations).
 
 The config is copied with its Modbus ports moved by ``--port-offset`` (default: the first
 multiple of 1,000 at which every port is free, 0 when the config's own are) and its agents' topic
@@ -342,7 +348,7 @@ def run(config: Path, *, duration_s: float = 600.0, sample_s: float = 5.0,
         warmup_s: float = 60.0, mqtt_url: str = "mqtt://127.0.0.1:1883",
         port_offset: int | None = None, ramp: bool = True,
         ready_timeout_s: float = 600.0, workdir: Path | None = None,
-        profile: str | None = None) -> dict[str, Any]:
+        profile: str | None = None, freeze_sim_at_s: float | None = None) -> dict[str, Any]:
     """Run the benchmark (see the module docstring); returns the report. ``profile``
     ("service" or "both"): those processes run under cProfile and write ``service.prof`` (and
     ``sim.prof``) in the work directory when they stop (the figures are then not
@@ -391,12 +397,14 @@ def run(config: Path, *, duration_s: float = 600.0, sample_s: float = 5.0,
             progress(f"ramp started: {answer}")
         report = _sample(sim, service, api, ready.get("metrics"), token, duration_s=duration_s,
                          sample_s=sample_s, warmup_s=warmup_s, tick_s=tick_s,
-                         service_log=tmp / "service.err")
+                         service_log=tmp / "service.err", freeze_sim_at_s=freeze_sim_at_s)
         report["service_ready_s"] = round(service_ready_s, 1)
     finally:
         stops = {}
         if service is not None:
             stops["service"] = service.stop()
+        if freeze_sim_at_s is not None and sim.popen.poll() is None:
+            sim.popen.send_signal(signal.SIGCONT)     # a stopped process cannot take SIGTERM
         stops["sim"] = sim.stop()
     report["stop"] = stops
     report["service_log"] = _log_counts(tmp / "service.err")
@@ -436,7 +444,8 @@ class TickLog:
 
 def _sample(sim: Proc, service: Proc, api: str, metrics_url: str | None, token: str, *,
             duration_s: float, sample_s: float, warmup_s: float,
-            tick_s: float, service_log: Path) -> dict[str, Any]:
+            tick_s: float, service_log: Path,
+            freeze_sim_at_s: float | None = None) -> dict[str, Any]:
     ticks: dict[int, float] = {}
     phases: dict[str, dict[int, float]] = {}    # phase -> tick -> s (metrics.TICK_PHASES)
     tick_log = TickLog(service_log)
@@ -449,9 +458,14 @@ def _sample(sim: Proc, service: Proc, api: str, metrics_url: str | None, token: 
     warm_tick_from: int | None = None
     steady_from_s: float | None = None
     status: dict[str, Any] = {}
+    frozen_at_s: float | None = None
     next_s = t_start
     while True:
         now = time.monotonic() - t_start
+        if freeze_sim_at_s is not None and frozen_at_s is None and now >= freeze_sim_at_s:
+            sim.popen.send_signal(signal.SIGSTOP)
+            frozen_at_s = round(now, 2)
+            progress(f"t={now:5.0f} s simulator stopped (SIGSTOP): the plant hangs")
         s: dict[str, Any] = {"t_s": round(now, 2),
                              "service_rss_mb": rss_mb(service.pid), "sim_rss_mb": rss_mb(sim.pid),
                              "service_cpu_s": cpu_s(service.pid), "sim_cpu_s": cpu_s(sim.pid),
@@ -554,7 +568,7 @@ def _sample(sim: Proc, service: Proc, api: str, metrics_url: str | None, token: 
         "mode_last": last.get("mode"), "modes_seen": sorted({x["mode"] for x in samples
                                                               if "mode" in x}),
         "energized_last": last.get("energized"), "steady_from_s": steady_from_s,
-        "failed_samples": failed_samples,
+        "failed_samples": failed_samples, "sim_frozen_at_s": frozen_at_s,
         "targets": {"tick_p99_within_period": p99 is not None and p99 <= tick_s * 1e3,
                     "memory_slope_limit_mb_per_min": MEMORY_SLOPE_LIMIT_MB_PER_MIN,
                     "no_memory_growth": slope is not None
@@ -614,7 +628,9 @@ def summary(r: dict[str, Any]) -> str:
         f"stale readings after warm-up: {rd['stale_after_warmup']}; modbus {rd['modbus']}",
         f"mqtt at the service {rd['mqtt_received']}; sim {rd['sim']}",
         f"mode {r['mode_last']}, energized {r['energized_last']}, steady from "
-        f"{r['steady_from_s']} s; targets {r['targets']}",
+        f"{r['steady_from_s']} s; targets {r['targets']}"
+        + ("" if r.get("sim_frozen_at_s") is None
+           else f"; simulator stopped (SIGSTOP) at {r['sim_frozen_at_s']} s"),
     ])
 
 
@@ -632,6 +648,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    default=None,
                    help="run the service (or both processes: the default) under cProfile "
                         "(.prof files in the work directory)")
+    p.add_argument("--freeze-sim-at-s", type=float, default=None, metavar="T",
+                   help="SIGSTOP the simulator T s into the sampling: the plant hangs (every "
+                        "poll times out, the agents fall silent); use a --warmup-s past T to "
+                        "measure the service in that state")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load.json")
     args = p.parse_args(argv)
     for name in ("duration_s", "sample_s", "ready_timeout_s"):
@@ -643,13 +663,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (math.isfinite(args.warmup_s) and args.warmup_s >= 0):
         print(f"bench_load: --warmup-s must be >= 0, got {args.warmup_s}", file=sys.stderr)
         return 2
+    if args.freeze_sim_at_s is not None and not (math.isfinite(args.freeze_sim_at_s)
+                                                 and args.freeze_sim_at_s >= 0):
+        print(f"bench_load: --freeze-sim-at-s must be >= 0, got {args.freeze_sim_at_s}",
+              file=sys.stderr)
+        return 2
     if not args.config.is_file():
         print(f"bench_load: no config at {args.config}", file=sys.stderr)
         return 2
     report = run(args.config, duration_s=args.duration_s, sample_s=args.sample_s,
                  warmup_s=args.warmup_s, mqtt_url=args.mqtt, port_offset=args.port_offset,
                  ramp=not args.no_ramp, ready_timeout_s=args.ready_timeout_s,
-                 profile=args.profile)
+                 profile=args.profile, freeze_sim_at_s=args.freeze_sim_at_s)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(summary(report))
