@@ -3,7 +3,7 @@
     python benchmarks/bench_load.py [--config configs/hall-32k.toml] [--duration-s 600]
                                     [--sample-s 5] [--warmup-s 60] [--mqtt URL]
                                     [--port-offset N] [--no-ramp] [--profile [service|both]]
-                                    [--freeze-sim-at-s T] [--out PATH]
+                                    [--freeze-sim-at-s T [--sim-run-share F]] [--out PATH]
 
 Starts two processes as an operator would: ``rampguard sim serve CONFIG --mqtt URL`` (the
 plant behind every Modbus meter and switched PDU of the config, and its simulated node agents
@@ -36,7 +36,10 @@ after the warm-up is under ``MEMORY_SLOPE_LIMIT_MB_PER_MIN``.
 lets it go on (SIGCONT) only to stop it at the end: the whole plant hangs, as a hall's gateways
 and agents would behind a dead switch. Its Modbus connections stay open and answer nothing, so
 every poll times out, and the agents fall silent: the service goes SAFE, and the run measures
-what it costs in that state (CPU, memory over time, tick durations).
+what it costs in that state (CPU, memory over time, tick durations). With ``--sim-run-share F``
+(0 < F < 1) the simulator is not stopped for good but runs F of every second from then on
+(SIGCONT, SIGSTOP): a plant that keeps answering, late, and falls behind real time, as the
+simulator itself does on a machine too small for the hall.
 
 The config is copied with its Modbus ports moved by ``--port-offset`` (default: the first
 multiple of 1,000 at which every port is free, 0 when the config's own are) and its agents' topic
@@ -348,7 +351,8 @@ def run(config: Path, *, duration_s: float = 600.0, sample_s: float = 5.0,
         warmup_s: float = 60.0, mqtt_url: str = "mqtt://127.0.0.1:1883",
         port_offset: int | None = None, ramp: bool = True,
         ready_timeout_s: float = 600.0, workdir: Path | None = None,
-        profile: str | None = None, freeze_sim_at_s: float | None = None) -> dict[str, Any]:
+        profile: str | None = None, freeze_sim_at_s: float | None = None,
+        sim_run_share: float = 0.0) -> dict[str, Any]:
     """Run the benchmark (see the module docstring); returns the report. ``profile``
     ("service" or "both"): those processes run under cProfile and write ``service.prof`` (and
     ``sim.prof``) in the work directory when they stop (the figures are then not
@@ -374,6 +378,7 @@ def run(config: Path, *, duration_s: float = 600.0, sample_s: float = 5.0,
     sim = start("sim serve", ["sim", "serve", str(cfg), "--mqtt", mqtt_url, "--stats-s", "5"],
                 tmp / "sim.err", env, tmp / "sim.prof" if profile == "both" else None)
     service: Proc | None = None
+    throttle = SimThrottle(sim.pid, sim_run_share) if freeze_sim_at_s is not None else None
     try:
         serving = sim.wait_line(lambda x: x.get("event") == "serving", ready_timeout_s,
                                 tmp / "sim.err")
@@ -397,20 +402,58 @@ def run(config: Path, *, duration_s: float = 600.0, sample_s: float = 5.0,
             progress(f"ramp started: {answer}")
         report = _sample(sim, service, api, ready.get("metrics"), token, duration_s=duration_s,
                          sample_s=sample_s, warmup_s=warmup_s, tick_s=tick_s,
-                         service_log=tmp / "service.err", freeze_sim_at_s=freeze_sim_at_s)
+                         service_log=tmp / "service.err", freeze_sim_at_s=freeze_sim_at_s,
+                         throttle=throttle)
         report["service_ready_s"] = round(service_ready_s, 1)
     finally:
         stops = {}
         if service is not None:
             stops["service"] = service.stop()
-        if freeze_sim_at_s is not None and sim.popen.poll() is None:
-            sim.popen.send_signal(signal.SIGCONT)     # a stopped process cannot take SIGTERM
+        if throttle is not None and sim.popen.poll() is None:
+            throttle.release()                  # a stopped process cannot take SIGTERM
         stops["sim"] = sim.stop()
     report["stop"] = stops
     report["service_log"] = _log_counts(tmp / "service.err")
     report.update(config=str(config), port_offset=offset, agent_prefix=prefix, workdir=str(tmp),
                   mqtt=mqtt_url)
     return report
+
+
+class SimThrottle:
+    """The simulator stopped (SIGSTOP) from :meth:`start` on: for good (``share`` 0), or let
+    run ``share`` of every ``period_s`` (SIGCONT, then SIGSTOP again) by a thread."""
+
+    def __init__(self, pid: int, share: float, period_s: float = 1.0) -> None:
+        self.pid, self.share, self.period_s = pid, share, period_s
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _signal(self, sig: signal.Signals) -> None:
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            self._done.set()                # it exited: nothing left to throttle
+
+    def start(self) -> None:
+        self._signal(signal.SIGSTOP)
+        if self.share > 0:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="sim throttle")
+            self._thread.start()
+
+    def _run(self) -> None:
+        stopped_s = (1.0 - self.share) * self.period_s
+        while not self._done.wait(stopped_s):
+            self._signal(signal.SIGCONT)
+            if self._done.wait(self.share * self.period_s):
+                break
+            self._signal(signal.SIGSTOP)
+
+    def release(self) -> None:
+        """Let it run again, for good."""
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        self._signal(signal.SIGCONT)
 
 
 _TICK_LINE = re.compile(r"tick durations (\d+)-(\d+) \(ms\): ([\d. ]*)")
@@ -445,7 +488,8 @@ class TickLog:
 def _sample(sim: Proc, service: Proc, api: str, metrics_url: str | None, token: str, *,
             duration_s: float, sample_s: float, warmup_s: float,
             tick_s: float, service_log: Path,
-            freeze_sim_at_s: float | None = None) -> dict[str, Any]:
+            freeze_sim_at_s: float | None = None,
+            throttle: SimThrottle | None = None) -> dict[str, Any]:
     ticks: dict[int, float] = {}
     phases: dict[str, dict[int, float]] = {}    # phase -> tick -> s (metrics.TICK_PHASES)
     tick_log = TickLog(service_log)
@@ -462,10 +506,12 @@ def _sample(sim: Proc, service: Proc, api: str, metrics_url: str | None, token: 
     next_s = t_start
     while True:
         now = time.monotonic() - t_start
-        if freeze_sim_at_s is not None and frozen_at_s is None and now >= freeze_sim_at_s:
-            sim.popen.send_signal(signal.SIGSTOP)
+        if throttle is not None and frozen_at_s is None and now >= (freeze_sim_at_s or 0.0):
+            throttle.start()
             frozen_at_s = round(now, 2)
-            progress(f"t={now:5.0f} s simulator stopped (SIGSTOP): the plant hangs")
+            progress(f"t={now:5.0f} s simulator stopped (SIGSTOP): " + (
+                "the plant hangs" if throttle.share == 0 else
+                f"from now on it runs {throttle.share:.0%} of every second"))
         s: dict[str, Any] = {"t_s": round(now, 2),
                              "service_rss_mb": rss_mb(service.pid), "sim_rss_mb": rss_mb(sim.pid),
                              "service_cpu_s": cpu_s(service.pid), "sim_cpu_s": cpu_s(sim.pid),
@@ -569,6 +615,7 @@ def _sample(sim: Proc, service: Proc, api: str, metrics_url: str | None, token: 
                                                               if "mode" in x}),
         "energized_last": last.get("energized"), "steady_from_s": steady_from_s,
         "failed_samples": failed_samples, "sim_frozen_at_s": frozen_at_s,
+        "sim_run_share": None if throttle is None else throttle.share,
         "targets": {"tick_p99_within_period": p99 is not None and p99 <= tick_s * 1e3,
                     "memory_slope_limit_mb_per_min": MEMORY_SLOPE_LIMIT_MB_PER_MIN,
                     "no_memory_growth": slope is not None
@@ -630,7 +677,9 @@ def summary(r: dict[str, Any]) -> str:
         f"mode {r['mode_last']}, energized {r['energized_last']}, steady from "
         f"{r['steady_from_s']} s; targets {r['targets']}"
         + ("" if r.get("sim_frozen_at_s") is None
-           else f"; simulator stopped (SIGSTOP) at {r['sim_frozen_at_s']} s"),
+           else f"; simulator stopped (SIGSTOP) at {r['sim_frozen_at_s']} s"
+           + (f", then run {r['sim_run_share']:.0%} of every second"
+              if r.get("sim_run_share") else "")),
     ])
 
 
@@ -652,6 +701,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="SIGSTOP the simulator T s into the sampling: the plant hangs (every "
                         "poll times out, the agents fall silent); use a --warmup-s past T to "
                         "measure the service in that state")
+    p.add_argument("--sim-run-share", type=float, default=0.0, metavar="F",
+                   help="with --freeze-sim-at-s: let the simulator run F (0 < F < 1) of every "
+                        "second from T on instead of stopping it for good (a plant that lags)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load.json")
     args = p.parse_args(argv)
     for name in ("duration_s", "sample_s", "ready_timeout_s"):
@@ -668,13 +720,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench_load: --freeze-sim-at-s must be >= 0, got {args.freeze_sim_at_s}",
               file=sys.stderr)
         return 2
+    if not (math.isfinite(args.sim_run_share) and 0 <= args.sim_run_share < 1):
+        print(f"bench_load: --sim-run-share must be in [0, 1), got {args.sim_run_share}",
+              file=sys.stderr)
+        return 2
+    if args.sim_run_share and args.freeze_sim_at_s is None:
+        print("bench_load: --sim-run-share needs --freeze-sim-at-s", file=sys.stderr)
+        return 2
     if not args.config.is_file():
         print(f"bench_load: no config at {args.config}", file=sys.stderr)
         return 2
     report = run(args.config, duration_s=args.duration_s, sample_s=args.sample_s,
                  warmup_s=args.warmup_s, mqtt_url=args.mqtt, port_offset=args.port_offset,
                  ramp=not args.no_ramp, ready_timeout_s=args.ready_timeout_s,
-                 profile=args.profile, freeze_sim_at_s=args.freeze_sim_at_s)
+                 profile=args.profile, freeze_sim_at_s=args.freeze_sim_at_s,
+                 sim_run_share=args.sim_run_share)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(summary(report))

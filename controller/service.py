@@ -283,6 +283,8 @@ class Service:
         self._zone_t_s = np.full(len(topo.zone_id), -math.inf)
         # driver callbacks queue here: closures, or (device key, snapshot, arrival time)
         self._pending: list[Callable[[], object] | tuple[str, Snapshot, float]] = []
+        #: devices whose "lost" callback is in ``_pending`` with no snapshot of theirs after it
+        self._lost_queued: set[str] = set()
         self._plans: dict[str, _SnapshotPlan] = {}
         # node currents since the last tick, one array per snapshot: (nodes, (k, 3) A, time)
         self._batch: list[tuple[npt.NDArray[np.int64], F64, F64]] = []
@@ -330,7 +332,10 @@ class Service:
     def _on_snapshot(self, dev: ModbusDevice, snap: Snapshot) -> None:
         # when it arrived, on the controller's clock; applied at the next tick (_drain), or
         # before it once enough have come (_apply_early)
-        self._pending.append((dev.config.key, snap, self.clock()))
+        key = dev.config.key
+        self._pending.append((key, snap, self.clock()))
+        if self._lost_queued:
+            self._lost_queued.discard(key)      # a failed poll after this one is news again
         if len(self._pending) >= EARLY_APPLY_SNAPSHOTS and not self._early_due:
             self._early_due = True
             asyncio.get_running_loop().call_soon(self._apply_early)
@@ -365,7 +370,15 @@ class Service:
             self, "state", core.enter_safe(self.state, reason, self.clock())))
 
     def _on_error(self, dev: ModbusDevice, error: DriverError) -> None:
+        """A failed poll: the device's outlets are unknown from the next drain on. One callback
+        per device until it runs or a snapshot of the device comes after it: the callback only
+        marks the outlets unknown, so a second one before either would change nothing (a hall
+        whose gateways hang fails thousands of polls a second, and a slow tick would drain
+        tens of thousands of them)."""
         key = dev.config.key
+        if key in self._lost_queued:
+            return
+        self._lost_queued.add(key)
         self._pending.append(lambda: self._device_lost(key))
 
     def _snapshot_plan(self, key: str, snap: Snapshot) -> _SnapshotPlan:
@@ -505,6 +518,7 @@ class Service:
             self.store.ingest_nodes(idx[sel], i_a[sel], t_s[sel])
 
     def _device_lost(self, key: str) -> None:
+        self._lost_queued.discard(key)
         self._outlet_seen_s[self._outlets_of_device.get(key, [])] = -math.inf
 
     def _on_agent(self, server: int) -> Callable[[str, Any], None]:

@@ -20,6 +20,7 @@ from controller.core import DEAD_VOLTAGE_FRACTION
 from controller.service import EARLY_APPLY_SNAPSHOTS, Service, ServiceOptions
 from controller.topology import compile_hall
 from drivers import Snapshot
+from drivers.errors import DeviceTimeout
 from drivers.registers import Quality, builtin_layout
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -193,3 +194,42 @@ def test_agents_reporting_twice_before_a_tick_take_their_readings_in_order(
                                       err_msg=name)
     assert fast.store.counters() == slow.store.counters()
     assert np.isfinite(fast.store.server_t_s).sum() > len(bound) // 2
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_repeated_failed_polls_queue_one_callback_per_device_to_the_same_end(
+        hall: tuple[Any, Any], tmp_path: Path, seed: int) -> None:
+    """A hall whose gateways hang fails thousands of polls a second. A device's failures queue
+    one "lost" callback until it runs or a snapshot of that device comes after it, and each
+    drain ends where applying every failure and snapshot one by one ends."""
+    rng = random.Random(seed)
+    (tmp_path / "f").mkdir()
+    (tmp_path / "s").mkdir()
+    fast, slow = _service(hall, tmp_path / "f"), _service(hall, tmp_path / "s")
+    cfgs = [c for c in fast.bindings.modbus if c.outlets][:12]
+    assert len(cfgs) == 12
+    ends = set()
+    for _drain in range(4):
+        failures = snapshots = 0
+        for _ in range(400):
+            cfg = rng.choice(cfgs)
+            dev = types.SimpleNamespace(config=cfg)
+            if rng.random() < 0.8:
+                failures += 1
+                fast._on_error(dev, DeviceTimeout("no answer within 0.5 s"))  # type: ignore[arg-type]
+                slow._device_lost(cfg.key)
+            else:
+                snapshots += 1
+                snap = _snapshot(cfg, rng)
+                fast._on_snapshot(dev, snap)                       # type: ignore[arg-type]
+                _reference(slow, cfg.key, snap, 50.0, [])
+        callbacks = sum(not isinstance(item, tuple) for item in fast._pending)
+        # a callback needs a snapshot of its device before it, or none queued for it yet
+        assert callbacks <= snapshots + len(cfgs) < failures
+        fast._drain()
+        assert not fast._lost_queued
+        np.testing.assert_array_equal(fast._outlet_seen_s, slow._outlet_seen_s)
+        np.testing.assert_array_equal(fast._outlet_on, slow._outlet_on)
+        outlets = np.concatenate([fast._outlets_of_device[c.key] for c in cfgs])
+        ends.update(np.isneginf(fast._outlet_seen_s[outlets]).tolist())
+    assert ends == {True, False}         # drains that ended with devices lost and seen
