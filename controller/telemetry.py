@@ -36,6 +36,7 @@ import numpy.typing as npt
 
 from controller.model import ControllerSettings
 from controller.topology import Topology
+from drivers import LogBudget
 from kernels.rows import row_all
 from kernels.tick import (
     READING_ABSENT_POLE,
@@ -54,6 +55,12 @@ from kernels.tick import (
 )
 
 log = logging.getLogger(__name__)
+
+#: The store writes at most this many fault and clear lines per ``FAULT_LOG_WINDOW_S`` (wall
+#: time); one summary line per window counts the rest (``drivers.LogBudget``). Every rejection
+#: is still counted (``counters()``, the metrics) and every alarm is in the audit log.
+FAULT_LOG_LINES = 20
+FAULT_LOG_WINDOW_S = 10.0
 
 F64 = npt.NDArray[np.float64]
 
@@ -117,6 +124,10 @@ class TelemetryStore:
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
         self._faults: dict[tuple[str, int], str] = {}
+        #: the fault and clear lines, at most ``FAULT_LOG_LINES`` per ``FAULT_LOG_WINDOW_S``
+        #: (wall time): a plant that answers late makes thousands of sum checks flap per tick
+        self.log_budget = LogBudget(log, "telemetry store", lines=FAULT_LOG_LINES,
+                                    window_s=FAULT_LOG_WINDOW_S)
         # children of each node, for the sum check: metered nodes whose children are all metered
         parent = topo.parent_idx
         self._child_count = np.bincount(parent[parent >= 0], minlength=n)
@@ -346,6 +357,7 @@ class TelemetryStore:
     # ---------------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Recompute every quality at the current time (staleness, sums). Vectorized."""
+        self.log_budget.flush_due()
         now = self.clock()
         n = self.topo.n_nodes
         q = np.full(n, Quality.GOOD, dtype=np.int8)
@@ -401,14 +413,16 @@ class TelemetryStore:
         key = (kind, index)
         if self._faults.get(key) != reason:
             self._faults[key] = reason
-            log.warning("telemetry fault on %s %s: %s", kind, self._name(kind, index), reason)
-        else:
+            if self.log_budget.allow(reason):
+                log.warning("telemetry fault on %s %s: %s", kind, self._name(kind, index),
+                            reason)
+        elif log.isEnabledFor(logging.DEBUG):
             log.debug("telemetry fault repeats on %s %s: %s", kind, self._name(kind, index),
                       reason)
 
     def _clear_fault(self, kind: str, index: int) -> None:
         reason = self._faults.pop((kind, index), None)
-        if reason is not None:
+        if reason is not None and self.log_budget.allow(f"cleared {reason}"):
             log.info("telemetry fault cleared on %s %s (was %s)", kind,
                      self._name(kind, index), reason)
 

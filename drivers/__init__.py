@@ -28,7 +28,7 @@ Public API:
   :class:`Subscription`, :class:`StatusSpec`, :class:`MqttCounters`
 """
 
-from drivers._link import LinkState
+from drivers._link import LinkState, LogBudget
 from drivers.caps import AgentSpec, CapDecision, CapGate, CapResult, CapStats, make_ack
 from drivers.errors import (
     AuthenticationFailed,
@@ -140,6 +140,7 @@ __all__ = [
     "GpuTelemetry",
     "GpuUnavailable",
     "LinkState",
+    "LogBudget",
     "MeterSnapshot",
     "MeterTelemetry",
     "ModbusDevice",

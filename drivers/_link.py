@@ -1,11 +1,13 @@
 """What every connection shares: its state enum, capped exponential backoff with jitter, and a
-fault log that says a fault once at ERROR, its repeats at DEBUG, and its recovery at INFO."""
+fault log that says a fault once at ERROR, its repeats at DEBUG, and its recovery at INFO, within
+a line budget shared by many connections (a poller's devices)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -98,16 +100,76 @@ class Backoff:
         self.attempts = 0
 
 
+class LogBudget:
+    """At most ``lines`` fault and recovery lines per ``window_s``, shared by the
+    :class:`FaultLog` of many connections. Past that, lines are counted by what they said, and
+    one WARNING per window says how many were not written and of what kind.
+
+    A hall's thousands of devices fail together when a plant or its network is slow, and
+    recover, and fail again. One line each came to 3 million lines (441 MB) in 7 minutes, about
+    1 MB a second, from the service on the 32k hall behind a simulator that answered late
+    (``benchmarks/bench_load.py --freeze-sim-at-s 120 --sim-run-share 0.05``): a disk filled
+    within days. The counters (``/status``, the metrics) still count every fault.
+    """
+
+    def __init__(self, logger: logging.Logger, what: str, *, lines: int = 20,
+                 window_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._logger = logger
+        self._what = what
+        self.lines = lines
+        self.window_s = window_s
+        self._clock = clock
+        self._start_s = clock()
+        self._used = 0
+        self._held: dict[str, int] = {}
+
+    def allow(self, kind: str) -> bool:
+        """Whether a line of ``kind`` (``"timeout"``, ``"recovered from timeout"``) may be
+        written now; if not, it is counted for the window's summary."""
+        now = self._clock()
+        if now - self._start_s >= self.window_s:
+            self.flush(now)
+        if self._used < self.lines:
+            self._used += 1
+            return True
+        self._held[kind] = self._held.get(kind, 0) + 1
+        return False
+
+    def flush_due(self) -> None:
+        """The summary of a window that is over, without waiting for the next line."""
+        self.flush(self._clock())
+
+    def flush(self, now_s: float | None = None) -> None:
+        """Once the window is over (or with ``now_s`` None: at once): write the summary of
+        what was held back, if anything, and start a new window."""
+        now = self._clock() if now_s is None else now_s
+        if now_s is not None and now - self._start_s < self.window_s:
+            return
+        if self._held:
+            total = sum(self._held.values())
+            kinds = ", ".join(f"{k} {n:,}" for k, n in
+                              sorted(self._held.items(), key=lambda kv: (-kv[1], kv[0])))
+            self._logger.warning("%s: %s more fault and recovery line(s) in %.0f s not written "
+                                 "one by one (over %d per %g s): %s", self._what, f"{total:,}",
+                                 now - self._start_s, self.lines, self.window_s, kinds)
+            self._held = {}
+        self._start_s = now
+        self._used = 0
+
+
 class FaultLog:
     """Log a fault once at ERROR and its repeats at DEBUG until :meth:`recovered`.
 
     A fault is identified by a short key (``"connect"``, ``"timeout"``, ``"payload:schema"``);
-    a new key while another is active is a new fault (logged at ERROR once too).
+    a new key while another is active is a new fault (logged at ERROR once too). With a
+    ``budget``, the ERROR and INFO lines count against it (:class:`LogBudget`).
     """
 
-    def __init__(self, logger: logging.Logger, name: str) -> None:
+    def __init__(self, logger: logging.Logger, name: str,
+                 budget: LogBudget | None = None) -> None:
         self._logger = logger
         self._name = name
+        self._budget = budget
         self._active: dict[str, int] = {}
 
     @property
@@ -118,7 +180,8 @@ class FaultLog:
         count = self._active.get(key, 0)
         self._active[key] = count + 1
         level = logging.ERROR if count == 0 else logging.DEBUG
-        if self._logger.isEnabledFor(level):
+        if self._logger.isEnabledFor(level) and (
+                count or self._budget is None or self._budget.allow(key)):
             self._logger.log(level, "%s: " + message + " (%s)", self._name, *args,
                              "first occurrence" if count == 0 else f"repeat {count}")
 
@@ -127,7 +190,7 @@ class FaultLog:
         keys = list(self._active) if key is None else [key]
         for k in keys:
             count = self._active.pop(k, 0)
-            if count:
+            if count and (self._budget is None or self._budget.allow(f"recovered from {k}")):
                 self._logger.info("%s: recovered from %s after %d occurrence(s)",
                                   self._name, k, count)
 

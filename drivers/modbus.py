@@ -57,7 +57,7 @@ from pymodbus.pdu.register_message import (
     ReadInputRegistersResponse,
 )
 
-from drivers._link import Backoff, FaultLog, LinkState, StatefulLink, stop_task
+from drivers._link import Backoff, FaultLog, LinkState, LogBudget, StatefulLink, stop_task
 from drivers._modbus_tcp import ConnectionPool, LeanModbusClient
 from drivers.errors import (
     DecodeError,
@@ -114,6 +114,10 @@ _GUARD_S = 0.25
 #: gateway into a storm of reconnects (the 32k load run: 86,000 connects in 150 s). pymodbus's
 #: client is dropped at the first timeout, as before.
 TIMEOUTS_BEFORE_DROP = 3
+#: A poller's devices together write at most this many fault and recovery lines per
+#: ``LOG_WINDOW_S``; one summary line per window counts the rest (drivers._link.LogBudget).
+LOG_LINES = 20
+LOG_WINDOW_S = 10.0
 _PHASE_S = 0.02         # default poll slot: polls within one slot share event-loop wake-ups
 T = TypeVar("T")
 _EMPTY_LAYOUT = Layout((), ())
@@ -364,6 +368,7 @@ class ModbusDevice(StatefulLink):
         rng: random.Random | None = None,
         start_delay_s: float = 0.0,
         allowed_coils: CoilAllowlist | None = None,
+        log_budget: LogBudget | None = None,
     ) -> None:
         if config.port == 0:
             raise DriverConfigError("a device to connect to needs a port (not 0)",
@@ -379,7 +384,7 @@ class ModbusDevice(StatefulLink):
         self._timeouts_in_row = 0
         self._backoff = Backoff(config.backoff_initial_s, config.backoff_max_s,
                                 rng=rng or random.Random())  # noqa: S311 (jitter)
-        self._faults = FaultLog(_log, f"modbus {config.key} ({config.node_id})")
+        self._faults = FaultLog(_log, f"modbus {config.key} ({config.node_id})", log_budget)
         self._plan = config.read_plan()
         self._client: ModbusClient | None = None
         self._init_state()
@@ -863,11 +868,14 @@ class ModbusPoller:
         spread_s = min(period_s, 1.0)
         if client_factory is None:
             client_factory = shared_lean_clients()
+        #: the devices' fault and recovery lines, at most ``LOG_LINES`` per ``LOG_WINDOW_S``
+        self.log_budget = LogBudget(_log, f"modbus poller ({n} devices)", lines=LOG_LINES,
+                                    window_s=LOG_WINDOW_S)
         self.devices: dict[str, ModbusDevice] = {
             c.key: ModbusDevice(c, client_factory=client_factory, clock=clock,
                                 rng=random.Random(rng.random()),  # noqa: S311
                                 start_delay_s=spread_s * (k % self.phases) / self.phases,
-                                allowed_coils=allowed_coils)
+                                allowed_coils=allowed_coils, log_budget=self.log_budget)
             for k, c in enumerate(configs)
         }
         self.stats: dict[str, PollStats] = {k: PollStats() for k in self.devices}
@@ -896,6 +904,7 @@ class ModbusPoller:
         # busy while each one is stopped in turn
         results = await asyncio.gather(*(dev.aclose() for dev in self.devices.values()),
                                        return_exceptions=True)
+        self.log_budget.flush()              # what the last window held back
         failure = failure or next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None and exc is None:
             raise failure
@@ -969,6 +978,7 @@ class ModbusPoller:
                 self._record(dev, stats, t0, None, exc)
             else:
                 self._record(dev, stats, t0, snapshot, None)
+            self.log_budget.flush_due()
             now = self._clock()
             next_s += period
             if next_s <= now:   # overran: skip the missed ticks, keep the phase
@@ -996,6 +1006,7 @@ class ModbusPoller:
                 stats.polls += 1
                 in_flight[dev.key] = self._clock()
                 dev.start_read(sink)
+            self.log_budget.flush_due()
             now = self._clock()
             next_s += period
             if next_s <= now:   # the loop was late: skip the missed ticks, keep the phase

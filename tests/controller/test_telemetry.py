@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.model import ControllerSettings
-from controller.telemetry import Quality, TelemetryStore
+from controller.telemetry import FAULT_LOG_LINES, FAULT_LOG_WINDOW_S, Quality, TelemetryStore
 from controller.topology import Topology
+from drivers import LogBudget
 
 
 class Clock:
@@ -150,6 +151,34 @@ def test_fault_logged_once_then_cleared(rig: Topology, caplog: pytest.LogCapture
     assert len(warnings) == 1 and "RIG-A" in warnings[0].getMessage()
     assert len(infos) == 1 and "cleared" in infos[0].getMessage()
     assert store.counters()["not_finite"] == 50
+
+
+def test_fault_lines_of_many_nodes_are_bounded_then_summed_up(
+        demo: Topology, caplog: pytest.LogCaptureFixture) -> None:
+    """A plant answering late makes thousands of nodes fault and clear every tick: the store
+    writes ``FAULT_LOG_LINES`` lines per window and one summary of the rest; the counters
+    still count every rejection."""
+    clock = Clock()
+    nodes = list(range(60))
+    store = TelemetryStore(demo, ControllerSettings(), nodes, clock=clock)
+    wall = Clock()
+    store.log_budget = LogBudget(logging.getLogger("controller.telemetry"), "telemetry store",
+                                 lines=FAULT_LOG_LINES, window_s=FAULT_LOG_WINDOW_S, clock=wall)
+    with caplog.at_level(logging.INFO, logger="controller.telemetry"):
+        for node in nodes:
+            store.ingest_node(node, [-1.0, 0.0, 0.0])
+        for node in nodes:
+            store.ingest_node(node, [1.0, 1.0, 0.0])
+        assert store.counters()["negative"] == 60
+        lines = [r for r in caplog.records if r.name == "controller.telemetry"]
+        assert len(lines) == FAULT_LOG_LINES == 20
+        assert all("fault on node" in r.getMessage() for r in lines)
+        wall.t += FAULT_LOG_WINDOW_S
+        store.refresh()                          # each tick's refresh writes a due summary
+    summary = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+               and "not written one by one" in r.getMessage()]
+    assert summary == ["telemetry store: 100 more fault and recovery line(s) in 10 s not "
+                       "written one by one (over 20 per 10 s): cleared negative 60, negative 40"]
 
 
 @settings(max_examples=200, deadline=None)

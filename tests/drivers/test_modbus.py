@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +30,7 @@ from drivers.errors import (
     WriteNotConfirmed,
 )
 from drivers.modbus import (
+    LOG_LINES,
     TIMEOUTS_BEFORE_DROP,
     ModbusDevice,
     ModbusDeviceConfig,
@@ -472,3 +474,25 @@ async def test_poller_stops_when_a_read_swallows_its_cancellation(rig: Rig) -> N
         async with asyncio.timeout(5):
             await poller.__aexit__(None, None, None)
     assert swallowed, "the test never landed a cancellation inside a read"
+
+
+async def test_a_poller_of_many_unreachable_devices_writes_a_bounded_log(
+        unused_tcp_port: int, caplog: pytest.LogCaptureFixture) -> None:
+    """Thirty devices behind a port nobody listens on: the first ``LOG_LINES`` connect faults
+    are written, the rest counted in one summary when the poller stops."""
+    caplog.set_level(logging.INFO, logger="drivers.modbus")
+    configs = [replace(METER, node_id=f"METER-{k}", unit_id=k + 1, port=unused_tcp_port)
+               for k in range(30)]
+    async with ModbusPoller(configs, period_s=0.1) as poller:
+        await _until(lambda: all(d.counters.connect_failures >= 1
+                                 for d in poller.devices.values()))
+        assert poller.log_budget.lines == LOG_LINES == 20
+    records = [r for r in caplog.records if r.name == "drivers.modbus"]
+    errors = [r for r in records if r.levelno == logging.ERROR]
+    assert len(errors) == LOG_LINES
+    assert all("cannot connect" in r.getMessage() for r in errors)
+    summaries = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert len(summaries) == 1, summaries
+    assert re.fullmatch(r"modbus poller \(30 devices\): 10 more fault and recovery line\(s\) "
+                        r"in \d+ s not written one by one \(over 20 per 10 s\): connect 10",
+                        summaries[0]), summaries[0]
