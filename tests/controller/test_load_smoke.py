@@ -11,6 +11,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,36 @@ def test_load_harness_on_the_demo_hall(mqtt_broker: Any, tmp_path: Path) -> None
     assert "simulator stopped (SIGSTOP)" in run.stdout and "plant hangs" in run.stderr
     assert report["mode_last"] == "SAFE", report["modes_seen"]
     assert report["stop"]["sim"]["rc"] == 0 and not report["stop"]["sim"]["killed"]
+
+
+def test_the_simulator_throttle_stops_and_lets_go_of_a_process() -> None:
+    """``--sim-run-share``: the process is stopped and let run in turn; ``--freeze-sim-at-s``
+    alone (share 0): stopped for good; released at the end either way."""
+    bench = _bench_module()
+
+    def state(pid: int) -> str:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+
+    child = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.001)"])
+    try:
+        throttle = bench.SimThrottle(child.pid, 0.5, period_s=0.1)
+        throttle.start()
+        seen = set()
+        for _ in range(400):
+            seen.add(state(child.pid) == "T")
+            if seen == {True, False}:
+                break
+            time.sleep(0.005)
+        assert seen == {True, False}
+        throttle.release()
+        assert state(child.pid) != "T"
+        frozen = bench.SimThrottle(child.pid, 0.0)
+        frozen.start()
+        time.sleep(0.3)
+        assert state(child.pid) == "T"
+        frozen.release()
+        assert state(child.pid) != "T"
+    finally:
+        child.kill()
+        child.wait()
