@@ -247,8 +247,15 @@ async def test_ramps_the_rig_with_real_node_agent_processes(tmp_path: Path,
     records = _records(audit)
     caps = {r["seq"]: r for r in records
             if r.get("kind") == "intent" and r["action"]["type"] == "set_caps"}
-    acks = [r for r in records if r.get("kind") == "result" and r["action_id"] in caps]
-    assert acks and all(a["ok"] for a in acks)
+    results = [r for r in records if r.get("kind") == "result" and r["action_id"] in caps]
+    acks = [r for r in results if "server" in r["readback"]]        # the agents' answers
+    # what the service wrote itself: only a batch still queued when it was stopped, not sent
+    # (a tick's caps can be queued at that moment: seen once in CI, under load)
+    assert all(not r["ok"] and r.get("detail") == "not sent: the service stopped"
+               for r in results if "server" not in r["readback"]), [
+        (r["ok"], r.get("detail")) for r in results if "server" not in r["readback"]]
+    assert acks and all(a["ok"] for a in acks), [
+        (caps[a["action_id"]]["reason"], a.get("detail")) for a in acks if not a["ok"]]
     for a in acks:   # the agents read back exactly what was commanded
         assert a["readback"]["enforced_w"] == [caps[a["action_id"]]["action"]["cap_w"]] * 8
     assert {a["readback"]["server"] for a in acks} == {f"RIG-S0{k}" for k in range(1, 5)}
