@@ -378,7 +378,8 @@ def run(config: Path, *, duration_s: float = 600.0, sample_s: float = 5.0,
     sim = start("sim serve", ["sim", "serve", str(cfg), "--mqtt", mqtt_url, "--stats-s", "5"],
                 tmp / "sim.err", env, tmp / "sim.prof" if profile == "both" else None)
     service: Proc | None = None
-    throttle = SimThrottle(sim.pid, sim_run_share) if freeze_sim_at_s is not None else None
+    throttle = (SimThrottle(sim.pid, freeze_sim_at_s, sim_run_share)
+                if freeze_sim_at_s is not None else None)
     try:
         serving = sim.wait_line(lambda x: x.get("event") == "serving", ready_timeout_s,
                                 tmp / "sim.err")
@@ -402,8 +403,7 @@ def run(config: Path, *, duration_s: float = 600.0, sample_s: float = 5.0,
             progress(f"ramp started: {answer}")
         report = _sample(sim, service, api, ready.get("metrics"), token, duration_s=duration_s,
                          sample_s=sample_s, warmup_s=warmup_s, tick_s=tick_s,
-                         service_log=tmp / "service.err", freeze_sim_at_s=freeze_sim_at_s,
-                         throttle=throttle)
+                         service_log=tmp / "service.err", throttle=throttle)
         report["service_ready_s"] = round(service_ready_s, 1)
     finally:
         stops = {}
@@ -420,11 +420,12 @@ def run(config: Path, *, duration_s: float = 600.0, sample_s: float = 5.0,
 
 
 class SimThrottle:
-    """The simulator stopped (SIGSTOP) from :meth:`start` on: for good (``share`` 0), or let
-    run ``share`` of every ``period_s`` (SIGCONT, then SIGSTOP again) by a thread."""
+    """The simulator stopped (SIGSTOP) from :meth:`start` on (the sampling calls it ``at_s``
+    into the run): for good (``share`` 0), or let run ``share`` of every ``period_s`` (SIGCONT,
+    then SIGSTOP again) by a thread."""
 
-    def __init__(self, pid: int, share: float, period_s: float = 1.0) -> None:
-        self.pid, self.share, self.period_s = pid, share, period_s
+    def __init__(self, pid: int, at_s: float, share: float, period_s: float = 1.0) -> None:
+        self.pid, self.at_s, self.share, self.period_s = pid, at_s, share, period_s
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -488,7 +489,6 @@ class TickLog:
 def _sample(sim: Proc, service: Proc, api: str, metrics_url: str | None, token: str, *,
             duration_s: float, sample_s: float, warmup_s: float,
             tick_s: float, service_log: Path,
-            freeze_sim_at_s: float | None = None,
             throttle: SimThrottle | None = None) -> dict[str, Any]:
     ticks: dict[int, float] = {}
     phases: dict[str, dict[int, float]] = {}    # phase -> tick -> s (metrics.TICK_PHASES)
@@ -506,7 +506,7 @@ def _sample(sim: Proc, service: Proc, api: str, metrics_url: str | None, token: 
     next_s = t_start
     while True:
         now = time.monotonic() - t_start
-        if throttle is not None and frozen_at_s is None and now >= (freeze_sim_at_s or 0.0):
+        if throttle is not None and frozen_at_s is None and now >= throttle.at_s:
             throttle.start()
             frozen_at_s = round(now, 2)
             progress(f"t={now:5.0f} s simulator stopped (SIGSTOP): " + (

@@ -126,9 +126,7 @@ class LogBudget:
     def allow(self, kind: str) -> bool:
         """Whether a line of ``kind`` (``"timeout"``, ``"recovered from timeout"``) may be
         written now; if not, it is counted for the window's summary."""
-        now = self._clock()
-        if now - self._start_s >= self.window_s:
-            self.flush(now)
+        self.flush_due()
         if self._used < self.lines:
             self._used += 1
             return True
@@ -136,15 +134,13 @@ class LogBudget:
         return False
 
     def flush_due(self) -> None:
-        """The summary of a window that is over, without waiting for the next line."""
-        self.flush(self._clock())
+        """Once the window is over: its summary (if anything was held back), a new window."""
+        if self._clock() - self._start_s >= self.window_s:
+            self.flush()
 
-    def flush(self, now_s: float | None = None) -> None:
-        """Once the window is over (or with ``now_s`` None: at once): write the summary of
-        what was held back, if anything, and start a new window."""
-        now = self._clock() if now_s is None else now_s
-        if now_s is not None and now - self._start_s < self.window_s:
-            return
+    def flush(self) -> None:
+        """The summary of what was held back, if anything, now; a new window."""
+        now = self._clock()
         if self._held:
             total = sum(self._held.values())
             kinds = ", ".join(f"{k} {n:,}" for k, n in

@@ -98,7 +98,7 @@ def test_the_simulator_throttle_stops_and_lets_go_of_a_process() -> None:
 
     child = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.001)"])
     try:
-        throttle = bench.SimThrottle(child.pid, 0.5, period_s=0.1)
+        throttle = bench.SimThrottle(child.pid, 0.0, 0.5, period_s=0.1)
         throttle.start()
         seen = set()
         for _ in range(400):
@@ -109,7 +109,7 @@ def test_the_simulator_throttle_stops_and_lets_go_of_a_process() -> None:
         assert seen == {True, False}
         throttle.release()
         assert state(child.pid) != "T"
-        frozen = bench.SimThrottle(child.pid, 0.0)
+        frozen = bench.SimThrottle(child.pid, 0.0, 0.0)
         frozen.start()
         time.sleep(0.3)
         assert state(child.pid) == "T"
