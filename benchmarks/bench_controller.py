@@ -139,8 +139,21 @@ class Baseline:
     checkout's get, timed against them tick by tick."""
 
     def __init__(self, src: Path, loop: Loop) -> None:
-        self.telemetry = _load_as("baseline_telemetry", src / "controller" / "telemetry.py")
-        self.core = _load_as("baseline_core", src / "controller" / "core.py")
+        # the baseline's own kernels (their signatures may differ from this checkout's): its
+        # kernels package is imported in place of this checkout's while its store and core
+        # load, which keep it; this checkout's is put back after
+        ours = {k: v for k, v in sys.modules.items() if k == "kernels" or k.startswith("kernels.")}
+        for k in ours:
+            del sys.modules[k]
+        sys.path.insert(0, str(src))
+        try:
+            self.telemetry = _load_as("baseline_telemetry", src / "controller" / "telemetry.py")
+            self.core = _load_as("baseline_core", src / "controller" / "core.py")
+        finally:
+            sys.path.remove(str(src))
+            for k in [k for k in sys.modules if k == "kernels" or k.startswith("kernels.")]:
+                del sys.modules[k]
+            sys.modules.update(ours)
         s = loop.strat
         self.ctx = self.core.CoreContext(s.topo, s.settings, outlet_nodes=s.ctx.outlet_node,
                                          planner=s.ctx.planner)

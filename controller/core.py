@@ -56,7 +56,7 @@ from controller.model import ControllerSettings
 from controller.planner import PlannerContext, PlannerSettings, PlanResult, PlanState, plan
 from controller.prediction import ancestor_table, magnetic_threshold_a, server_times_s
 from controller.schedule import Schedule
-from controller.telemetry import Quality, TelemetryStore
+from controller.telemetry import Q_GOOD, Quality, TelemetryStore
 from controller.topology import Topology
 from kernels import feed_loss_current_a, time_to_trip_s
 from kernels.aggregate import (
@@ -297,6 +297,8 @@ class CoreContext:
         #: per worst case computed (a counter), the nodes it recomputed (None: all)
         self._worst_version = 0
         self._worst_log: dict[int, I64 | None] = {}
+        #: the partial recomputation's marks, all False between two of them (under the lock)
+        self._worst_marks: B = np.zeros(topo.n_nodes, np.bool_)
         # per node, its PSUs in PSU order and its children from the highest index down (the
         # order in which the worst-case kernel sums them), for the partial recomputation
         psu_by_node = np.argsort(topo.psu_node, kind="stable")
@@ -786,7 +788,7 @@ def _confirmed_caps(store: TelemetryStore, st: CoreState, overdraw: B) -> F64:
     Confirmed: the agent's reading is trusted and the cap it enforces is at most the cap last
     commanded (a cap read back above the command is not confirmed: the server may draw more),
     and the server draws no more than it (``overdraw``: :func:`_cap_overdraw`)."""
-    good = store.has_agent & (store.server_quality == Quality.GOOD)
+    good = store.has_agent & (store.server_quality == Q_GOOD)
     enforced = store.server_cap_w
     ok = good & np.isfinite(enforced) & np.isfinite(st.cap_cmd_w) & (
         enforced <= st.cap_cmd_w + CAP_CONFIRM_TOLERANCE_W) & ~overdraw
@@ -800,7 +802,7 @@ def _cap_overdraw(ctx: CoreContext, store: TelemetryStore) -> B:
     gpus = np.maximum(ctx.topo.server_gpus, 1)
     per_gpu = store.server_power_w / gpus
     with np.errstate(invalid="ignore"):
-        return (store.server_quality == Quality.GOOD) & (
+        return (store.server_quality == Q_GOOD) & (
             per_gpu > store.server_cap_w * (1 + OVERDRAW_TOLERANCE_X) + OVERDRAW_TOLERANCE_W)
 
 
@@ -888,16 +890,21 @@ def _worst_currents_a(ctx: CoreContext, w_normal: F64, w_contingency: F64, alive
                 np.copyto(result, prev)
             else:
                 stale = rows
-        affected = np.empty(ctx.topo.n_nodes, np.bool_)
+        changed_servers = (np.arange(wn.size, dtype=np.int64) if every
+                           else np.flatnonzero(changed).astype(np.int64))
+        affected = np.empty(ctx.topo.n_nodes, np.int64)
+        n_affected = np.empty(1, np.int64)
         _worst_case_current_update_into(
             wn, wc, k[0], k[1], k[2], k[3], k[4], al, k[5], k[6], ctx.node_psu_start,
-            ctx.node_psu_order, ctx.child_start, ctx.child_order, changed, prev, stale,
-            affected, va, result, finite)
+            ctx.node_psu_order, ctx.child_start, ctx.child_order, ctx.server_psu_start,
+            ctx.server_psu_order, changed_servers, prev, stale, ctx._worst_marks, affected,
+            n_affected, va, result, finite)
         if not finite[0]:
             ctx._worst_log.clear()
             raise ValueError("worst-case currents are not finite")   # the memo stays None
         ctx._worst_version += 1
-        ctx._worst_log[ctx._worst_version] = None if every else np.flatnonzero(affected)
+        ctx._worst_log[ctx._worst_version] = (
+            None if every else affected[:int(n_affected[0])].copy())
         ctx._worst_log.pop(ctx._worst_version - _WORST_LOG_TICKS, None)
         ctx._worst_arrays.tag(result, ctx._worst_version)
         result.setflags(write=False)
@@ -923,7 +930,7 @@ def _calibrate_post(ctx: CoreContext, st: CoreState, store: TelemetryStore, psu_
     if st.post_measured or not st.ramp_active or not powered.any():
         return st, []
     topo = ctx.topo
-    good = store.metered & (store.node_quality == Quality.GOOD) & np.isfinite(store.node_t_s)
+    good = store.metered & (store.node_quality == Q_GOOD) & np.isfinite(store.node_t_s)
     if not good.any():
         return st, []
     on_s = np.where(powered, psu_on_s, np.inf)
@@ -1000,7 +1007,7 @@ def _measured_load(ctx: CoreContext, store: TelemetryStore, model_a: F64
                       METER_TOLERANCE_X, METER_TOLERANCE_A, measured_a, excess)
     if not excess[0]:
         return None, model_a, measured_a, False
-    trusted = store.metered & (store.node_quality == Quality.GOOD)
+    trusted = store.metered & (store.node_quality == Q_GOOD)
     up_a = np.empty((n, 3))
     worst_a = np.empty((3, n, 3))
     flags = np.empty(2, np.bool_)
@@ -1045,7 +1052,7 @@ def _shed(ctx: CoreContext, st: CoreState, store: TelemetryStore, measured_a: F6
     gpus = topo.server_gpus.astype(float)
     cap_now = np.where(np.isfinite(shed), np.minimum(shed, st.cap_plan_w), st.cap_plan_w)
     cap_before = cap_now.copy()
-    meas_server = np.where(store.has_agent & (store.server_quality == Quality.GOOD),
+    meas_server = np.where(store.has_agent & (store.server_quality == Q_GOOD),
                            store.server_power_w + topo.server_other_max_w, server_w)
     draw_w = np.minimum(np.maximum(meas_server, 0.0), topo.server_max_w)
     changed = np.zeros(topo.n_servers, bool)

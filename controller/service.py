@@ -73,7 +73,7 @@ from controller.errors import AuditWriteError
 from controller.metrics import ServiceMetrics
 from controller.model import HallConfig
 from controller.operator_api import CommandRefused, OperatorApi
-from controller.telemetry import Quality, TelemetryStore
+from controller.telemetry import Q_STALE, TelemetryStore
 from controller.topology import KIND_CODE, Topology
 from drivers import (
     AgentTelemetry,
@@ -904,7 +904,7 @@ class Service:
         per fault, until the readings come back."""
         on = np.zeros(self.topo.n_servers, bool)
         np.logical_or.at(on, self.topo.psu_server, self.state.psu_on_s <= now)
-        silent = on & self.store.has_agent & (self.store.server_quality == Quality.STALE)
+        silent = on & self.store.has_agent & (self.store.server_quality == Q_STALE)
         # a zone sensor that never reported is as unknown as one gone silent
         stale_s = self.settings.meter_stale_s
         zone_lost = now - np.maximum(self._zone_t_s, self._started_s) > stale_s

@@ -99,7 +99,8 @@ class CoreStrategy:
 
     def _readbacks(self, obs: Observation) -> Readbacks:
         closed = np.ones(self.topo.n_nodes, bool)
-        closed[obs.breaker_node] = obs.breaker_closed
+        # the open ones only: most are closed, and a scatter of every breaker costs 0.1 ms
+        closed[obs.breaker_node[~np.asarray(obs.breaker_closed, bool)]] = False
         return Readbacks(outlet_on=np.asarray(obs.outlet_on, bool),
                          outlet_known=np.asarray(obs.outlet_reachable, bool),
                          breaker_closed=closed, zone_inlet_c=np.asarray(obs.zone_inlet_c),

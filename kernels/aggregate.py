@@ -39,6 +39,7 @@ from kernels._jit import (
     OUT_F64_1,
     OUT_F64_2,
     OUT_F64_3,
+    OUT_I64_1,
     kernel,
 )
 
@@ -342,8 +343,8 @@ def _worst_case_current_into(
 
 @kernel(
     IN_F64_1, IN_F64_1, IN_F64_1, IN_I32_1, IN_I32_1, IN_I8_1, IN_I8_1, IN_BOOL_1, IN_I32_1,
-    IN_F64_1, IN_I64_1, IN_I64_1, IN_I64_1, IN_I64_1, IN_BOOL_1, IN_F64_3, IN_I64_1,
-    OUT_BOOL_1, OUT_F64_3, OUT_F64_3, OUT_BOOL_1,
+    IN_F64_1, IN_I64_1, IN_I64_1, IN_I64_1, IN_I64_1, IN_I64_1, IN_I64_1, IN_I64_1, IN_F64_3,
+    IN_I64_1, OUT_BOOL_1, OUT_I64_1, OUT_I64_1, OUT_F64_3, OUT_F64_3, OUT_BOOL_1,
 )  # fmt: skip
 def _worst_case_current_update_into(
     server_p_w,
@@ -360,10 +361,14 @@ def _worst_case_current_update_into(
     node_psu_order,
     child_start,
     child_order,
-    server_changed,
+    server_psu_start,
+    server_psu_order,
+    changed_servers,
     prev_scenario_i_a,
     stale_rows,
     scratch_affected,
+    out_affected_nodes,
+    out_n_affected,
     out_scenario_va,
     out_scenario_i_a,
     out_finite,
@@ -374,66 +379,79 @@ def _worst_case_current_update_into(
     sums _worst_case_current_into forms before it divides by V_LN), prev_scenario_i_a its currents.
     out_scenario_i_a holds on entry the currents of an earlier computation, which differ from
     prev_scenario_i_a at most at the nodes listed in stale_rows (repeats allowed): those are copied
-    from prev_scenario_i_a first. The nodes above any PSU of a server with server_changed (its
-    powers or the alive flags of its PSUs differ from the last computation's) are affected; every
-    other node keeps its VA and its current. Each affected node, from the last to the first, has its
-    VA summed again in the order _worst_case_current_into sums them: from 0.0, the shares of its
+    from prev_scenario_i_a first. changed_servers lists, without repeats, the servers whose powers
+    or the alive flags of whose PSUs differ from the last computation's; the nodes above any of
+    their PSUs (server_psu_order, split by server_psu_start) are affected, and every other node
+    keeps its VA and its current. Each affected node, from the last to the first, has its VA
+    summed again in the order _worst_case_current_into sums them: from 0.0, the shares of its
     alive PSUs in PSU order (node_psu_order, split by node_psu_start), then the VA of its children
     from the highest index down (child_order, split by child_start), so that the result is bit for
-    bit the full computation's. When every server is marked changed, every node is recomputed and no
-    array is read on entry (the first computation). out_finite[0] is False when a recomputed current
-    is not finite.
+    bit the full computation's. The work is in the number of affected nodes, not the hall's.
+    When changed_servers lists every server, every node is recomputed and no array is read on
+    entry (the first computation). scratch_affected must be all False on entry and is so again on
+    return. out_affected_nodes[:out_n_affected[0]] are the recomputed nodes, from the highest
+    index down. out_finite[0] is False when a recomputed current is not finite.
 
     Units: server_p_w, server_contingency_p_w (S,) W; server_pf (S,) 1; psu_* (K,) indices,
     codes, feeds, flags; parent_idx (n,) index; v_ln_v (n,) V; node_psu_start (n+1,),
-    node_psu_order (K,), child_start (n+1,), child_order (n,) indices; server_changed (S,)
-    bool; prev_scenario_i_a (3, n, 3) A; stale_rows (R,) indices; scratch_affected (n,)
-    bool; out_scenario_va (3, n, 3) VA and out_scenario_i_a (3, n, 3) A, updated; out_finite
-    (1,) bool.
+    node_psu_order (K,), child_start (n+1,), child_order (n,), server_psu_start (S+1,),
+    server_psu_order (K,), changed_servers (M,) indices; prev_scenario_i_a (3, n, 3) A;
+    stale_rows (R,) indices; scratch_affected (n,) bool; out_affected_nodes (n,) indices;
+    out_n_affected (1,) count; out_scenario_va (3, n, 3) VA and out_scenario_i_a (3, n, 3) A,
+    updated; out_finite (1,) bool.
     """
     n_servers = server_p_w.shape[0]
-    n_psus = psu_server.shape[0]
     n = parent_idx.shape[0]
-    every = True
-    for s in range(n_servers):
-        if not server_changed[s]:
-            every = False
-            break
-    count = np.zeros((3, n_servers), np.int64)
-    for k in range(n_psus):
-        if psu_alive[k]:
-            s = psu_server[k]
-            count[0, s] += 1
-            if psu_feed[k] != 0:
-                count[1, s] += 1
-            if psu_feed[k] != 1:
-                count[2, s] += 1
-    for i in range(n):
-        scratch_affected[i] = every
-    if not every:
-        for k in range(n_psus):
-            if server_changed[psu_server[k]]:
-                node = psu_node[k]
+    every = changed_servers.shape[0] >= n_servers
+    n_aff = 0
+    if every:
+        for i in range(n):
+            out_affected_nodes[i] = n - 1 - i
+        n_aff = n
+    else:
+        for j in range(changed_servers.shape[0]):
+            s = changed_servers[j]
+            for q in range(server_psu_start[s], server_psu_start[s + 1]):
+                node = psu_node[server_psu_order[q]]
                 while node >= 0 and not scratch_affected[node]:
                     scratch_affected[node] = True
+                    out_affected_nodes[n_aff] = node
+                    n_aff += 1
                     node = parent_idx[node]
+        order = np.sort(out_affected_nodes[:n_aff])
+        for j in range(n_aff):
+            node = order[n_aff - 1 - j]
+            out_affected_nodes[j] = node
+            scratch_affected[node] = False
         for j in range(stale_rows.shape[0]):
             r = stale_rows[j]
             for scenario in range(3):
                 for c in range(3):
                     out_scenario_i_a[scenario, r, c] = prev_scenario_i_a[scenario, r, c]
+    out_n_affected[0] = n_aff
     finite = True
-    for i in range(n - 1, -1, -1):
-        if not scratch_affected[i]:
-            continue
+    for j in range(n_aff):
+        i = out_affected_nodes[j]
         for scenario in range(3):
             for c in range(3):
                 out_scenario_va[scenario, i, c] = 0.0
-        for j in range(node_psu_start[i], node_psu_start[i + 1]):
-            k = node_psu_order[j]
+        for jp in range(node_psu_start[i], node_psu_start[i + 1]):
+            k = node_psu_order[jp]
             if not psu_alive[k]:
                 continue
             s = psu_server[k]
+            # the server's alive PSUs: all, those off feed A (scenario 1), off feed B (2)
+            count0 = 0
+            count1 = 0
+            count2 = 0
+            for q in range(server_psu_start[s], server_psu_start[s + 1]):
+                other = server_psu_order[q]
+                if psu_alive[other]:
+                    count0 += 1
+                    if psu_feed[other] != 0:
+                        count1 += 1
+                    if psu_feed[other] != 1:
+                        count2 += 1
             code = psu_phase[k]
             for scenario in range(3):
                 if scenario == 1 and psu_feed[k] == 0:
@@ -441,7 +459,8 @@ def _worst_case_current_update_into(
                 if scenario == 2 and psu_feed[k] == 1:
                     continue
                 p_w = server_p_w[s] if scenario == 0 else server_contingency_p_w[s]
-                share_va = p_w / server_pf[s] / count[scenario, s]
+                count = count0 if scenario == 0 else (count1 if scenario == 1 else count2)
+                share_va = p_w / server_pf[s] / count
                 if code <= 2:
                     out_scenario_va[scenario, i, code] += share_va
                 elif code <= 5:
@@ -455,8 +474,8 @@ def _worst_case_current_update_into(
                     out_scenario_va[scenario, i, 0] += third_va
                     out_scenario_va[scenario, i, 1] += third_va
                     out_scenario_va[scenario, i, 2] += third_va
-        for j in range(child_start[i], child_start[i + 1]):
-            ch = child_order[j]
+        for jc in range(child_start[i], child_start[i + 1]):
+            ch = child_order[jc]
             for scenario in range(3):
                 for c in range(3):
                     out_scenario_va[scenario, i, c] += out_scenario_va[scenario, ch, c]

@@ -86,16 +86,30 @@ def test_worst_case_current_flags_a_current_that_is_not_finite():
 
 
 def _csr(h: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-    """The node → PSU and node → children tables of controller.core.CoreContext."""
-    parent, psu_node = h["parent_idx"], h["psu_node"]
-    n = parent.size
+    """The node → PSU, node → children and server → PSU tables of
+    controller.core.CoreContext."""
+    parent, psu_node, psu_server = h["parent_idx"], h["psu_node"], h["psu_server"]
+    n, s = parent.size, h["server_pf"].size
     by_node = np.argsort(psu_node, kind="stable")
     psu_start = np.searchsorted(psu_node[by_node], np.arange(n + 1))
     kids = np.flatnonzero(parent >= 0)
     kids = kids[np.lexsort((-kids, parent[kids]))]
     child_start = np.searchsorted(parent[kids], np.arange(n + 1))
-    return tuple(np.ascontiguousarray(a, np.int64) for a in (psu_start, by_node, child_start,
-                                                              kids))
+    by_server = np.argsort(psu_server, kind="stable")
+    server_start = np.searchsorted(psu_server[by_server], np.arange(s + 1))
+    return tuple(np.ascontiguousarray(a, np.int64) for a in (
+        psu_start, by_node, child_start, kids, server_start, by_server))
+
+
+def _above(h: dict[str, np.ndarray], servers: np.ndarray) -> np.ndarray:
+    """The nodes above any PSU of ``servers``, walked up one by one."""
+    seen: set[int] = set()
+    for k in np.flatnonzero(np.isin(h["psu_server"], servers)):
+        node = int(h["psu_node"][k])
+        while node >= 0:
+            seen.add(node)
+            node = int(h["parent_idx"][node])
+    return np.array(sorted(seen, reverse=True), np.int64)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -134,10 +148,20 @@ def test_worst_case_update_gives_the_bits_of_the_full_kernel(seed):
         else:
             got, stale, last = prev[3].copy(), np.zeros(0, np.int64), prev[3]
         finite = np.zeros(1, np.bool_)
-        affected = np.zeros(n, np.bool_)
+        marks = np.zeros(n, np.bool_)
+        affected, n_affected = np.full(n, -1, np.int64), np.zeros(1, np.int64)
+        servers = np.flatnonzero(changed).astype(np.int64)
         _worst_case_current_update_into(
-            wn, wc, *topo, alive, h["parent_idx"], h["v_ln_v"], *csr, changed, last, stale,
-            affected, va, got, finite)
+            wn, wc, *topo, alive, h["parent_idx"], h["v_ln_v"], *csr, servers, last, stale,
+            marks, affected, n_affected, va, got, finite)
+        # the nodes recomputed: all (the first time, or every server changed), else exactly
+        # those above a changed server, from the highest index down; the marks are clear again
+        recomputed = affected[:n_affected[0]]
+        if servers.size == s:
+            np.testing.assert_array_equal(recomputed, np.arange(n)[::-1])
+        else:
+            np.testing.assert_array_equal(recomputed, _above(h, servers))
+        assert not marks.any()
         want = np.empty((3, n, 3))
         want_finite = np.zeros(1, np.bool_)
         _worst_case_current_into(wn, wc, *topo, alive, h["parent_idx"], h["v_ln_v"], want,
@@ -149,7 +173,7 @@ def test_worst_case_update_gives_the_bits_of_the_full_kernel(seed):
         np.testing.assert_allclose(va, ref_va, rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(got, ref_a, rtol=RTOL, atol=ATOL)
         # what an array holding this result misses of the next one: the nodes it recomputes
-        older = None if prev is None else (prev[3], np.flatnonzero(affected))
+        older = None if prev is None else (prev[3], recomputed.copy())
         prev = (wn, wc, alive, got)
 
 
